@@ -1,0 +1,9 @@
+"""autoseg: a self-configuring segmentation pipeline for 3D medical volumes.
+
+Axis convention used everywhere inside the package: arrays are ``(C, X, Y, Z)`` (channels first,
+then voxel index axes i, j, k exactly as nibabel returns them), spacings are in mm per axis in the
+same order, affines are 4x4 voxel-to-RAS+ (nibabel convention). Readers for other formats convert
+to this convention at the edge (``autoseg.io``).
+"""
+
+__version__ = "0.1.0"

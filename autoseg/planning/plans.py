@@ -1,0 +1,100 @@
+"""The plans artifact (``plans.json``): everything later stages need to preprocess, train and predict.
+
+Axis order: every per-axis tuple here is in the *transposed* order used inside preprocessed data
+(``transpose_forward`` applied to the (X, Y, Z) file order; the coarsest axis comes first, so the
+``2d`` configuration slices along axis 0). Spacings in mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autoseg.artifacts import Artifact
+
+PLANS_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NormalizationPlan:
+    """How one channel is normalised.
+
+    scheme: "ct" (clip to [clip_low, clip_high], then (x - mean) / std with dataset foreground
+    statistics), "zscore" (per image, over the non-zero mask when ``use_mask``), "rescale_0_1" or
+    "none".
+    """
+
+    channel_name: str
+    scheme: str
+    use_mask: bool = False
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class ResamplingPlan:
+    """Interpolation orders. ``order_z`` is used along a thick axis when the spacing ratio exceeds
+    ``anisotropy_threshold`` (separate in-plane / out-of-plane resampling)."""
+
+    image_order: int = 3
+    label_order: int = 1
+    order_z_image: int = 0
+    order_z_label: int = 0
+    anisotropy_threshold: float = 3.0
+    probabilities_order: int = 1
+
+
+@dataclass(frozen=True)
+class ConfigurationPlan:
+    """One trainable configuration (``2d``, ``3d_fullres``, ``3d_lowres``, ``3d_cascade_fullres``).
+
+    ``kernel_sizes`` and ``strides`` hold one entry per network stage (the first stride is all 1s);
+    ``features`` the channel count per stage; ``patch_size`` has ``spatial_dims`` entries (for 2D:
+    axes 1 and 2 of the preprocessed volume). ``data_identifier`` names the preprocessed folder the
+    configuration reads (``2d`` shares the full-resolution data).
+    """
+
+    name: str
+    spatial_dims: int
+    spacing: tuple[float, ...]
+    median_shape: tuple[int, ...]
+    patch_size: tuple[int, ...]
+    batch_size: int
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    strides: tuple[tuple[int, ...], ...]
+    features: tuple[int, ...]
+    batch_dice: bool
+    data_identifier: str
+    architecture: str = "unet"
+    blocks_per_stage: tuple[int, ...] = ()
+    resampling: ResamplingPlan = field(default_factory=ResamplingPlan)
+    previous_stage: str | None = None
+
+    @property
+    def num_pools_per_axis(self) -> tuple[int, ...]:
+        return tuple(sum(1 for s in self.strides if s[a] > 1) for a in range(self.spatial_dims))
+
+
+@dataclass(frozen=True)
+class Plans(Artifact):
+    KIND = "plans"
+    SCHEMA_VERSION = PLANS_SCHEMA_VERSION
+
+    dataset_name: str
+    plans_name: str
+    planner: str
+    transpose_forward: tuple[int, int, int]
+    transpose_backward: tuple[int, int, int]
+    channel_names: tuple[str, ...]
+    labels: dict[str, object]
+    normalization: tuple[NormalizationPlan, ...]
+    configurations: dict[str, ConfigurationPlan]
+    default_configuration: str
+    settings: dict[str, object] = field(default_factory=dict)
+
+    def configuration(self, name: str) -> ConfigurationPlan:
+        if name not in self.configurations:
+            raise KeyError(f"configuration '{name}' is not in the plans of {self.dataset_name}; "
+                           f"choices: {', '.join(self.configurations)}")
+        return self.configurations[name]

@@ -1,0 +1,117 @@
+"""On-disk format of preprocessed cases, built for memory-mapped random patch reads.
+
+One folder per (plans, data identifier): ``preprocessed/<dataset>/<plans_name>_<data_identifier>/``.
+Per case:
+
+- ``{case}.npy``        float32 ``(C, X, Y, Z)`` normalised, resampled image (transposed axes)
+- ``{case}_seg.npy``    int8/int16 ``(1, X, Y, Z)`` label (absent for unlabelled cases)
+- ``{case}_fg.npz``     per class value ``c``: key ``"c"`` -> ``(N, 3)`` int32 voxel coordinates
+                        sampled from that class (for foreground oversampling)
+- ``{case}.json``       :class:`CaseProperties` (geometry before/after, crop box), written last:
+                        a case counts as finished only when its JSON exists.
+
+Every file is written to a temporary name and renamed, so an interrupted run never leaves a file
+that looks finished.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.artifacts import Artifact
+
+
+@dataclass(frozen=True)
+class CaseProperties(Artifact):
+    """What is needed to map a preprocessed case back to its original file.
+
+    ``original_*`` describe the raw file ((X, Y, Z) order); ``bbox`` is the crop box in raw voxel
+    indices ``((x0, x1), (y0, y1), (z0, z1))`` (half-open); ``shape_after_crop`` and ``spacing`` are
+    in the transposed order of the plans; ``shape_after_resample`` is the stored array's shape.
+    """
+
+    KIND = "case_properties"
+    SCHEMA_VERSION = 1
+
+    case_id: str
+    original_shape: tuple[int, int, int]
+    original_spacing: tuple[float, float, float]
+    original_affine: tuple[tuple[float, ...], ...]
+    bbox: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    shape_after_crop: tuple[int, int, int]
+    spacing_after_crop: tuple[float, float, float]
+    shape_after_resample: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    classes_present: tuple[int, ...] = ()
+
+
+def _atomic_save(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def label_dtype(max_value: int) -> np.dtype:
+    return np.dtype(np.int8) if max_value < 128 else np.dtype(np.int16)
+
+
+def write_case(folder: Path, props: CaseProperties, data: np.ndarray, seg: np.ndarray | None,
+               locations: dict[int, np.ndarray]) -> None:
+    """Store one preprocessed case; the properties JSON is written last (completion marker)."""
+    folder = Path(folder)
+    cid = props.case_id
+    _atomic_save(folder / f"{cid}.npy", lambda f: np.save(f, np.ascontiguousarray(data, dtype=np.float32)))
+    if seg is not None:
+        _atomic_save(folder / f"{cid}_seg.npy", lambda f: np.save(f, np.ascontiguousarray(seg)))
+    _atomic_save(folder / f"{cid}_fg.npz",
+                 lambda f: np.savez(f, **{str(k): np.asarray(v, dtype=np.int32) for k, v in locations.items()}))
+    props.save(folder / f"{cid}.json")
+
+
+def is_case_done(folder: Path, case_id: str, labelled: bool = True) -> bool:
+    folder = Path(folder)
+    needed = [f"{case_id}.json", f"{case_id}.npy", f"{case_id}_fg.npz"] + ([f"{case_id}_seg.npy"] if labelled else [])
+    return all((folder / n).is_file() for n in needed)
+
+
+@dataclass
+class PreprocessedCase:
+    """A stored case opened for reading; arrays are memory-mapped (no copy until sliced)."""
+
+    props: CaseProperties
+    data: np.ndarray
+    seg: np.ndarray | None
+    locations: dict[int, np.ndarray]
+
+
+def open_case(folder: Path, case_id: str, mmap: bool = True) -> PreprocessedCase:
+    folder = Path(folder)
+    props = CaseProperties.load(folder / f"{case_id}.json")
+    mode = "r" if mmap else None
+    data = np.load(folder / f"{case_id}.npy", mmap_mode=mode)
+    seg_path = folder / f"{case_id}_seg.npy"
+    seg = np.load(seg_path, mmap_mode=mode) if seg_path.is_file() else None
+    with np.load(folder / f"{case_id}_fg.npz") as z:
+        locations = {int(k): z[k] for k in z.files}
+    return PreprocessedCase(props, data, seg, locations)
+
+
+def list_done_cases(folder: Path) -> list[str]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(".") and is_case_done(folder, p.stem, False))

@@ -1,0 +1,89 @@
+"""The workspace folder: ``raw/``, ``preprocessed/`` and ``results/`` under one root.
+
+The CLI resolves the root once (``--workdir``, else ``AUTOSEG_HOME``, else ``./autoseg_work``) and
+passes a :class:`Workspace` down; nothing below the CLI reads environment variables.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
+
+
+class WorkspaceError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def preprocessed_dir(self, dataset_name: str) -> Path:
+        return self.preprocessed / dataset_name
+
+    def results_dir(self, dataset_name: str) -> Path:
+        return self.results / dataset_name
+
+    def resolve_raw(self, dataset: str | Path) -> Path:
+        """A raw dataset folder from a path, a folder name under ``raw/`` or a dataset number."""
+        p = Path(dataset)
+        if p.is_dir() and (p / "dataset.json").exists():
+            return p.resolve()
+        name = self._match_name(str(dataset), self.raw)
+        if name is None:
+            if p.is_dir():
+                return p.resolve()
+            known = self._names(self.raw)
+            raise WorkspaceError(
+                f"dataset '{dataset}' not found: it is neither a folder nor a dataset under {self.raw}"
+                + (f" (there: {', '.join(known)})" if known else " (that folder holds no dataset)"))
+        return self.raw / name
+
+    def resolve_planned(self, dataset: str | Path | None) -> str:
+        """The name of a planned dataset (one with plans.json under ``preprocessed/``).
+
+        ``None`` picks the only planned dataset; with none or several, the error lists what exists.
+        """
+        planned = [n for n in self._names(self.preprocessed) if (self.preprocessed / n / "plans.json").is_file()]
+        if dataset is None:
+            if len(planned) == 1:
+                return planned[0]
+            if not planned:
+                raise WorkspaceError(f"no planned dataset in {self.preprocessed}; run `autoseg plan DATASET` first")
+            raise WorkspaceError("several planned datasets, name one: " + ", ".join(planned))
+        name = Path(dataset).name if Path(dataset).is_dir() else self._match_name(str(dataset), self.preprocessed)
+        if name is None or name not in planned:
+            raise WorkspaceError(
+                f"dataset '{dataset}' has no plans in {self.preprocessed}; run `autoseg plan {dataset}` first"
+                + (f" (planned: {', '.join(planned)})" if planned else ""))
+        return name
+
+    @staticmethod
+    def _names(folder: Path) -> list[str]:
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def _match_name(self, text: str, folder: Path) -> str | None:
+        names = self._names(folder)
+        if text in names:
+            return text
+        if text.isdigit():
+            for n in names:
+                m = _DATASET_RE.match(n)
+                if m and int(m.group(1)) == int(text):
+                    return n
+        return None

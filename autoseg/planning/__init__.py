@@ -1,0 +1,1 @@
+"""Planning: the plans artifact, pure heuristics and the planner that combines them."""

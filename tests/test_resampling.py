@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+
+from autoseg.resampling import (compute_new_shape, resample_image, resample_label, resample_probabilities,
+                                separate_z_axis)
+
+
+def test_new_shape_is_rounded_shape_times_spacing_ratio():
+    assert compute_new_shape((20, 24, 9), (0.8, 0.8, 4.0), (1.0, 1.0, 2.5)) == (16, 19, 14)
+    assert compute_new_shape((3, 3, 3), (1, 1, 1), (100, 100, 100)) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("cur,tgt", [((1.0, 1.0, 1.0), (0.7, 1.3, 1.1)), ((0.8, 0.8, 4.0), (1.0, 1.0, 2.5)),
+                                     ((1.0, 1.0, 1.0), (0.5, 0.5, 2.0))])
+def test_image_shape_matches_rounded_target(cur, tgt):
+    data = np.random.default_rng(0).normal(size=(2, 20, 24, 9)).astype(np.float32)
+    out = resample_image(data, cur, tgt)
+    assert out.shape == (2,) + compute_new_shape((20, 24, 9), cur, tgt)
+    assert out.dtype == np.float32
+
+
+def test_same_spacing_is_identity_copy():
+    data = np.random.default_rng(1).normal(size=(1, 5, 6, 7)).astype(np.float32)
+    out = resample_image(data, (1, 2, 3), (1, 2, 3))
+    np.testing.assert_array_equal(out, data)
+    assert out is not data
+
+
+def test_new_shape_argument():
+    data = np.zeros((1, 4, 4, 4), np.float32)
+    assert resample_image(data, (1, 1, 1), new_shape=(8, 2, 5)).shape == (1, 8, 2, 5)
+    with pytest.raises(ValueError):
+        resample_image(data, (1, 1, 1), (1, 1, 1), new_shape=(8, 2, 5))
+
+
+@pytest.mark.parametrize("tgt", [(0.6, 1.7, 1.0), (1.0, 1.0, 5.0)])
+def test_constant_image_stays_constant(tgt):
+    data = np.full((1, 9, 10, 11), 3.25, np.float32)
+    np.testing.assert_allclose(resample_image(data, (1, 1, 1), tgt), 3.25, rtol=1e-6)
+
+
+def test_cubic_output_stays_within_input_range():
+    data = np.zeros((1, 8, 8, 8), np.float32)
+    data[0, 4:, :, :] = 1.0  # a step overshoots with cubic splines unless clipped
+    out = resample_image(data, (1, 1, 1), (0.3, 1, 1))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_upsampling_linear_ramp_is_exact_inside():
+    ramp = np.arange(10, dtype=np.float32)[None, :, None, None] * np.ones((1, 10, 2, 2), np.float32)
+    out = resample_image(ramp, (2, 1, 1), (1, 1, 1), order=1)
+    # pixel-centre alignment: output voxel i sits at input coordinate (i + 0.5) / 2 - 0.5
+    expected = np.clip((np.arange(20) + 0.5) / 2 - 0.5, 0, 9)
+    np.testing.assert_allclose(out[0, :, 0, 0], expected, atol=1e-6)
+
+
+def test_separate_z_axis_rules():
+    assert separate_z_axis((1, 1, 5), (1, 1, 1)) == 2
+    assert separate_z_axis((1, 1, 1), (4, 1, 1)) == 0
+    assert separate_z_axis((1, 1, 2), (1, 1, 1)) is None
+    assert separate_z_axis((5, 1, 5), (1, 1, 1)) is None  # two axes share the largest spacing
+    assert separate_z_axis((1, 1, 3.5), (1, 1, 3.5), anisotropy_threshold=4) is None
+
+
+def test_separate_z_uses_nearest_along_thick_axis():
+    # every slice along the thick axis (z) is constant with a distinct value: nearest keeps exactly those values
+    values = np.array([0, 10, 20, 30, 40], np.float32)
+    data = np.ones((1, 6, 6, 5), np.float32) * values
+    out = resample_image(data, (1, 1, 5), (1, 1, 2))
+    assert out.shape == (1, 6, 6, 12)
+    assert set(np.unique(out)) <= set(values.tolist())
+    # without separate z (order 3 everywhere) intermediate values would appear
+    joint = resample_image(data, (1, 1, 1.5), (1, 1, 0.6))
+    assert not set(np.unique(joint)) <= set(values.tolist())
+
+
+def test_separate_z_in_plane_still_interpolates():
+    ramp = np.arange(8, dtype=np.float32)[None, :, None, None] * np.ones((1, 8, 4, 3), np.float32)
+    out = resample_image(ramp, (1, 1, 6), (0.5, 1, 6), order=1)
+    assert len(np.unique(out)) > 8  # in-plane axis got new, interpolated values
+
+
+def test_labels_keep_their_values_and_dtype():
+    seg = np.zeros((1, 12, 12, 12), np.int8)
+    seg[0, 2:6, 2:6, 2:6] = 1
+    seg[0, 6:11, 5:11, 4:10] = 2
+    out = resample_label(seg, (1, 1, 1), (0.7, 0.8, 0.9))
+    assert out.dtype == np.int8 and out.shape == (1, 17, 15, 13)
+    assert set(np.unique(out)) == {0, 1, 2}
+    # volume of each class is preserved approximately (voxel count x voxel volume)
+    for c in (1, 2):
+        before = (seg == c).sum()
+        after = (out == c).sum() * 0.7 * 0.8 * 0.9
+        assert abs(after - before) / before < 0.2
+
+
+def test_label_without_channel_axis_and_constant_label():
+    seg = np.full((4, 4, 4), 3, np.int16)
+    out = resample_label(seg, (1, 1, 1), (0.5, 0.5, 0.5))
+    assert out.shape == (8, 8, 8) and out.dtype == np.int16 and (out == 3).all()
+
+
+def test_label_separate_z_nearest_along_thick_axis():
+    seg = np.zeros((8, 8, 4), np.int8)
+    seg[:, :, 1] = 1
+    seg[:, :, 3] = 2
+    out = resample_label(seg, (1, 1, 4), (1, 1, 2))
+    assert out.shape == (8, 8, 8)
+    # nearest along z: each output slice is a copy of one input slice
+    for z in range(8):
+        assert len(np.unique(out[:, :, z])) == 1
+    assert [int(out[0, 0, z]) for z in range(8)] == [0, 0, 1, 1, 0, 0, 2, 2]
+
+
+def test_label_upsampling_is_argmax_of_interpolated_one_hot():
+    seg = np.zeros((1, 4, 1, 1), np.int8)
+    seg[0, 2:] = 1
+    out = resample_label(seg, (2, 1, 1), (1, 1, 1))
+    assert out[0, :, 0, 0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_probabilities_use_linear_and_keep_channels():
+    probs = np.random.default_rng(2).random((3, 5, 5, 5)).astype(np.float32)
+    out = resample_probabilities(probs, (1, 1, 1), new_shape=(10, 10, 10))
+    assert out.shape == (3, 10, 10, 10)
+    assert out.min() >= probs.min() - 1e-6 and out.max() <= probs.max() + 1e-6
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="C, X, Y, Z"):
+        resample_image(np.zeros((4, 4, 4), np.float32), (1, 1, 1), (2, 2, 2))
+    with pytest.raises(ValueError, match="positive"):
+        compute_new_shape((4, 4, 4), (1, 0, 1), (1, 1, 1))

@@ -190,7 +190,7 @@ def _parse_labels(raw: Any, path: Path, problems: list[str]) -> dict[str, Any] |
     if len(set(ints)) != len(ints):
         dup = sorted({v for v in ints if ints.count(v) > 1})
         problems.append(f"{path}: label value(s) {dup} are used by more than one name")
-    if not any(isinstance(v, list) for v in labels.values()) and ints and sorted(ints) != list(range(len(ints))):
+    elif not any(isinstance(v, list) for v in labels.values()) and ints and sorted(ints) != list(range(len(ints))):
         problems.append(f"{path}: label values must be consecutive integers 0..{len(ints) - 1}, got {sorted(ints)}")
     return labels
 

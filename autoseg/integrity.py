@@ -1,0 +1,311 @@
+"""Integrity checks of a raw dataset: every problem at once, each naming the file and the fix.
+
+:func:`inspect_dataset` returns a :class:`CheckReport` (problems and warnings, never raising for
+problems in the data); :func:`check_dataset` raises :class:`~autoseg.dataset.DatasetError` listing
+all problems, emits each warning as a :class:`DatasetWarning`, and returns ``(spec, cases)``.
+
+Order of the checks: dataset.json (schema), file layout (names, channels, label/image pairs, stray
+files), then per case: headers first (dimensions, zero size, geometry of channels and label), then
+the voxels of each file, read once (NaN/Inf in images; fractional, undeclared or missing
+foreground values in labels). Per-case checks run in a bounded process pool when ``workers > 1``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
+from autoseg.io import Geometry, ImageReadError, read_geometry, read_volume
+
+_SAFE_NAME = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces
+_BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
+
+
+class DatasetWarning(UserWarning):
+    """Something unusual but usable in a raw dataset (e.g. a label without foreground)."""
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Outcome of :func:`inspect_dataset`. ``spec`` is None when dataset.json itself is broken."""
+
+    root: Path
+    spec: DatasetSpec | None
+    cases: tuple[Case, ...]
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class CaseResult:
+    """What the per-case check found: problems, warnings, spatial shape and foreground presence."""
+
+    case_id: str
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    shape: tuple[int, ...] | None = None
+    has_foreground: bool | None = None  # None for unlabelled or unreadable labels
+
+
+def check_dataset(root: Path, spec: DatasetSpec | None = None, workers: int = 1,
+                  progress: bool = False) -> tuple[DatasetSpec, list[Case]]:
+    """Check a raw dataset; raise :class:`DatasetError` with every problem, else return
+    ``(spec, training cases)``. Warnings are emitted with :func:`warnings.warn` (DatasetWarning)."""
+    report = inspect_dataset(root, spec, workers, progress)
+    for message in report.warnings:
+        warnings.warn(message, DatasetWarning, stacklevel=2)
+    if report.problems:
+        raise DatasetError(list(report.problems))
+    return report.spec, list(report.cases)
+
+
+def inspect_dataset(root: Path, spec: DatasetSpec | None = None, workers: int = 1, progress: bool = False,
+                    include_test: bool = True) -> CheckReport:
+    """Run every check on the dataset at ``root`` and collect problems and warnings."""
+    root = Path(root)
+    if spec is None:
+        try:
+            spec = DatasetSpec.load(root)
+        except DatasetError as e:
+            return CheckReport(root, None, (), tuple(e.problems), ())
+    cases, problems = list_cases(root, spec)
+    test_cases: list[Case] = []
+    if include_test and (root / "imagesTs").is_dir():
+        test_cases, test_problems = list_cases(root, spec, "imagesTs", None)
+        problems += test_problems
+    problems += _name_problems(root, spec)
+    n_found = len(_training_case_ids(root, spec))
+    if n_found == 0:
+        problems.append(f"{root / 'imagesTr'}: no training cases found; add {{case}}_0000{spec.file_ending} "
+                        f"images and {{case}}{spec.file_ending} labels in labelsTr/")
+    elif n_found != spec.num_training:
+        problems.append(f"{root / 'dataset.json'}: numTraining is {spec.num_training} but {n_found} training "
+                        f"case(s) were found in imagesTr/labelsTr; set numTraining to {n_found}")
+    results = _run_case_checks(cases + test_cases, spec, workers, progress)
+    warns: list[str] = []
+    for r in results:
+        problems += r.problems
+        warns += r.warnings
+    problems += _dataset_level_problems(root, spec, results[: len(cases)])
+    return CheckReport(root, spec, tuple(cases), tuple(problems), tuple(warns))
+
+
+def _training_case_ids(root: Path, spec: DatasetSpec) -> set[str]:
+    """Case ids named by any file in imagesTr or labelsTr (complete or not)."""
+    ids = set()
+    for sub, is_image in (("imagesTr", True), ("labelsTr", False)):
+        folder = root / sub
+        for p in folder.iterdir() if folder.is_dir() else ():
+            if p.name.startswith(".") or not p.name.lower().endswith(spec.file_ending):
+                continue
+            stem = p.name[: -len(spec.file_ending)]
+            m = _CHANNEL_RE.match(stem) if is_image else None
+            if is_image and not m:
+                continue
+            ids.add(m["case"] if m else stem)
+    return ids
+
+
+def _name_problems(root: Path, spec: DatasetSpec) -> list[str]:
+    problems = []
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        folder = root / sub
+        for p in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if p.name.startswith(".") or _SAFE_NAME.match(p.name):
+                continue
+            bad = sorted({repr(ch) for ch in p.name if ch.isspace() or not ch.isascii()})
+            problems.append(f"{p}: file name contains {', '.join(bad)}; rename the case using only ASCII "
+                            "letters, digits, '_' and '-' (no spaces)")
+    return problems
+
+
+def _dataset_level_problems(root: Path, spec: DatasetSpec, results: list[CaseResult]) -> list[str]:
+    problems = []
+    labelled = [r for r in results if r.has_foreground is not None]
+    if labelled and not any(r.has_foreground for r in labelled):
+        problems.append(f"{root / 'labelsTr'}: all {len(labelled)} labels are empty (background only); "
+                        f"label the foreground classes {spec.foreground_classes or spec.regions}")
+    shapes = [r.shape for r in results if r.shape is not None]
+    volumetric = [s for s in shapes if min(s) > 1]
+    if volumetric:
+        for r in results:
+            if r.shape is not None and min(r.shape) == 1:
+                problems.append(f"{_first_image(root, spec, r.case_id)}: a single slice {r.shape} while other cases "
+                                "are 3D volumes; supply the full volume or remove the case")
+    return problems
+
+
+def _first_image(root: Path, spec: DatasetSpec, case_id: str) -> Path:
+    return root / "imagesTr" / f"{case_id}_0000{spec.file_ending}"
+
+
+def _run_case_checks(cases: list[Case], spec: DatasetSpec, workers: int, progress: bool) -> list[CaseResult]:
+    """Check every case, in order, in a bounded process pool when ``workers > 1``."""
+    results: dict[int, CaseResult] = {}
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("checking cases", total=len(cases))
+        if workers <= 1 or len(cases) <= 1:
+            for i, case in enumerate(cases):
+                results[i] = check_case(case, spec)
+                bar.advance(task)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                pending, queue = {}, list(enumerate(cases))[::-1]
+                while queue or pending:
+                    while queue and len(pending) < 2 * workers:  # bounded: never the whole list at once
+                        i, case = queue.pop()
+                        pending[pool.submit(check_case, case, spec)] = i
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        results[pending.pop(fut)] = fut.result()
+                        bar.advance(task)
+    return [results[i] for i in range(len(cases))]
+
+
+def _progress_bar(enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+class _NoBar:
+    """Stand-in for rich's Progress when no bar is wanted."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def advance(self, *args, **kwargs):
+        pass
+
+
+def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
+    """All per-case checks: headers of every file first, then the voxels of each file, read once."""
+    result = CaseResult(case.case_id)
+    files = list(case.images) + ([case.label] if case.label is not None else [])
+    headers: dict[Path, Geometry] = {}
+    for p in files:
+        try:
+            g = read_geometry(p, spec.force_itk)
+        except ImageReadError as e:
+            result.problems.append(str(e))
+            continue
+        problem = _header_problem(p, g)
+        if problem:
+            result.problems.append(problem)
+        else:
+            headers[p] = g
+    ref = headers.get(case.images[0])
+    if ref is not None:
+        result.shape = _spatial(ref.shape)
+        for p in files[1:]:
+            if p in headers:
+                diff = ref.mismatches(headers[p])
+                if diff:
+                    what = "label" if p == case.label else "channel"
+                    result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
+                                           f"{'; '.join(diff)}; resample or re-export it onto the image grid")
+    for p in files:
+        if p in headers:
+            _check_voxels(p, p == case.label, spec, result)
+    return result
+
+
+def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape without trailing singleton axes beyond the third (as read_volume returns it)."""
+    shape = tuple(shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _header_problem(path: Path, g: Geometry) -> str | None:
+    shape = _spatial(g.shape)
+    if len(shape) < 3:
+        return f"{path}: is a 2D image (shape {shape}); this dataset needs 3D volumes (X, Y, Z)"
+    if len(shape) > 3:
+        return (f"{path}: has {len(shape)} axes (shape {shape}), expected a 3D volume; store each channel "
+                "as its own file _0000, _0001, ... (MSD 4D files: `autoseg convert-msd`)")
+    if min(shape) == 0:
+        return f"{path}: is empty (shape {shape}); re-export it"
+    spacing = np.asarray(g.spacing[:3], dtype=float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        return f"{path}: invalid voxel spacing {tuple(spacing)}; fix the header (pixdim / spacing)"
+    return None
+
+
+def _check_voxels(path: Path, is_label: bool, spec: DatasetSpec, result: CaseResult) -> None:
+    try:
+        arr, _ = read_volume(path, spec.force_itk)
+    except ImageReadError as e:
+        result.problems.append(str(e))
+        return
+    if np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype.kind not in "biuf":
+        result.problems.append(f"{path}: unsupported voxel type {arr.dtype}; store real numbers")
+        return
+    if arr.dtype.kind == "f":
+        n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        if n_bad:
+            result.problems.append(f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the "
+                                   "background value) and re-export")
+            return
+    if is_label:
+        _check_label_values(path, arr, spec, result)
+
+
+def label_value_counts(arr: np.ndarray) -> tuple[dict[int, int], list[float]]:
+    """Voxel count per integer value of a label array, and up to 5 fractional values found.
+
+    Integer-valued floats (e.g. float32 0/1/2 labels) count as integers. Uses one bincount pass
+    when the value range is small, ``np.unique`` otherwise.
+    """
+    flat = arr.ravel()
+    if flat.dtype.kind == "f":
+        as_int = flat.astype(np.int64)
+        frac = flat != as_int
+        if frac.any():
+            return {}, [float(v) for v in np.unique(flat[frac])[:5]]
+        flat = as_int
+    if flat.dtype.kind == "b":
+        flat = flat.astype(np.uint8)
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo < _BINCOUNT_MAX_RANGE:
+        counts = np.bincount((flat - lo).astype(np.intp, copy=False) if lo else flat.astype(np.intp, copy=False))
+        return {int(v) + lo: int(c) for v, c in enumerate(counts) if c}, []
+    values, counts = np.unique(flat, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}, []
+
+
+def _check_label_values(path: Path, arr: np.ndarray, spec: DatasetSpec, result: CaseResult) -> None:
+    counts, fractional = label_value_counts(arr)
+    if fractional:
+        result.problems.append(f"{path}: label has non-integer values {fractional}; labels must hold whole class "
+                               "numbers (re-export with nearest-neighbour interpolation, no smoothing)")
+        return
+    declared = set(spec.label_values)
+    undeclared = sorted(v for v in counts if v not in declared)
+    if undeclared:
+        result.problems.append(f"{path}: label values {undeclared} are not declared in dataset.json 'labels' "
+                               f"(declared: {sorted(declared)}); add them there or fix the label file")
+    foreground = [v for v in counts if v != 0 and v != spec.ignore_label]
+    result.has_foreground = bool(foreground)
+    if not foreground:
+        result.warnings.append(f"{path}: label is empty (no foreground voxels); fine for a few cases, but check "
+                               "it is not a failed export")

@@ -1,0 +1,222 @@
+"""Convert a Medical Segmentation Decathlon task folder to the nnU-Net v2 raw layout.
+
+MSD layout (``Task04_Hippocampus/``)::
+
+    dataset.json    modality {"0": "MRI", ...}, labels {"0": "background", "1": "..."},
+                    training [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}],
+                    test ["./imagesTs/y.nii.gz"]
+    imagesTr/x.nii.gz   3D, or 4D (X, Y, Z, C) with all channels in one file
+    labelsTr/x.nii.gz
+    imagesTs/y.nii.gz
+
+Result (``DatasetXXX_Name/``, XXX = the task number unless ``dataset_id`` is given): one file per
+channel ``x_0000.nii.gz``, ``x_0001.nii.gz``, ... cut from the 4D image with the same 3D affine,
+header and voxel values; labels copied byte for byte; dataset.json with ``channel_names``,
+``labels``, ``numTraining`` and ``file_ending``. The files listed in MSD's dataset.json are the
+cases; macOS ``._*`` resource files are skipped. The new folder is built under a temporary name and
+renamed into place, so an interrupted conversion leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoseg.artifacts import atomic_write_json
+from autoseg.dataset import DatasetError, DatasetSpec
+
+FILE_ENDING = ".nii.gz"
+_TASK_RE = re.compile(r"^Task(?P<number>\d+)_(?P<name>.+)$")
+_KEEP_KEYS = ("name", "description", "reference", "licence", "release", "tensorImageSize")
+
+
+def convert_msd(task_dir: Path, out_dir: Path, dataset_id: int | None = None, overwrite: bool = False) -> Path:
+    """Convert ``task_dir`` (an MSD ``TaskXX_Name`` folder) into ``out_dir/DatasetXXX_Name`` and return
+    that path. An existing non-empty folder is replaced only with ``overwrite=True``.
+
+    Raises :class:`DatasetError` listing every problem found before anything is written (missing
+    dataset.json keys, missing or unreadable files, channel counts that disagree with ``modality``).
+    """
+    task_dir, out_dir = Path(task_dir), Path(out_dir)
+    meta = read_msd_json(task_dir)
+    target = out_dir / dataset_folder_name(task_dir, dataset_id)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target}: already exists and is not empty; pass overwrite=True "
+                              "(--overwrite) to replace it or choose another --dataset-id")
+    n_channels = len(meta["modality"])
+    training = [e for e in meta["training"] if not _is_resource_fork(e["image"])]
+    test = [p for p in meta.get("test", []) if not _is_resource_fork(p)]
+    _verify_files(task_dir, training, test, n_channels)
+    out_json = nnunet_dataset_json(meta, len(training), task_dir.name)
+    DatasetSpec.from_json(out_json, target / "dataset.json", target.name)  # validate before writing
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
+    try:
+        for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if test else ()):
+            (tmp / sub).mkdir()
+        for entry in training:
+            case_id = _case_id(entry["image"])
+            split_channels(task_dir / entry["image"], tmp / "imagesTr", case_id)
+            shutil.copyfile(task_dir / entry["label"], tmp / "labelsTr" / f"{case_id}{FILE_ENDING}")
+        for rel in test:
+            split_channels(task_dir / rel, tmp / "imagesTs", _case_id(rel))
+        atomic_write_json(tmp / "dataset.json", out_json)
+        _replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def dataset_folder_name(task_dir: Path, dataset_id: int | None) -> str:
+    """``DatasetXXX_Name`` for an MSD ``TaskXX_Name`` folder (XXX = task number unless given)."""
+    m = _TASK_RE.match(Path(task_dir).name)
+    if m is None and dataset_id is None:
+        raise DatasetError([f"{task_dir}: folder name is not TaskXX_Name, so the dataset number is unknown; "
+                            "pass dataset_id (--dataset-id)"])
+    number = dataset_id if dataset_id is not None else int(m["number"])
+    if not isinstance(number, int) or not 1 <= number <= 999:
+        raise DatasetError([f"dataset id must be an integer in 1..999, got {number!r}"])
+    name = m["name"] if m else Path(task_dir).name
+    return f"Dataset{number:03d}_{name}"
+
+
+def read_msd_json(task_dir: Path) -> dict[str, Any]:
+    """Read and validate an MSD dataset.json (all problems at once)."""
+    path = Path(task_dir) / "dataset.json"
+    if not Path(task_dir).is_dir():
+        raise DatasetError([f"{task_dir}: MSD task folder not found"])
+    if not path.is_file():
+        raise DatasetError([f"{path}: missing; an MSD task folder holds dataset.json, imagesTr/ and labelsTr/"])
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError([f"{path}: not valid JSON ({e})"]) from None
+    if not isinstance(meta, dict):
+        raise DatasetError([f"{path}: must hold a JSON object"])
+    problems = [f"{path}: missing key '{k}' (MSD dataset.json needs modality, labels and training)"
+                for k in ("modality", "labels", "training") if k not in meta]
+    if isinstance(meta.get("modality"), dict):
+        if sorted(meta["modality"]) != [str(i) for i in range(len(meta["modality"]))] or not meta["modality"]:
+            problems.append(f"{path}: 'modality' keys must be \"0\", \"1\", ... without gaps")
+    elif "modality" in meta:
+        problems.append(f"{path}: 'modality' must be an object like {{\"0\": \"MRI\"}}")
+    if isinstance(meta.get("labels"), dict):
+        if not all(str(k).isdigit() and isinstance(v, str) for k, v in meta["labels"].items()):
+            problems.append(f"{path}: 'labels' must map label numbers to names, like {{\"0\": \"background\"}}")
+    elif "labels" in meta:
+        problems.append(f"{path}: 'labels' must be an object like {{\"0\": \"background\", \"1\": \"tumour\"}}")
+    training = meta.get("training")
+    if "training" in meta and (not isinstance(training, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("image"), str) and isinstance(e.get("label"), str)
+            for e in training)):
+        problems.append(f"{path}: 'training' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    if not isinstance(meta.get("test", []), list) or not all(isinstance(p, str) for p in meta.get("test", [])):
+        problems.append(f"{path}: 'test' must be a list of image paths")
+    if problems:
+        raise DatasetError(problems)
+    return meta
+
+
+def nnunet_dataset_json(meta: dict[str, Any], num_training: int, source: str) -> dict[str, Any]:
+    """The nnU-Net v2 dataset.json for a validated MSD dataset.json."""
+    labels: dict[str, int] = {}
+    for value, name in sorted(meta["labels"].items(), key=lambda kv: int(kv[0])):
+        key = "background" if int(value) == 0 else name
+        labels[key if key not in labels else f"{key}_{value}"] = int(value)
+    out = {"channel_names": {k: meta["modality"][k] for k in sorted(meta["modality"], key=int)},
+           "labels": labels, "numTraining": num_training, "file_ending": FILE_ENDING}
+    out.update({k: meta[k] for k in _KEEP_KEYS if k in meta})
+    out["converted_from"] = f"Medical Segmentation Decathlon {source}"
+    return out
+
+
+def _is_resource_fork(rel: str) -> bool:
+    return Path(rel).name.startswith("._")
+
+
+def _case_id(rel: str) -> str:
+    name = Path(rel).name
+    if not name.endswith(FILE_ENDING):
+        raise DatasetError([f"{rel}: MSD files must end with {FILE_ENDING}"])
+    return name[: -len(FILE_ENDING)]
+
+
+def _verify_files(task_dir: Path, training: list[dict], test: list[str], n_channels: int) -> None:
+    """Every listed file exists, has a readable NIfTI header, images hold ``n_channels`` channels and
+    labels are 3D. Raises :class:`DatasetError` with every problem."""
+    problems = []
+    for rel in [e["image"] for e in training] + list(test):
+        shape = _header_shape(task_dir / rel, problems)
+        if shape is not None and (len(shape) not in (3, 4) or (shape[3] if len(shape) == 4 else 1) != n_channels):
+            problems.append(f"{task_dir / rel}: shape {shape} does not hold the {n_channels} channel(s) "
+                            "that 'modality' declares")
+    for rel in [e["label"] for e in training]:
+        shape = _header_shape(task_dir / rel, problems)
+        if shape is not None and len(shape) != 3:
+            problems.append(f"{task_dir / rel}: a label must be 3D, got shape {shape}")
+    if problems:
+        raise DatasetError(problems)
+
+
+def _header_shape(path: Path, problems: list[str]) -> tuple[int, ...] | None:
+    import nibabel as nib
+
+    if not path.name.endswith(FILE_ENDING):
+        problems.append(f"{path}: MSD files must end with {FILE_ENDING}")
+    elif not path.is_file():
+        problems.append(f"{path}: listed in dataset.json but missing; restore it or remove its entry")
+    else:
+        try:
+            return tuple(nib.load(str(path)).shape)
+        except Exception as e:
+            problems.append(f"{path}: not a readable NIfTI file ({e}); re-download the task")
+    return None
+
+
+def split_channels(src: Path, dst_dir: Path, case_id: str) -> list[Path]:
+    """Write each channel of ``src`` (3D, or 4D with channels last) as ``{case_id}_XXXX.nii.gz``.
+
+    A 3D file is copied byte for byte; a 4D file is cut into 3D files that keep the affine, the
+    qform/sform codes, units and the voxel values (scaled values are stored as float32)."""
+    import nibabel as nib
+
+    img = nib.load(str(src))
+    if img.ndim == 3:
+        out = dst_dir / f"{case_id}_0000{FILE_ENDING}"
+        shutil.copyfile(src, out)
+        return [out]
+    data = np.asanyarray(img.dataobj)
+    if data.dtype != img.get_data_dtype():  # scl_slope/inter applied: keep the scaled values
+        data = data.astype(np.float32)
+    outs = []
+    for c in range(img.shape[3]):
+        channel = np.ascontiguousarray(data[..., c])
+        header = img.header.copy()
+        header.set_data_dtype(channel.dtype)
+        part = nib.Nifti1Image(channel, img.affine, header)
+        part.header.set_slope_inter(1.0, 0.0)
+        part.set_qform(img.header.get_qform(), code=int(img.header["qform_code"]))
+        part.set_sform(img.header.get_sform(), code=int(img.header["sform_code"]))
+        out = dst_dir / f"{case_id}_{c:04d}{FILE_ENDING}"
+        nib.save(part, str(out))
+        outs.append(out)
+    return outs
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move the finished folder ``new`` to ``target``, replacing an existing one."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,223 @@
+"""Evaluate a folder of predicted label maps against a folder of references.
+
+Files are matched by case name (``{case}{file_ending}``, ending from ``dataset.json``); every pair
+must agree in geometry. Results go to ``summary.json`` (:class:`EvaluationSummary`) and
+``summary.csv`` (one row per case and class/region). Metric conventions: :mod:`.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from autoseg.artifacts import Artifact, atomic_write_bytes
+from autoseg.dataset import DatasetSpec
+from autoseg.evaluation.metrics import (
+    DEFAULT_TOLERANCE_MM,
+    LabelMetrics,
+    MeanMetrics,
+    case_metrics,
+    evaluation_targets,
+    foreground_mean,
+    mean_metrics,
+)
+from autoseg.io import ImageReadError, read_geometry, read_volume
+
+CONVENTIONS = (
+    "Dice/IoU/HD95/NSD are null when reference and prediction are both empty and left out of means; "
+    "when only one is empty: Dice 0, IoU 0, NSD 0, HD95 = image diagonal in mm. HD95 = max of the two "
+    "directed 95th percentiles of surface-voxel distances (mm); NSD counts surface voxels within the "
+    "tolerance (inclusive). Voxels labelled 'ignore' in the reference are not counted."
+)
+
+
+class EvaluationError(ValueError):
+    """Reference and prediction folders cannot be evaluated; the message names the files and the fix."""
+
+
+@dataclass(frozen=True)
+class EvaluationSummary(Artifact):
+    """``summary.json``: per-case metrics, per-target means and the foreground mean."""
+
+    KIND = "evaluation_summary"
+    SCHEMA_VERSION = 1
+
+    reference_dir: str
+    prediction_dir: str
+    tolerance_mm: float
+    targets: dict[str, tuple[int, ...]]  # name -> label values (one for a class, several for a region)
+    cases: dict[str, dict[str, LabelMetrics]]  # case -> target name -> metrics
+    mean: dict[str, MeanMetrics]  # target name -> mean over cases
+    foreground_mean: MeanMetrics  # mean of the target means
+    missing_predictions: tuple[str, ...] = ()  # reference cases without a prediction (allow_missing)
+    conventions: str = CONVENTIONS
+
+
+def match_cases(gt_dir: Path, pred_dir: Path, file_ending: str) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
+    """Pair reference and prediction files by case name. Returns ``{case: (ref, pred)}`` and the
+    reference cases that have no prediction."""
+    def listing(folder: Path) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise EvaluationError(f"{folder}: folder not found")
+        return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
+                if p.name.lower().endswith(file_ending) and not p.name.startswith(".")}
+
+    refs, preds = listing(Path(gt_dir)), listing(Path(pred_dir))
+    if not refs:
+        raise EvaluationError(f"{gt_dir}: no reference files ending in '{file_ending}' (file_ending of dataset.json)")
+    pairs = {c: (refs[c], preds[c]) for c in refs if c in preds}
+    missing = [c for c in refs if c not in preds]
+    return pairs, missing
+
+
+def check_geometry(pairs: dict[str, tuple[Path, Path]], force_itk: bool = False) -> None:
+    """Raise :class:`EvaluationError` listing every pair whose headers disagree (shape, spacing,
+    origin or direction). Reads headers only."""
+    problems = []
+    for ref, pred in pairs.values():
+        try:
+            diff = read_geometry(ref, force_itk).mismatches(read_geometry(pred, force_itk))
+        except ImageReadError as e:
+            problems.append(str(e))
+            continue
+        if diff:
+            problems.append(f"{pred}: geometry differs from reference {ref}: {'; '.join(diff)}; predict again "
+                            "from the original image so the output keeps its geometry")
+    if problems:
+        raise EvaluationError("cannot evaluate:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def read_label_map(path: Path, force_itk: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
+    """An integer label map ``(X, Y, Z)`` and its spacing; a float file with fractional values is an error."""
+    arr, geometry = read_volume(path, force_itk)
+    if arr.ndim != 3:
+        raise EvaluationError(f"{path}: expected a 3D label map, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        rounded = np.rint(arr)
+        if not np.array_equal(rounded, arr):
+            raise EvaluationError(f"{path}: holds fractional values; expected an integer label map "
+                                  "(save predictions as labels, probabilities go to .npz)")
+        arr = rounded
+    return arr.astype(np.int32, copy=False), geometry.spacing[:3]
+
+
+def _evaluate_pair(case: str, ref: Path, pred: Path, targets: dict[str, tuple[int, ...]], tolerance_mm: float,
+                   ignore_label: int | None, force_itk: bool) -> tuple[str, dict[str, LabelMetrics]]:
+    ref_seg, spacing = read_label_map(ref, force_itk)
+    pred_seg, _ = read_label_map(pred, force_itk)
+    if ref_seg.shape != pred_seg.shape:
+        raise EvaluationError(f"{pred}: shape {pred_seg.shape} differs from reference {ref} {ref_seg.shape}")
+    return case, case_metrics(ref_seg, pred_seg, spacing, targets, tolerance_mm, ignore_label)
+
+
+def run_bounded(fn: Callable, jobs: Iterable[tuple], workers: int, progress: bool = False,
+                description: str = "evaluating") -> Iterator:
+    """Yield ``fn(*job)`` for every job, on at most ``workers`` processes with at most twice that many
+    jobs in flight (results in completion order). ``workers <= 1`` runs in this process."""
+    jobs = list(jobs)
+    from rich.progress import Progress
+
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(description, total=len(jobs))
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield fn(*job)
+                bar.advance(task)
+            return
+        ctx = multiprocessing.get_context("spawn")  # safe when the caller has threads (torch)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            pending, it = set(), iter(jobs)
+            for job in it:
+                pending.add(pool.submit(fn, *job))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        yield f.result()
+                        bar.advance(task)
+            for f in wait(pending)[0]:
+                yield f.result()
+                bar.advance(task)
+
+
+def evaluate_folders(gt_dir: Path, pred_dir: Path, spec: DatasetSpec, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                     workers: int = 1, progress: bool = False, output_dir: Path | None = None,
+                     allow_missing: bool = False) -> EvaluationSummary:
+    """Evaluate every reference case in ``gt_dir`` against ``pred_dir`` and write ``summary.json`` and
+    ``summary.csv`` to ``output_dir`` (default ``pred_dir``).
+
+    Reference cases without a prediction are an error unless ``allow_missing`` (then they are listed in
+    the summary). Predictions without a reference are ignored."""
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
+        raise EvaluationError(f"surface Dice tolerance must be a finite number of mm >= 0, got {tolerance_mm}")
+    pairs, missing = match_cases(gt_dir, pred_dir, spec.file_ending)
+    if missing and not allow_missing:
+        shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise EvaluationError(f"{pred_dir}: no prediction for {len(missing)} reference case(s) of {gt_dir}: "
+                              f"{shown}; predict them, or pass allow_missing (--allow-missing) to skip them")
+    if not pairs:
+        raise EvaluationError(f"{pred_dir}: no prediction matches a reference case of {gt_dir} "
+                              f"(names must be {{case}}{spec.file_ending})")
+    check_geometry(pairs, spec.force_itk)
+    targets = evaluation_targets(spec.labels)
+    jobs = [(c, r, p, targets, tolerance_mm, spec.ignore_label, spec.force_itk) for c, (r, p) in pairs.items()]
+    results = dict(run_bounded(_evaluate_pair, jobs, workers, progress))
+    cases = {c: results[c] for c in sorted(results)}
+    means = {name: mean_metrics([cases[c][name] for c in cases]) for name in targets}
+    summary = EvaluationSummary(
+        reference_dir=str(gt_dir), prediction_dir=str(pred_dir), tolerance_mm=float(tolerance_mm),
+        targets=targets, cases=cases, mean=means, foreground_mean=foreground_mean(means),
+        missing_predictions=tuple(missing),
+    )
+    out = Path(output_dir) if output_dir is not None else pred_dir
+    summary.save(out / "summary.json")
+    write_csv(summary, out / "summary.csv")
+    return summary
+
+
+CSV_COLUMNS = ("case", "label") + tuple(f.name for f in fields(LabelMetrics))
+
+
+def write_csv(summary: EvaluationSummary, path: Path) -> Path:
+    """One row per case and target; undefined values are empty cells. Written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for case, per_target in summary.cases.items():
+        for name, m in per_target.items():
+            values = [getattr(m, f) for f in CSV_COLUMNS[2:]]
+            writer.writerow([case, name] + ["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+                                            for v in values])
+    atomic_write_bytes(Path(path), buf.getvalue().encode())
+    return Path(path)
+
+
+def summary_table(summary: EvaluationSummary):
+    """A rich table of the per-target means and the foreground mean."""
+    from rich.table import Table
+
+    def fmt(v: float | None, digits: int = 4) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    table = Table(title=f"{len(summary.cases)} case(s), NSD tolerance {summary.tolerance_mm:g} mm")
+    for col in ("label", "Dice", "IoU", "HD95 mm", "NSD", "cases"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    rows = list(summary.mean.items()) + [("foreground mean", summary.foreground_mean)]
+    for i, (name, m) in enumerate(rows):
+        table.add_row(name, fmt(m.dice), fmt(m.iou), fmt(m.hd95_mm, 2), fmt(m.nsd), str(m.n_cases),
+                      end_section=i == len(rows) - 2)
+    return table
+
+
+def print_summary(summary: EvaluationSummary, console=None) -> None:
+    from rich.console import Console
+
+    (console or Console()).print(summary_table(summary))

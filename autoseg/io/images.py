@@ -240,14 +240,20 @@ def write_like(array: np.ndarray, reference: Path | str, out_path: Path | str, f
         else:
             import nibabel as nib
 
-            ref = _load_nifti(reference)
-            header = ref.header.copy()
-            header.set_data_dtype(array.dtype)
-            img = nib.Nifti1Image(array, ref.affine, header)
-            img.header.set_slope_inter(1.0, 0.0)
-            # keep the reference's qform/sform codes so viewers place it identically
-            img.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
-            img.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
+            if _use_itk(reference, force_itk):  # NRRD/MHA reference: only its geometry carries over
+                affine = read_geometry(reference, force_itk).affine_array
+                img = nib.Nifti1Image(array, affine)
+                img.set_qform(affine, code=1)
+                img.set_sform(affine, code=1)
+            else:
+                ref = _load_nifti(reference)
+                header = ref.header.copy()
+                header.set_data_dtype(array.dtype)
+                img = nib.Nifti1Image(array, ref.affine, header)
+                img.header.set_slope_inter(1.0, 0.0)
+                # keep the reference's qform/sform codes so viewers place it identically
+                img.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
+                img.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
             nib.save(img, tmp)
         os.replace(tmp, out_path)
     except BaseException:

@@ -1,0 +1,169 @@
+"""Image IO: round trips keep geometry exactly; ITK (LPS) and nibabel (RAS) agree on the affine."""
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoseg.io import ImageReadError, read_geometry, read_image, read_volume, write_like
+
+SHAPE = (9, 7, 5)
+SPACING = (0.7, 0.9, 3.5)
+
+
+def oblique_affine() -> np.ndarray:
+    """Rotated about two axes, anisotropic voxels, offset origin."""
+    a, b = np.deg2rad(20), np.deg2rad(-7)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, 1.0, 1.0]) @ rz @ ry @ np.diag(SPACING)
+    affine[:3, 3] = [12.5, -80.25, 33.0]
+    return affine
+
+
+def voxels(dtype=np.float32) -> np.ndarray:
+    return np.arange(np.prod(SHAPE)).reshape(SHAPE).astype(dtype) * 3 - 50
+
+
+@pytest.fixture
+def nifti(tmp_path):
+    path = tmp_path / "ref.nii.gz"
+    img = nib.Nifti1Image(voxels(), oblique_affine())
+    img.set_qform(oblique_affine(), code=1)
+    img.set_sform(oblique_affine(), code=1)
+    nib.save(img, str(path))
+    return path
+
+
+def itk_reference(path, array: np.ndarray, affine: np.ndarray):
+    """Write ``array`` (X, Y, Z) with a RAS ``affine`` through SimpleITK (LPS world)."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    img.SetSpacing(spacing.tolist())
+    img.SetDirection((lps @ affine[:3, :3] / spacing).ravel().tolist())
+    img.SetOrigin((lps @ affine[:3, 3]).tolist())
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def assert_same_geometry(g1, g2):
+    assert g1.shape == g2.shape
+    np.testing.assert_allclose(g1.spacing, g2.spacing, rtol=1e-6)
+    np.testing.assert_allclose(g1.affine_array, g2.affine_array, atol=1e-4)
+    assert g1.mismatches(g2) == []
+
+
+def test_nifti_reads_in_nibabel_order(nifti):
+    arr, g = read_volume(nifti)
+    np.testing.assert_array_equal(arr, voxels())
+    np.testing.assert_allclose(g.spacing, SPACING, rtol=1e-6)
+    np.testing.assert_allclose(g.affine_array, oblique_affine(), atol=1e-5)
+    assert_same_geometry(g, read_geometry(nifti))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_nifti_round_trip_keeps_geometry_and_values(nifti, tmp_path, dtype):
+    arr, g = read_volume(nifti)
+    out = write_like(arr.astype(dtype) if dtype != np.uint8 else (arr > 0).astype(dtype), nifti, tmp_path / "out.nii.gz")
+    back, g2 = read_volume(out)
+    assert_same_geometry(g, g2)
+    assert int(nib.load(str(out)).header["sform_code"]) == 1
+    expected = arr.astype(dtype) if dtype != np.uint8 else (arr > 0).astype(dtype)
+    np.testing.assert_array_equal(back, expected)
+
+
+@pytest.mark.parametrize("ending", [".nrrd", ".mha"])
+def test_itk_round_trip_keeps_geometry_and_values(tmp_path, ending):
+    ref = itk_reference(tmp_path / f"ref{ending}", voxels(np.int16), oblique_affine())
+    arr, g = read_volume(ref)
+    np.testing.assert_array_equal(arr, voxels(np.int16))
+    np.testing.assert_allclose(g.affine_array, oblique_affine(), atol=1e-6)
+    assert_same_geometry(g, read_geometry(ref))
+    out = write_like(arr, ref, tmp_path / f"out{ending}")
+    back, g2 = read_volume(out)
+    assert_same_geometry(g, g2)
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_itk_and_nibabel_agree_on_the_affine(nifti, tmp_path):
+    """The same NIfTI read by SimpleITK (LPS -> RAS at the edge) and by nibabel gives one affine and
+    one voxel order; so does a copy converted to NRRD by SimpleITK."""
+    arr_nib, g_nib = read_volume(nifti)
+    arr_itk, g_itk = read_volume(nifti, force_itk=True)
+    np.testing.assert_array_equal(arr_itk, arr_nib)
+    assert_same_geometry(g_nib, g_itk)
+    nrrd = tmp_path / "copy.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(nrrd))
+    arr_nrrd, g_nrrd = read_volume(nrrd)
+    np.testing.assert_array_equal(arr_nrrd, arr_nib)
+    assert_same_geometry(g_nib, g_nrrd)
+
+
+def test_itk_written_nifti_matches_nibabel_affine(tmp_path):
+    path = itk_reference(tmp_path / "itk.nii.gz", voxels(), oblique_affine())
+    np.testing.assert_allclose(nib.load(str(path)).affine, oblique_affine(), atol=1e-4)
+    np.testing.assert_allclose(read_geometry(path).affine_array, oblique_affine(), atol=1e-4)
+
+
+def test_write_like_picks_small_integer_types(nifti, tmp_path):
+    out = write_like(np.zeros(SHAPE, np.int64) + 3, nifti, tmp_path / "lab.nii.gz")
+    assert nib.load(str(out)).get_data_dtype() == np.uint8
+    neg = np.zeros(SHAPE, np.int64)
+    neg[0, 0, 0] = -1
+    out = write_like(neg, nifti, tmp_path / "neg.nii.gz")
+    assert nib.load(str(out)).get_data_dtype() == np.int16
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary leftovers
+
+
+def test_read_image_stacks_channels_and_rejects_mismatch(nifti, tmp_path):
+    second = write_like(voxels() * 2, nifti, tmp_path / "c1.nii.gz")
+    data, g = read_image([nifti, second])
+    assert data.shape == (2,) + SHAPE and data.dtype == np.float32
+    shifted = oblique_affine()
+    shifted[:3, 3] += 5
+    moved = tmp_path / "moved.nii.gz"
+    nib.save(nib.Nifti1Image(voxels(), shifted), str(moved))
+    with pytest.raises(ImageReadError, match="moved.nii.gz.*origin"):
+        read_image([nifti, moved])
+
+
+def test_trailing_singleton_axis_is_dropped(tmp_path):
+    path = tmp_path / "4d.nii.gz"
+    nib.save(nib.Nifti1Image(voxels()[..., None], oblique_affine()), str(path))
+    assert read_volume(path)[0].shape == SHAPE
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("missing.nii.gz", None, "not found"),
+    ("image.png", b"\x89PNG", "unsupported file type"),
+    ("broken.nii.gz", b"not gzip at all" * 30, "not a readable NIfTI"),
+    ("broken.nrrd", b"NRRD0004\ngarbage\n", "cannot be read"),
+])
+def test_unreadable_files_name_the_file(tmp_path, name, content, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=match) as e:
+        read_volume(path)
+    assert str(path) in str(e.value)
+
+
+def test_truncated_nifti_voxels(nifti):
+    data = gzip.decompress(nifti.read_bytes())
+    nifti.write_bytes(gzip.compress(data[: len(data) - 100]))
+    read_geometry(nifti)  # the header is intact
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_volume(nifti)
+
+
+def test_write_nifti_like_an_itk_reference(tmp_path):
+    """A NIfTI output for a NRRD input keeps the input's grid (the formats may differ)."""
+    ref = itk_reference(tmp_path / "ref.nrrd", voxels(np.int16), oblique_affine())
+    out = write_like(voxels(np.int16), ref, tmp_path / "out.nii.gz")
+    assert_same_geometry(read_geometry(ref), read_geometry(out))
+    back = write_like(voxels(np.int16), out, tmp_path / "back.mha")
+    assert_same_geometry(read_geometry(ref), read_geometry(back))

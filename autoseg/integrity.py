@@ -5,9 +5,9 @@ problems in the data); :func:`check_dataset` raises :class:`~autoseg.dataset.Dat
 all problems, emits each warning as a :class:`DatasetWarning`, and returns ``(spec, cases)``.
 
 Order of the checks: dataset.json (schema), file layout (names, channels, label/image pairs, stray
-files), then per case: headers first (dimensions, zero size, geometry of channels and label), then
-the voxels of each file, read once (NaN/Inf in images; fractional, undeclared or missing
-foreground values in labels). Per-case checks run in a bounded process pool when ``workers > 1``.
+files), then per case, each file read once: its header (dimensions, zero size, spacing), its voxels
+(NaN/Inf in images; fractional, undeclared or missing foreground values in labels), and finally the
+geometry of the channels and the label against the first channel. Per-case checks run in a bounded process pool when ``workers > 1``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
-from autoseg.io import Geometry, ImageReadError, read_geometry, read_volume
+from autoseg.io import Geometry, ImageReadError, read_volume
 
 _SAFE_NAME = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
@@ -197,34 +197,33 @@ class _NoBar:
 
 
 def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
-    """All per-case checks: headers of every file first, then the voxels of each file, read once."""
+    """All per-case checks. Each file is read once (one array in memory at a time): its header is
+    checked, then its voxels; finally the channels and the label are compared on geometry."""
     result = CaseResult(case.case_id)
     files = list(case.images) + ([case.label] if case.label is not None else [])
-    headers: dict[Path, Geometry] = {}
+    geometries: dict[Path, Geometry] = {}
     for p in files:
         try:
-            g = read_geometry(p, spec.force_itk)
+            arr, g = read_volume(p, spec.force_itk)
         except ImageReadError as e:
             result.problems.append(str(e))
             continue
         problem = _header_problem(p, g)
         if problem:
             result.problems.append(problem)
-        else:
-            headers[p] = g
-    ref = headers.get(case.images[0])
+            continue
+        geometries[p] = g
+        _check_voxels(p, arr, p == case.label, spec, result)
+        del arr
+    ref = geometries.get(case.images[0])
     if ref is not None:
         result.shape = _spatial(ref.shape)
         for p in files[1:]:
-            if p in headers:
-                diff = ref.mismatches(headers[p])
-                if diff:
-                    what = "label" if p == case.label else "channel"
-                    result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
-                                           f"{'; '.join(diff)}; resample or re-export it onto the image grid")
-    for p in files:
-        if p in headers:
-            _check_voxels(p, p == case.label, spec, result)
+            diff = ref.mismatches(geometries[p]) if p in geometries else []
+            if diff:
+                what = "label" if p == case.label else "channel"
+                result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
+                                       f"{'; '.join(diff)}; resample or re-export it onto the image grid")
     return result
 
 
@@ -251,12 +250,7 @@ def _header_problem(path: Path, g: Geometry) -> str | None:
     return None
 
 
-def _check_voxels(path: Path, is_label: bool, spec: DatasetSpec, result: CaseResult) -> None:
-    try:
-        arr, _ = read_volume(path, spec.force_itk)
-    except ImageReadError as e:
-        result.problems.append(str(e))
-        return
+def _check_voxels(path: Path, arr: np.ndarray, is_label: bool, spec: DatasetSpec, result: CaseResult) -> None:
     if np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype.kind not in "biuf":
         result.problems.append(f"{path}: unsupported voxel type {arr.dtype}; store real numbers")
         return

@@ -118,33 +118,38 @@ def _evaluate_pair(case: str, ref: Path, pred: Path, targets: dict[str, tuple[in
     return case, case_metrics(ref_seg, pred_seg, spacing, targets, tolerance_mm, ignore_label)
 
 
+# A spawned worker costs 1-3 s to start (imports), as much as evaluating about ten 128^3 cases with
+# seven classes; each worker must get at least this many cases, else the jobs run in this process.
+MIN_JOBS_PER_WORKER = 4
+
+
 def run_bounded(fn: Callable, jobs: Iterable[tuple], workers: int, progress: bool = False,
                 description: str = "evaluating") -> Iterator:
     """Yield ``fn(*job)`` for every job, on at most ``workers`` processes with at most twice that many
-    jobs in flight (results in completion order). ``workers <= 1`` runs in this process."""
-    jobs = list(jobs)
-    from rich.progress import Progress
+    jobs in flight (results in completion order). Few jobs or ``workers <= 1`` run in this process."""
+    from autoseg.progress import progress_bar
 
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(description, total=len(jobs))
-        if workers <= 1 or len(jobs) <= 1:
+    jobs = list(jobs)
+    workers = min(workers, len(jobs) // MIN_JOBS_PER_WORKER)
+    with progress_bar(description, len(jobs), progress) as advance:
+        if workers <= 1:
             for job in jobs:
                 yield fn(*job)
-                bar.advance(task)
+                advance(1)
             return
-        ctx = multiprocessing.get_context("spawn")  # safe when the caller has threads (torch)
+        ctx = multiprocessing.get_context("spawn")  # safe when the caller has threads (torch, progress bar)
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            pending, it = set(), iter(jobs)
-            for job in it:
+            pending = set()
+            for job in jobs:
                 pending.add(pool.submit(fn, *job))
                 if len(pending) >= 2 * workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         yield f.result()
-                        bar.advance(task)
+                        advance(1)
             for f in wait(pending)[0]:
                 yield f.result()
-                bar.advance(task)
+                advance(1)
 
 
 def evaluate_folders(gt_dir: Path, pred_dir: Path, spec: DatasetSpec, tolerance_mm: float = DEFAULT_TOLERANCE_MM,

@@ -113,6 +113,9 @@ def test_fractional_prediction_is_rejected(folders):
 
 def test_parallel_workers_give_the_same_result(folders, tmp_path):
     gt, pred = folders
+    for i in range(6):  # enough cases for two workers (MIN_JOBS_PER_WORKER)
+        for folder in (gt, pred):
+            (folder / f"copy{i}.nii.gz").write_bytes((folder / "case_b.nii.gz").read_bytes())
     one = evaluate_folders(gt, pred, make_spec(), output_dir=tmp_path / "1")
     two = evaluate_folders(gt, pred, make_spec(), workers=2, output_dir=tmp_path / "2")
     assert one == two

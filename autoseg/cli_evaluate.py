@@ -1,0 +1,88 @@
+"""CLI commands ``autoseg evaluate`` and ``autoseg show`` (registered in :mod:`autoseg.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from autoseg.cli import EXIT_OK, command, out, workspace_from
+
+
+def dataset_spec(dataset: str | None, args: argparse.Namespace, near: Path | None = None):
+    """The :class:`DatasetSpec` named by ``-d``: a dataset.json file, a raw dataset folder, a name or
+    number under ``<workdir>/raw`` or, failing that, the copy under ``<workdir>/preprocessed``.
+    Without ``-d``: the dataset.json next to ``near`` (e.g. ``labelsTr/..``), when there is one."""
+    import json
+
+    from autoseg.dataset import DatasetSpec
+
+    if dataset is None:
+        if near is not None and (Path(near).parent / "dataset.json").is_file():
+            return DatasetSpec.load(Path(near).resolve().parent)
+        raise ValueError("name the dataset with -d DATASET (its dataset.json gives the labels and file ending)")
+    p = Path(dataset)
+    if p.is_file():
+        return DatasetSpec.from_json(json.loads(p.read_text()), p, p.resolve().parent.name)
+    ws = workspace_from(args)
+    try:
+        return DatasetSpec.load(ws.resolve_raw(dataset))
+    except ValueError:
+        name = ws.resolve_planned(dataset)  # raises with the list of planned datasets
+        folder = ws.preprocessed_dir(name)
+        return DatasetSpec.from_json(json.loads((folder / "dataset.json").read_text()), folder / "dataset.json", name)
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    from autoseg.evaluation.metrics import DEFAULT_TOLERANCE_MM
+
+    p.add_argument("gt_dir", metavar="GT_DIR", type=Path, help="folder of reference label maps {case}{file_ending}")
+    p.add_argument("pred_dir", metavar="PRED_DIR", type=Path, help="folder of predicted label maps")
+    p.add_argument("-d", "--dataset", default=None,
+                   help="dataset (folder, name, number or dataset.json); default: GT_DIR/../dataset.json")
+    p.add_argument("--tolerance-mm", type=float, default=DEFAULT_TOLERANCE_MM,
+                   help=f"surface Dice tolerance in mm (default {DEFAULT_TOLERANCE_MM:g})")
+    p.add_argument("-o", "--output-dir", type=Path, default=None,
+                   help="where to write summary.json and summary.csv (default: PRED_DIR)")
+    p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                   help="parallel worker processes (default: up to 4)")
+    p.add_argument("--allow-missing", action="store_true", help="skip reference cases that have no prediction")
+    p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+
+
+@command("evaluate", "Dice, IoU, HD95 and surface Dice of predictions against references", _evaluate_arguments,
+         "Evaluate every reference case in GT_DIR against the file of the same name in PRED_DIR; write "
+         "summary.json and summary.csv (one row per case and class) and print the means.")
+def run_evaluate(args: argparse.Namespace) -> int:
+    from autoseg.evaluation import evaluate_folders, print_summary
+
+    spec = dataset_spec(args.dataset, args, near=args.gt_dir)
+    summary = evaluate_folders(args.gt_dir, args.pred_dir, spec, tolerance_mm=args.tolerance_mm,
+                               workers=args.workers, progress=not args.no_progress,
+                               output_dir=args.output_dir, allow_missing=args.allow_missing)
+    print_summary(summary)
+    folder = args.output_dir or args.pred_dir
+    out(f"written: {folder / 'summary.json'}, {folder / 'summary.csv'}")
+    if summary.missing_predictions:
+        out(f"skipped {len(summary.missing_predictions)} case(s) without prediction")
+    return EXIT_OK
+
+
+def _show_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", type=Path, help="image file (one channel)")
+    p.add_argument("seg", metavar="SEG", type=Path, nargs="?", default=None, help="label map to overlay")
+    p.add_argument("-o", "--output", type=Path, default=Path("preview.png"), help="PNG to write (default preview.png)")
+    p.add_argument("-d", "--dataset", default=None, help="dataset whose label names label the legend")
+
+
+@command("show", "write a PNG with axial, coronal and sagittal views and the label overlay", _show_arguments)
+def run_show(args: argparse.Namespace) -> int:
+    from autoseg.preview import render_preview
+
+    names = None
+    if args.dataset is not None:
+        spec = dataset_spec(args.dataset, args)
+        names = {int(v): k for k, v in spec.labels.items() if not isinstance(v, (list, tuple))}
+    path = render_preview(args.image, args.seg, args.output, names)
+    out(f"written: {path}")
+    return EXIT_OK

@@ -43,9 +43,9 @@ ISO_SPACING = (1.0, 1.0, 1.0)
 ANISO_SPACING = (0.8, 0.8, 4.0)  # typical thick-slice abdominal MR / CT
 ANISO_SLICE_FACTOR = 3        # thick slices: a third of the base number of slices
 CT_AIR, CT_TISSUE, CT_NOISE_SD = -1000.0, 40.0, 20.0
-CT_ORGAN_HU = (160.0, -90.0, 700.0)     # contrast-enhanced organ, fat-like, bone-like
+CT_ORGAN_HU = (160.0, -90.0, 700.0, 320.0, -300.0, 1200.0)  # enhanced organ, fat-, bone-like, ...
 MR_BODY = (1.0, 1.0)                     # relative body intensity per sequence (T1, T2)
-MR_ORGAN = ((1.7, 0.55), (0.45, 1.9), (1.3, 1.35))  # per label: (T1, T2) relative intensity
+MR_ORGAN = ((1.7, 0.55), (0.45, 1.9), (1.3, 1.35), (0.6, 0.6), (2.2, 1.2), (1.0, 2.5))  # per label: (T1, T2)
 MR_NOISE_SD = 0.05
 REGION_LABELS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": [3]}
 

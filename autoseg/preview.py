@@ -22,12 +22,12 @@ OVERLAY_ALPHA = 0.45
 DISPLAY_PERCENTILES = (0.5, 99.5)  # intensity window, robust to outliers such as metal in CT
 
 
-def canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """``array`` (X, Y, Z) reoriented to the closest RAS+ axes, and its spacing in mm."""
+def canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """``array`` (X, Y, Z) reoriented to the closest RAS+ axes, its spacing in mm and its affine."""
     import nibabel as nib
 
     img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=np.float64)))
-    return np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
+    return np.asanyarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3]), img.affine
 
 
 def slice_centre(seg: np.ndarray | None, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -84,7 +84,7 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
 
     image_path = Path(image_path)
     image, geometry = _read(image_path)
-    image, spacing = canonical(image.astype(np.float32), geometry.affine_array)
+    image, spacing, ras_affine = canonical(image.astype(np.float32), geometry.affine_array)
     seg = None
     if seg_path is not None:
         seg_raw, seg_geometry = _read(Path(seg_path))
@@ -92,8 +92,9 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
         if diff:
             raise ImageReadError(f"{seg_path}: geometry differs from the image {image_path} ({'; '.join(diff)}); "
                                  "give the segmentation that belongs to this image")
-        seg, _ = canonical(np.rint(seg_raw).astype(np.int32), geometry.affine_array)
+        seg = canonical(np.rint(seg_raw).astype(np.int32), geometry.affine_array)[0]
     centre = slice_centre(seg, image.shape)
+    world = ras_affine[:3, :3] @ np.asarray(centre) + ras_affine[:3, 3]  # RAS mm of the cut point
     lo, hi = np.percentile(image, DISPLAY_PERCENTILES)
     values = sorted(int(v) for v in np.unique(seg) if v != 0) if seg is not None else []
     colours = _label_colours(values)
@@ -114,7 +115,8 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
                       vmax=len(values) - 0.5, alpha=OVERLAY_ALPHA, origin="lower", extent=extent,
                       interpolation="nearest")
         _orientation_letters(ax, letters)
-        ax.set_title(f"{name} (slice {centre[{'axial': 2, 'coronal': 1, 'sagittal': 0}[name]]})", color="white")
+        axis = {"axial": 2, "coronal": 1, "sagittal": 0}[name]
+        ax.set_title(f"{name}, {'xyz'[axis]} = {world[axis]:.1f} mm (RAS)", color="white")
         ax.set_axis_off()
     if values:
         handles = [Patch(color=colours[v], label=f"{v}: {names.get(v, f'label {v}')}") for v in values]

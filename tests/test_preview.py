@@ -30,9 +30,11 @@ def test_canonical_undoes_a_permuted_flipped_affine():
     ras = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     stored = np.ascontiguousarray(ras[::-1, ::-1, :].transpose(1, 0, 2))  # axes: -y, -x, z
     affine = np.array([[0, -2.0, 0, 6.0], [-3.0, 0, 0, 12.0], [0, 0, 1.5, 0], [0, 0, 0, 1]])
-    back, spacing = canonical(stored, affine)
+    back, spacing, ras_affine = canonical(stored, affine)
     assert np.array_equal(back, ras)
     assert spacing == (2.0, 3.0, 1.5)
+    # voxel (0, 0, 0) of the canonical volume is the same world point as the stored voxel it came from
+    assert np.allclose(ras_affine @ [0, 0, 0, 1], affine @ [4, 3, 0, 1])
 
 
 def test_centre_is_the_segmentation_centre_of_mass_or_the_middle():

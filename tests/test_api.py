@@ -1,0 +1,118 @@
+import json
+import os
+
+import pytest
+
+from autoseg import api
+from autoseg.artifacts import ArtifactError
+from autoseg.dataset import DatasetError
+from autoseg.fingerprint import Fingerprint
+from autoseg.planning.plans import Plans
+from autoseg.splits import Splits
+from autoseg.storage import list_done_cases
+from autoseg.toy import make_toy_dataset
+from autoseg.workspace import Workspace, WorkspaceError
+
+SMALL = dict(n_cases=3, shape=(16, 16, 12), seed=3)
+
+
+@pytest.fixture
+def raw(tmp_path):
+    return make_toy_dataset(tmp_path / "elsewhere", **SMALL)
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace(tmp_path / "work")
+
+
+def _plan(raw, ws, **kw):
+    return api.plan(raw, ws, workers=1, progress=False, **kw)
+
+
+def test_plan_writes_every_artifact(raw, ws):
+    result = _plan(raw, ws)
+    d = ws.preprocessed_dir(raw.name)
+    assert result.preprocessed_dir == d and not result.checked_only and result.n_cases == 3
+    assert Fingerprint.load(d / "fingerprint.json").dataset_name == raw.name
+    plans = Plans.load(d / "plans.json")
+    assert result.plans == d / "plans.json" and "3d_fullres" in plans.configurations
+    splits = Splits.load(d / "splits.json")
+    assert len(splits.folds) == 5 and not splits.user_provided
+    assert (d / "dataset.json").read_bytes() == (raw / "dataset.json").read_bytes()
+    folder = result.data_folders["3d_fullres"]
+    assert folder == d / f"autosegPlans_{plans.configuration('3d_fullres').data_identifier}"
+    assert list_done_cases(folder) == ["toy_000", "toy_001", "toy_002"]
+    assert set(result.computed) == {"toy_000", "toy_001", "toy_002"}
+    # the raw data live outside <workdir>/raw: later commands find them through source.json
+    assert api.find_raw_dir(ws, raw.name) == raw.resolve()
+
+
+def test_rerun_reuses_fingerprint_and_skips_cases(raw, ws):
+    _plan(raw, ws)
+    fp = ws.preprocessed_dir(raw.name) / "fingerprint.json"
+    stamp = os.stat(fp).st_mtime_ns
+    again = _plan(raw, ws)
+    assert again.fingerprint_reused and again.computed == () and len(again.skipped) == 3
+    assert os.stat(fp).st_mtime_ns == stamp
+
+
+def test_changed_raw_data_are_redone(raw, ws):
+    _plan(raw, ws)
+    label = raw / "labelsTr" / "toy_001.nii.gz"
+    st = os.stat(label)
+    os.utime(label, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = _plan(raw, ws)
+    assert not again.fingerprint_reused and len(again.computed) == 3
+
+
+def test_check_only_writes_nothing(raw, ws):
+    result = _plan(raw, ws, check_only=True)
+    assert result.checked_only and result.n_cases == 3 and result.plans is None
+    assert not ws.root.exists()
+
+
+def test_broken_dataset_writes_nothing(raw, ws):
+    (raw / "labelsTr" / "toy_002.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="image without label"):
+        _plan(raw, ws)
+    assert not ws.root.exists()
+
+
+def test_unknown_configuration_lists_choices(raw, ws):
+    with pytest.raises(ValueError, match="choices: 2d, 3d_fullres"):
+        _plan(raw, ws, configs=["3d_superres"])
+
+
+def test_user_splits_in_raw_folder_are_kept(raw, ws):
+    folds = [{"train": ["toy_000", "toy_001"], "val": ["toy_002"]}, {"train": ["toy_002"], "val": ["toy_000"]}]
+    (raw / "splits_final.json").write_text(json.dumps(folds))
+    result = _plan(raw, ws)
+    splits = Splits.load(result.splits)
+    assert result.user_splits and splits.user_provided
+    assert [f.val for f in splits.folds] == [("toy_002",), ("toy_000",)]
+    # once copied, it stays even when the raw file is removed
+    (raw / "splits_final.json").unlink()
+    assert Splits.load(_plan(raw, ws).splits) == splits
+
+
+def test_user_splits_naming_unknown_cases_are_rejected(raw, ws):
+    folds = [{"train": ["toy_000", "nobody"], "val": ["toy_002"]}]
+    (raw / "splits.json").write_text(json.dumps(folds))
+    with pytest.raises(ArtifactError, match="nobody"):
+        _plan(raw, ws)
+
+
+def test_find_raw_dir_falls_back_to_workspace_raw(tmp_path):
+    ws = Workspace(tmp_path)
+    (ws.raw / "Dataset001_X").mkdir(parents=True)
+    assert api.find_raw_dir(ws, "Dataset001_X") == ws.raw / "Dataset001_X"
+    with pytest.raises(WorkspaceError, match="rerun `autoseg plan`"):
+        api.find_raw_dir(ws, "Dataset002_Y")
+
+
+def test_gpu_memory_override_reaches_the_plans(raw, ws):
+    result = _plan(raw, ws, gpu_memory_gb=24)
+    assert Plans.load(result.plans).settings["gpu_memory_gb"] == 24
+    with pytest.raises(ValueError, match="positive"):
+        _plan(raw, ws, gpu_memory_gb=0)

@@ -29,7 +29,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
 DEFAULT_WORKDIR = "autoseg_work"
 WORKDIR_ENV = "AUTOSEG_HOME"
 # Modules that register further commands when imported (train, predict, evaluate, ...).
-EXTENSION_MODULES: tuple[str, ...] = ("autoseg.cli_train",)
+EXTENSION_MODULES: tuple[str, ...] = ("autoseg.cli_train", "autoseg.cli_evaluate")
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,11 @@ def _common(defaults: bool) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     for module in EXTENSION_MODULES:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:  # a module not in this checkout: its commands are absent
+            if e.name != module:
+                raise
     from autoseg import __version__
 
     parser = argparse.ArgumentParser(prog="autoseg", parents=[_common(True)],

@@ -101,8 +101,8 @@ def _resample_volume(vol: np.ndarray, shape: Sequence[int], order: int, order_z:
 
 
 def _target_shape(spatial_shape, current_spacing, target_spacing, new_shape) -> tuple[int, ...]:
-    if (target_spacing is None) == (new_shape is None):
-        raise ValueError("give exactly one of target_spacing and new_shape")
+    if target_spacing is None and new_shape is None:
+        raise ValueError("give target_spacing, new_shape or both")
     if new_shape is not None:
         new_shape = tuple(int(s) for s in new_shape)
         if len(new_shape) != len(spatial_shape) or min(new_shape) < 1:
@@ -122,6 +122,8 @@ def resample_image(data: np.ndarray, current_spacing: Sequence[float], target_sp
                    anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
     """Resample ``data`` (C, X, Y, Z) to ``target_spacing`` (mm) or to ``new_shape`` (X', Y', Z').
 
+    With both, ``new_shape`` sets the shape and ``target_spacing`` only takes part in the
+    separate-z decision (as when mapping a prediction back onto the exact original grid).
     Returns a new float32 array (C, X', Y', Z'); an unchanged shape returns a float32 copy."""
     if data.ndim != 4:
         raise ValueError(f"expected a (C, X, Y, Z) array, got shape {data.shape}")

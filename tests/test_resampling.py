@@ -29,8 +29,19 @@ def test_same_spacing_is_identity_copy():
 def test_new_shape_argument():
     data = np.zeros((1, 4, 4, 4), np.float32)
     assert resample_image(data, (1, 1, 1), new_shape=(8, 2, 5)).shape == (1, 8, 2, 5)
-    with pytest.raises(ValueError):
-        resample_image(data, (1, 1, 1), (1, 1, 1), new_shape=(8, 2, 5))
+    with pytest.raises(ValueError, match="target_spacing, new_shape or both"):
+        resample_image(data, (1, 1, 1))
+
+
+def test_new_shape_with_spacing_uses_spacing_for_separate_z():
+    # back from (1, 1, 1) to a thick-slice grid: the target spacing says z is thick -> nearest along z
+    values = np.arange(12, dtype=np.float32)
+    data = np.ones((1, 4, 4, 12), np.float32) * values
+    out = resample_image(data, (1, 1, 1), (1, 1, 4), new_shape=(4, 4, 3))
+    assert out.shape == (1, 4, 4, 3)
+    assert set(np.unique(out)) <= set(values.tolist())
+    joint = resample_image(data, (1, 1, 1), (1, 1, 2), new_shape=(4, 4, 3))
+    assert not set(np.unique(joint)) <= set(values.tolist())
 
 
 @pytest.mark.parametrize("tgt", [(0.6, 1.7, 1.0), (1.0, 1.0, 5.0)])

@@ -37,6 +37,7 @@ from autoseg.training.sampling import draw_patch_box, forced_count, oversampling
 TRAIN_STREAM, VAL_STREAM = 0, 1    # separate random streams, so validation never repeats training batches
 DEFAULT_PREFETCH = 2               # batches queued per worker (torch's default)
 MAX_OPEN_CASES = 64                # memory-mapped cases kept open per process (bounds file handles)
+MAX_DEFAULT_WORKERS = 8            # default cap per loader (judgement, matches TrainSettings.num_workers)
 
 
 @dataclass(frozen=True)
@@ -165,12 +166,12 @@ class TimedIterator:
 
 
 def default_num_workers() -> int:
-    """One worker per CPU this process may use, minus one for the training loop (at least 0)."""
+    """One worker per CPU this process may use, minus one for the training loop (0 to 8)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not available on macOS / Windows
         cpus = os.cpu_count() or 1
-    return max(0, cpus - 1)
+    return max(0, min(cpus - 1, MAX_DEFAULT_WORKERS))
 
 
 def _worker_init(_: int) -> None:

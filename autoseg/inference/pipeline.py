@@ -1,0 +1,353 @@
+"""Predict a folder of images: ``{case}_{XXXX}{ending}`` channel files -> ``{case}{ending}`` label maps.
+
+Per case, in three stages that overlap (a reader thread prepares the next case and a writer thread
+finishes the previous one while the networks run; bounded queues keep at most a few cases in memory):
+
+1. read + preprocess exactly as for training (:func:`autoseg.preprocessing.load_case` and
+   :func:`~autoseg.preprocessing.finish_case`: crop to non-zero, transpose, normalise, resample);
+2. sliding window with Gaussian weighting and mirroring test-time augmentation per fold, softmax (or
+   sigmoid for regions) per fold, averaged over folds;
+3. probabilities resampled back to the cropped shape (order 1, separate-z on thick slices), argmax
+   (or regions painted in ``regions_class_order``), transposed back, pasted into the crop box,
+   post-processed when a cross-validation decision exists, and written with the input file's exact
+   geometry and header (atomically); ``{case}.npz`` probabilities first when asked.
+
+Existing outputs are skipped unless ``overwrite``. A case that cannot be read or predicted is
+reported in :class:`PredictReport` and the others still finish.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoseg.dataset import Case
+from autoseg.inference.predictor import Predictor
+from autoseg.inference import probabilities as probability_files
+from autoseg.inference.probabilities import SavedProbabilities, labels_from_probabilities
+from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+PREFETCH = 1  # prepared cases waiting for the networks (plus one being prepared)
+PENDING_WRITES = 1  # predicted cases waiting for the writer (plus one being written)
+
+
+class PredictError(ValueError):
+    """The prediction request itself is invalid (input folder, options); cases fail individually."""
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One case of the input folder: channel files in channel order, or why it cannot be predicted."""
+
+    case_id: str
+    files: tuple[Path, ...]
+    ending: str
+    problem: str = ""
+
+    def output_name(self) -> str:
+        return f"{self.case_id}{self.ending}"
+
+
+@dataclass(frozen=True)
+class PredictReport:
+    """What happened to every case: written, skipped (output existed) or failed with a message."""
+
+    out_dir: Path
+    written: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    failed: tuple[tuple[str, str], ...] = ()
+    seconds: float = 0.0
+    engine: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _expected(case: str, n: int, ending: str) -> str:
+    names = f"{case}_0000{ending}" if n == 1 else f"{case}_0000{ending} .. {case}_{n - 1:04d}{ending}"
+    return names + (f" (or {case}{ending})" if n == 1 else "")
+
+
+def _case_from_files(case: str, channels: dict[int, list[Path]], singles: list[Path],
+                     channel_names: tuple[str, ...]) -> InputCase:
+    n = len(channel_names)
+    all_files = sorted(singles + [p for ps in channels.values() for p in ps])
+    endings = {file_ending(p) for p in all_files}
+    ending = file_ending(all_files[0])
+    wanted = f"the model expects {n} channel(s) ({', '.join(channel_names)}) as {_expected(case, n, ending)}"
+    problem = ""
+    if len(endings) > 1 or len(singles) > 1 or any(len(ps) > 1 for ps in channels.values()):
+        problem = f"several files for the same case/channel ({', '.join(p.name for p in all_files)}); keep one"
+    elif singles and channels:
+        problem = f"both {singles[0].name} and channel files ({_names(channels)}); keep one naming"
+    elif singles:
+        if n == 1:
+            return InputCase(case, (singles[0],), ending)
+        problem = f"{singles[0].name} is a single file but {wanted}"
+    elif sorted(channels) != list(range(n)):
+        problem = f"has channel file(s) {_names(channels)} but {wanted}"
+    if problem:
+        return InputCase(case, tuple(all_files), ending, f"case '{case}': {problem}")
+    return InputCase(case, tuple(channels[c][0] for c in range(n)), ending)
+
+
+def _names(channels: dict[int, list[Path]]) -> str:
+    return ", ".join(p.name for c in sorted(channels) for p in channels[c])
+
+
+def find_inputs(in_dir: Path, channel_names: tuple[str, ...]) -> list[InputCase]:
+    """The cases of ``in_dir``: files ``{case}_{XXXX}{ending}`` grouped by case (``{case}{ending}`` is
+    a case of its own for one-channel models); endings .nii.gz, .nii, .nrrd, .mha, ... Files of other
+    types are ignored; a case whose channels do not match the model gets a ``problem``."""
+    in_dir = Path(in_dir)
+    if not in_dir.is_dir():
+        raise PredictError(f"{in_dir}: input folder not found")
+    channels: dict[str, dict[int, list[Path]]] = {}
+    singles: dict[str, list[Path]] = {}
+    for p in sorted(in_dir.iterdir()):
+        ending = file_ending(p)
+        if p.name.startswith(".") or not ending or not p.is_file():
+            continue
+        stem = strip_ending(p.name, p.name[-len(ending):])
+        m = _CHANNEL_RE.match(stem)
+        if m:
+            channels.setdefault(m["case"], {}).setdefault(int(m["channel"]), []).append(p)
+        else:
+            singles.setdefault(stem, []).append(p)
+    names = sorted(set(channels) | set(singles))
+    if not names:
+        raise PredictError(f"{in_dir}: no images to predict (expected {{case}}_0000 files ending in "
+                           f"{', '.join(SUPPORTED_ENDINGS)})")
+    return [_case_from_files(c, channels.get(c, {}), singles.get(c, []), tuple(channel_names)) for c in names]
+
+
+def is_done(case: InputCase, out_dir: Path, save_probabilities: bool) -> bool:
+    """Whether the case's outputs exist (the label map is written last)."""
+    seg = Path(out_dir) / case.output_name()
+    return seg.is_file() and (not save_probabilities or (Path(out_dir) / f"{case.case_id}.npz").is_file())
+
+
+# --- the three stages of one case -------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """A case after preprocessing: ``data`` (C, X, Y, Z) in the plans' axes at the model's spacing."""
+
+    case: InputCase
+    data: np.ndarray
+    props: object  # autoseg.storage.CaseProperties
+
+
+def prepare_case(case: InputCase, model: Predictor) -> Prepared:
+    """Read and preprocess one case exactly as training data were (no label)."""
+    from autoseg.preprocessing import finish_case, load_case
+
+    cropped = load_case(Case(case.case_id, case.files, None), model.spec, model.plans)
+    data, _, props, _ = finish_case(cropped, model.spec, model.config.spacing, model.config.resampling)
+    return Prepared(case, data, props)
+
+
+def case_probabilities(prepared: Prepared, model: Predictor, engine, step: float, tta: bool):
+    """Class (softmax) or region (sigmoid) probabilities ``(K, *S)`` float32 on the preprocessed grid:
+    logits averaged over windows and mirrorings per fold, activated per fold, averaged over folds."""
+    import torch
+
+    from autoseg.inference.sliding import logits_to_probabilities, predict_logits
+
+    image = torch.from_numpy(np.ascontiguousarray(prepared.data, dtype=np.float32))
+    axes = model.mirror_axes if tta else ()
+    total = None
+    for net in engine.networks:
+        logits = predict_logits([net], image, model.config.patch_size, step=step, mirror_axes=axes,
+                                device=engine.device, amp_dtype=engine.amp_dtype)
+        probs = logits_to_probabilities(logits, model.spec.has_regions)
+        total = probs if total is None else total.add_(probs)
+    return total.div_(len(engine.networks)).numpy()
+
+
+def _regions_order(model: Predictor) -> tuple[int, ...] | None:
+    return tuple(model.spec.regions_class_order) if model.spec.has_regions else None
+
+
+def _resample_back(channel: np.ndarray, props, model: Predictor) -> np.ndarray:
+    from autoseg.resampling import resample_probabilities
+
+    r = model.config.resampling
+    return resample_probabilities(channel, props.spacing, props.spacing_after_crop, new_shape=props.shape_after_crop,
+                                  order=r.probabilities_order, order_z=r.order_z_image,
+                                  anisotropy_threshold=r.anisotropy_threshold)
+
+
+def labels_at_crop(probs: np.ndarray, props, model: Predictor) -> np.ndarray:
+    """Label map ``(*shape_after_crop)`` from preprocessed-grid probabilities, resampling one channel at
+    a time (argmax kept as running maximum, so memory does not grow with the number of classes)."""
+    rco = _regions_order(model)
+    out = np.zeros(tuple(props.shape_after_crop), dtype=np.int16)
+    best = None
+    for k in range(probs.shape[0]):
+        p = _resample_back(probs[k:k + 1], props, model)[0]
+        if rco:
+            out[p > 0.5] = rco[k]
+        elif best is None:
+            best = p
+        else:
+            wins = p > best
+            out[wins] = k
+            np.maximum(best, p, out=best)
+    return out
+
+
+def write_case(prepared: Prepared, probs: np.ndarray, model: Predictor, out_dir: Path,
+               save_probabilities: bool) -> Path:
+    """Resample back, label, un-crop, transpose back, post-process and write one case."""
+    from autoseg.io import write_like
+    from autoseg.postprocessing import apply_postprocessing
+    from autoseg.training.validation import to_original
+
+    case, props = prepared.case, prepared.props
+    if save_probabilities:
+        full = _resample_back(probs, props, model)
+        axes = (0,) + tuple(a + 1 for a in model.plans.transpose_backward)
+        saved = SavedProbabilities(full.transpose(axes), props.bbox, props.original_shape, _regions_order(model))
+        probability_files.save_probabilities(Path(out_dir) / f"{case.case_id}.npz", saved)
+        labels = labels_from_probabilities(full, _regions_order(model))
+        del full
+    else:
+        labels = labels_at_crop(probs, props, model)
+    seg = to_original(labels, props, model.plans)
+    if model.postprocessing is not None:
+        seg = apply_postprocessing(seg, model.postprocessing)
+    return write_like(seg, case.files[0], Path(out_dir) / case.output_name())
+
+
+# --- the folder ----------------------------------------------------------------------------------
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return "out of memory; close other programs or predict on a machine with more memory"
+    if isinstance(e, (ValueError, OSError)) and str(e):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class _Results:
+    written: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, case: InputCase, error: BaseException | str) -> None:
+        with self.lock:
+            self.failed.append((case.case_id, error if isinstance(error, str) else _message(error)))
+
+    def done(self, case: InputCase) -> None:
+        with self.lock:
+            self.written.append(case.case_id)
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set (polling, so a stopped consumer never blocks the producer)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, step: float, tta: bool,
+              save_probs: bool, advance=lambda n=1: None) -> _Results:
+    """Predict ``todo`` with a reader thread, the networks in this thread and a writer thread."""
+    results = _Results()
+    ready: queue.Queue = queue.Queue(maxsize=PREFETCH)
+    to_write: queue.Queue = queue.Queue(maxsize=PENDING_WRITES)
+    stop = threading.Event()
+
+    def reader():
+        for case in todo:
+            try:
+                item = prepare_case(case, model)
+            except Exception as e:  # reported for this case; the others go on
+                item = e
+            if not _put(ready, (case, item), stop):
+                return
+        _put(ready, None, stop)
+
+    def writer():
+        while (item := to_write.get()) is not None:
+            prepared, probs = item
+            try:
+                write_case(prepared, probs, model, out_dir, save_probs)
+                results.done(prepared.case)
+            except Exception as e:
+                results.fail(prepared.case, e)
+            advance(1)
+
+    threads = [threading.Thread(target=reader, name="autoseg-read", daemon=True),
+               threading.Thread(target=writer, name="autoseg-write", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        while (item := ready.get()) is not None:
+            case, prepared = item
+            if isinstance(prepared, BaseException):
+                results.fail(case, prepared)
+                advance(1)
+                continue
+            try:
+                probs = case_probabilities(prepared, model, engine, step, tta)
+            except Exception as e:
+                results.fail(case, e)
+                advance(1)
+                continue
+            to_write.put((prepared, probs))
+            del prepared, probs
+    finally:
+        stop.set()  # the reader stops; what was predicted is still written
+        to_write.put(None)
+        for t in reversed(threads):
+            t.join()
+    return results
+
+
+def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float = 0.5, tta: bool = True,
+                   save_probabilities: bool = False, overwrite: bool = False, device: str = "auto",
+                   backend: str = "auto", precision: str = "auto", progress: bool = True) -> PredictReport:
+    """Predict every case of ``in_dir`` into ``out_dir`` with ``model``; see the module docstring."""
+    from autoseg.inference.backends import make_engine
+    from autoseg.progress import progress_bar
+    from autoseg.training.trainer import resolve_device
+
+    started = time.perf_counter()
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not 0 < step <= 1:
+        raise PredictError(f"--step {step}: the window step is a fraction of the patch size in (0, 1]; default 0.5")
+    if out_dir.resolve() == in_dir.resolve():
+        raise PredictError(f"{out_dir}: write predictions to another folder than the input images")
+    cases = find_inputs(in_dir, model.spec.channel_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bad = [c for c in cases if c.problem]
+    skipped = [c for c in cases if not c.problem and not overwrite and is_done(c, out_dir, save_probabilities)]
+    todo = [c for c in cases if not c.problem and c not in skipped]
+    example = (1, model.num_channels, *model.config.patch_size)
+    engine = make_engine(model.networks, backend, precision, resolve_device(device), example) if todo else None
+    results = _Results()
+    for c in bad:
+        results.fail(c, c.problem)
+    if todo:
+        with progress_bar(f"predicting ({engine.describe()})", len(todo), progress) as advance:
+            done = run_cases(todo, model, engine, out_dir, step, tta, save_probabilities, advance)
+        results.written.extend(done.written)
+        results.failed.extend(done.failed)
+    return PredictReport(out_dir=out_dir, written=tuple(sorted(results.written)),
+                         skipped=tuple(c.case_id for c in skipped), failed=tuple(sorted(results.failed)),
+                         seconds=time.perf_counter() - started, engine=engine.describe() if engine else "")

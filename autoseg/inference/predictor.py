@@ -1,0 +1,278 @@
+"""A trained model loaded for prediction: the networks of the chosen folds and what they need.
+
+A *model folder* is a configuration folder of a training run or of an imported model::
+
+    <workdir>/results/<Dataset>/<arch>__<plans_name>__<config>/
+        fold_<k>/checkpoint_final.pt | checkpoint_best.pt     (one or more folds, or fold_all)
+        postprocessing.json                                   (optional, from `autoseg postprocess`)
+
+Checkpoints describe themselves (weights, plans, configuration, architecture, dataset labels), so
+nothing else is read: every fold must agree on plans, configuration, architecture and labels. The
+networks are built once, on the CPU, in eval mode; :mod:`autoseg.inference.backends` moves or
+converts them for the device and backend that runs them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoseg.dataset import DatasetSpec
+from autoseg.planning.plans import ConfigurationPlan, Plans
+from autoseg.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision
+from autoseg.workspace import Workspace
+
+CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt"}
+_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+_DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
+
+
+class PredictorError(ValueError):
+    """A model folder, fold or checkpoint that cannot be used for prediction (the message says why)."""
+
+
+Fold = int | str  # 0, 1, ... or "all"
+
+
+def parse_fold(text: str | int) -> Fold:
+    if str(text) == "all":
+        return "all"
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise PredictorError(f"unknown fold '{text}': use a fold number (0, 1, ...) or 'all'") from None
+
+
+@dataclass
+class Predictor:
+    """The networks of the chosen folds of one trained configuration (CPU, eval mode) and their context.
+
+    ``spec`` is rebuilt from the checkpoint's dataset record (labels, channels, regions, file ending);
+    ``mirror_axes`` are the patch axes mirrored in training (all of them), used for test-time
+    augmentation; ``postprocessing`` is the cross-validation decision when one was saved."""
+
+    model_dir: Path
+    plans: Plans
+    config: ConfigurationPlan
+    spec: DatasetSpec
+    arch: str
+    folds: tuple[Fold, ...]
+    checkpoint: str
+    networks: tuple[Any, ...]
+    postprocessing: PostprocessingDecision | None = None
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        return tuple(range(len(self.config.patch_size)))
+
+    @property
+    def num_channels(self) -> int:
+        return self.spec.num_channels
+
+    def describe(self) -> str:
+        folds = ", ".join(str(f) for f in self.folds)
+        return (f"{self.spec.name} {self.arch} {self.config.name} (fold{'s' if len(self.folds) > 1 else ''} {folds}, "
+                f"checkpoint {self.checkpoint})")
+
+
+def fold_dirs(model_dir: Path) -> dict[Fold, Path]:
+    """The ``fold_*`` folders of a model folder, by fold (numbers first, in order, then ``all``)."""
+    found: dict[Fold, Path] = {}
+    if Path(model_dir).is_dir():
+        for p in Path(model_dir).iterdir():
+            m = _FOLD_RE.match(p.name)
+            if m and p.is_dir():
+                found[parse_fold(m.group(1))] = p
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] == "all", kv[0] if kv[0] != "all" else 0)))
+
+
+def _checkpoint_name(checkpoint: str) -> str:
+    if checkpoint not in CHECKPOINTS:
+        raise PredictorError(f"unknown checkpoint '{checkpoint}'; choices: {', '.join(CHECKPOINTS)}")
+    return CHECKPOINTS[checkpoint]
+
+
+def choose_checkpoints(model_dir: Path, folds: Sequence[Fold] | None, checkpoint: str = "final") -> dict[Fold, Path]:
+    """Checkpoint file per fold. ``model_dir`` is a model folder or one ``fold_*`` folder. Without
+    ``folds``: every numbered fold that has the checkpoint, else ``fold_all``."""
+    model_dir = Path(model_dir)
+    name = _checkpoint_name(checkpoint)
+    if not model_dir.is_dir():
+        raise PredictorError(f"{model_dir}: model folder not found")
+    if _FOLD_RE.match(model_dir.name):  # a single fold folder
+        if folds is not None and [parse_fold(f) for f in folds] != [parse_fold(model_dir.name[5:])]:
+            raise PredictorError(f"{model_dir} is one fold's folder; give its configuration folder to choose folds")
+        path = model_dir / name
+        if not path.is_file():
+            raise PredictorError(f"{path}: not found; {_hint(model_dir, checkpoint)}")
+        return {parse_fold(model_dir.name[5:]): path}
+    available = fold_dirs(model_dir)
+    if not available:
+        raise PredictorError(f"{model_dir}: holds no fold_* folders; give a configuration folder "
+                             f"(results/<Dataset>/<arch>__<plans>__<config>) or an imported model")
+    if folds is None:
+        done = {f: d / name for f, d in available.items() if (d / name).is_file()}
+        numbered = {f: p for f, p in done.items() if f != "all"}
+        chosen = numbered or done
+        if not chosen:
+            raise PredictorError(f"{model_dir}: no fold has {name}; {_hint(model_dir, checkpoint)}")
+        return chosen
+    out: dict[Fold, Path] = {}
+    for f in (parse_fold(f) for f in folds):
+        if f not in available:
+            raise PredictorError(f"{model_dir}: fold {f} was not trained (trained: "
+                                 f"{', '.join(str(k) for k in available)}); train it or choose other --folds")
+        path = available[f] / name
+        if not path.is_file():
+            raise PredictorError(f"{path}: not found; {_hint(available[f], checkpoint)}")
+        out[f] = path
+    return out
+
+
+def _hint(folder: Path, checkpoint: str) -> str:
+    if checkpoint == "final":
+        return ("training has not finished; finish it with `autoseg train --resume` or predict with "
+                "--checkpoint best")
+    return "no best checkpoint was saved; use --checkpoint final"
+
+
+def spec_from_checkpoint(ckpt: dict[str, Any], source: Path) -> DatasetSpec:
+    """The dataset description a checkpoint carries, as a :class:`DatasetSpec`."""
+    d = ckpt.get("dataset")
+    if not isinstance(d, dict) or "labels" not in d or "channel_names" not in d:
+        raise PredictorError(f"{source}: checkpoint has no dataset record (labels, channels); retrain with this autoseg")
+    rco = d.get("regions_class_order")
+    return DatasetSpec(name=str(d.get("name", "")), channel_names=tuple(d["channel_names"]), labels=dict(d["labels"]),
+                       num_training=0, file_ending=str(d.get("file_ending", ".nii.gz")),
+                       regions_class_order=tuple(rco) if rco else None, ignore_label=d.get("ignore_label"))
+
+
+def _describe(ckpt: dict[str, Any]) -> tuple:
+    """What must be equal across the folds of one model."""
+    return ckpt.get("plans"), ckpt.get("configuration"), ckpt.get("arch"), ckpt.get("dataset")
+
+
+def build_network(ckpt: dict[str, Any], plans: Plans, config: ConfigurationPlan, spec: DatasetSpec, source: Path):
+    """The checkpoint's network with its weights, on the CPU, in eval mode."""
+    from autoseg.models import build_model
+
+    deep_supervision = bool((ckpt.get("settings") or {}).get("deep_supervision", True))
+    net = build_model(ckpt["arch"], config, spec.num_channels, spec.num_outputs, deep_supervision)
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise PredictorError(f"{source}: weights do not fit the {ckpt['arch']} network its plan describes "
+                             f"({str(e).splitlines()[0]}); the checkpoint is damaged or from another version") from None
+    return net.eval()
+
+
+def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpoint: str = "final") -> Predictor:
+    """Load the chosen folds' checkpoints of a model folder (or one fold folder) and build the networks."""
+    from autoseg.training.checkpoint import load_checkpoint
+
+    paths = choose_checkpoints(model_dir, folds, checkpoint)
+    first_path = next(iter(paths.values()))
+    networks, reference = [], None
+    plans = config = spec = arch = None
+    for fold, path in paths.items():
+        ckpt = load_checkpoint(path)
+        if reference is None:
+            reference = _describe(ckpt)
+            try:
+                plans = Plans.from_dict(ckpt["plans"], source=str(path))
+            except KeyError:
+                raise PredictorError(f"{path}: checkpoint has no plans; retrain with this autoseg") from None
+            config, arch = plans.configuration(ckpt["configuration"]), ckpt["arch"]
+            spec = spec_from_checkpoint(ckpt, path)
+            if config.previous_stage:
+                raise PredictorError(f"{path}: cascade configuration '{config.name}' needs the previous stage's "
+                                     "predictions, which `autoseg predict` does not run yet")
+        elif _describe(ckpt) != reference:
+            raise PredictorError(f"{path}: fold {fold} was trained with other plans, configuration, architecture or "
+                                 f"labels than {first_path}; predict with the folds of one training only (--folds)")
+        networks.append(build_network(ckpt, plans, config, spec, path))
+        del ckpt
+    model_root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
+    return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
+                     checkpoint=checkpoint, networks=tuple(networks),
+                     postprocessing=load_postprocessing(model_root))
+
+
+def load_postprocessing(model_dir: Path) -> PostprocessingDecision | None:
+    path = Path(model_dir) / POSTPROCESSING_FILE
+    return PostprocessingDecision.load(path) if path.is_file() else None
+
+
+# --- finding a model in a workspace ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A trained configuration folder ``<arch>__<plans_name>__<config>`` and its parts."""
+
+    path: Path
+    arch: str
+    plans_name: str
+    config: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def model_folders(results_dir: Path) -> list[ModelFolder]:
+    """Configuration folders under ``results/<Dataset>`` with at least one fold checkpoint."""
+    out = []
+    if Path(results_dir).is_dir():
+        for p in sorted(Path(results_dir).iterdir()):
+            parts = p.name.split("__")
+            if len(parts) != 3 or not p.is_dir():
+                continue
+            if any((d / n).is_file() for d in fold_dirs(p).values() for n in CHECKPOINTS.values()):
+                out.append(ModelFolder(p, *parts))
+    return out
+
+
+def trained_datasets(workspace: Workspace) -> list[str]:
+    root = workspace.results
+    if not root.is_dir():
+        return []
+    return [p.name for p in sorted(root.iterdir()) if p.is_dir() and model_folders(p)]
+
+
+def resolve_trained(workspace: Workspace, dataset: str | None) -> str:
+    """The name of a trained dataset from its name or number; ``None`` picks the only one."""
+    trained = trained_datasets(workspace)
+    if dataset is None:
+        if len(trained) == 1:
+            return trained[0]
+        if not trained:
+            raise PredictorError(f"no trained model in {workspace.results}; run `autoseg train` (or `autoseg import "
+                                 "model.zip`) first")
+        raise PredictorError("several trained datasets, name one with -d: " + ", ".join(trained))
+    text = Path(str(dataset)).name
+    for name in trained:
+        m = _DATASET_RE.match(name)
+        if name == text or (text.isdigit() and m and int(m.group(1)) == int(text)):
+            return name
+    raise PredictorError(f"dataset '{dataset}' has no trained model in {workspace.results}"
+                         + (f" (trained: {', '.join(trained)})" if trained else "; run `autoseg train` first"))
+
+
+def find_model_dir(workspace: Workspace, dataset: str | None = None, config: str | None = None,
+                   arch: str | None = None) -> Path:
+    """The configuration folder to predict with: the only trained one matching ``config``/``arch``."""
+    name = resolve_trained(workspace, dataset)
+    found = model_folders(workspace.results_dir(name))
+    matching = [m for m in found if (config is None or m.config == config) and (arch is None or m.arch == arch)]
+    if len(matching) == 1:
+        return matching[0].path
+    listed = ", ".join(f"{m.config} ({m.arch}, {m.plans_name})" for m in found)
+    if not matching:
+        raise PredictorError(f"{name}: no trained model with"
+                             + (f" --config {config}" if config else "") + (f" --arch {arch}" if arch else "")
+                             + f"; trained: {listed}")
+    raise PredictorError(f"{name}: several trained models ({listed}); choose one with --config and --arch "
+                         "(`autoseg find-best` recommends one)")

@@ -1,0 +1,71 @@
+"""Backend and precision choices; OpenVINO agrees with PyTorch."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from autoseg.inference.backends import CPU_AUTO, BackendError, OpenVINONetwork, make_engine, resolve_choice
+from autoseg.inference.pipeline import predict_folder
+from autoseg.inference.predictor import load_predictor
+
+from .conftest import blob_image, save_fold, tiny_plans, write_nifti
+
+CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
+
+
+def test_auto_is_the_measured_cpu_default_and_fp16_on_cuda():
+    assert resolve_choice("auto", "auto", CPU) == CPU_AUTO == ("torch", "fp32")
+    assert resolve_choice("auto", "auto", CUDA) == ("torch", "fp16")
+    assert resolve_choice("auto", "auto", MPS) == ("torch", "fp32")
+    assert resolve_choice("torch", "bf16", CPU) == ("torch", "bf16")
+    assert resolve_choice("openvino", "auto", CPU) == ("openvino", "fp32")
+
+
+@pytest.mark.parametrize("backend, precision, device, message", [
+    ("openvino", "fp32", CUDA, "CPU only"),
+    ("torch", "fp16", CPU, "for GPUs"),
+    ("openvino", "fp16", CPU, "supports --precision"),
+    ("tensorrt", "fp32", CPU, "choices: auto, torch, openvino"),
+    ("torch", "int8", CPU, "choices: auto, fp32, bf16, fp16"),
+])
+def test_impossible_combinations_say_what_to_use(backend, precision, device, message):
+    with pytest.raises(BackendError, match=message):
+        resolve_choice(backend, precision, device)
+
+
+@pytest.fixture
+def model(tmp_path):
+    save_fold(tmp_path / "m", 0, tiny_plans())
+    return load_predictor(tmp_path / "m")
+
+
+def test_torch_engine_carries_the_autocast_dtype(model):
+    engine = make_engine(model.networks, "torch", "bf16", CPU, (1, 1, 16, 16, 16))
+    assert engine.amp_dtype is torch.bfloat16 and engine.describe() == "torch bf16 on cpu"
+    assert make_engine(model.networks, "auto", "auto", CPU, (1, 1, 16, 16, 16)).amp_dtype is None
+
+
+def test_openvino_f32_matches_pytorch(model):
+    pytest.importorskip("openvino")
+    net = model.networks[0]
+    ov_net = OpenVINONetwork(net, (1, 1, 16, 16, 16), "fp32")
+    x = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        np.testing.assert_allclose(ov_net(x).numpy(), net(x).numpy(), atol=1e-4)
+    with pytest.raises(BackendError, match="compiled for patches"):
+        ov_net(torch.zeros(1, 1, 8, 16, 16))
+
+
+def test_openvino_prediction_equals_torch_prediction(model, tmp_path):
+    pytest.importorskip("openvino")
+    write_nifti(tmp_path / "in" / "c_0000.nii.gz", blob_image())
+    run = dict(progress=False, device="cpu", precision="fp32", tta=False, save_probabilities=True)
+    a = predict_folder(model, tmp_path / "in", tmp_path / "torch", backend="torch", **run)
+    b = predict_folder(model, tmp_path / "in", tmp_path / "ov", backend="openvino", **run)
+    assert a.ok and b.ok and b.engine == "openvino fp32 on cpu"
+    seg_a = np.asarray(nib.load(str(tmp_path / "torch" / "c.nii.gz")).dataobj)
+    seg_b = np.asarray(nib.load(str(tmp_path / "ov" / "c.nii.gz")).dataobj)
+    assert (seg_a == seg_b).mean() > 0.999

@@ -1,0 +1,157 @@
+"""API of the inference commands: ``predict``, ``ensemble``, ``export``, ``import``, ``postprocess``,
+``find-best``. Every path is explicit; the CLI (:mod:`autoseg.cli_predict`) resolves them.
+
+A model is named either by a dataset (its only trained configuration, or the one ``config``/``arch``
+pick; see :func:`autoseg.inference.predictor.find_model_dir`) or by a model folder / fold folder /
+exported ``.zip`` (installed into the workspace on first use).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from autoseg.workspace import Workspace
+
+
+def model_dir_for(workspace: Workspace, dataset: str | None = None, config: str | None = None,
+                  arch: str | None = None, model: Path | None = None) -> Path:
+    """The model folder to use: ``model`` (a folder, or a zip installed into ``workspace`` unless the
+    same export is installed already), else the trained model of ``dataset`` chosen by ``config``/``arch``."""
+    from autoseg.inference.export import ExportError, import_model, read_manifest
+    from autoseg.inference.predictor import PredictorError, find_model_dir
+
+    if model is None:
+        return find_model_dir(workspace, dataset, config, arch)
+    model = Path(model)
+    if model.is_dir():
+        return model
+    if not model.is_file():
+        raise PredictorError(f"--model {model}: not found; give a model folder "
+                             "(results/<Dataset>/<arch>__<plans>__<config>) or an exported .zip")
+    if not zipfile.is_zipfile(model):
+        raise PredictorError(f"--model {model}: neither a folder nor a zip exported by `autoseg export`")
+    with zipfile.ZipFile(model) as zf:
+        manifest = read_manifest(zf, model)
+    target = workspace.results_dir(manifest.dataset_name) / manifest.model_folder
+    installed = target / "manifest.json"
+    if installed.is_file() and json.loads(installed.read_text()).get("files") == manifest.files:
+        return target
+    if target.exists():
+        raise ExportError(f"{target}: another model is installed there; replace it with `autoseg import {model} "
+                          "--overwrite` or predict with that folder")
+    return import_model(model, workspace)
+
+
+def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | None = None, config: str | None = None,
+            arch: str | None = None, folds: Sequence | None = None, checkpoint: str = "final",
+            model: Path | None = None, step: float = 0.5, tta: bool = True, save_probabilities: bool = False,
+            device: str = "auto", backend: str = "auto", precision: str = "auto", overwrite: bool = False,
+            progress: bool = True):
+    """Predict every case of ``in_dir`` into ``out_dir``; returns the
+    :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written)."""
+    from autoseg.inference.pipeline import predict_folder
+    from autoseg.inference.predictor import load_predictor
+
+    predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model), folds, checkpoint)
+    return predict_folder(predictor, Path(in_dir), Path(out_dir), step=step, tta=tta,
+                          save_probabilities=save_probabilities, overwrite=overwrite, device=device,
+                          backend=backend, precision=precision, progress=progress)
+
+
+def ensemble(in_dirs: Sequence[Path], out_dir: Path, postprocessing: Path | None = None,
+             regions_class_order: Sequence[int] | None = None, save_probabilities: bool = False,
+             overwrite: bool = False, progress: bool = True):
+    """Average the saved probabilities of ``in_dirs`` into label maps in ``out_dir``."""
+    from autoseg.inference.ensemble import ensemble_folders
+    from autoseg.postprocessing import PostprocessingDecision
+
+    decision = PostprocessingDecision.load(Path(postprocessing)) if postprocessing is not None else None
+    return ensemble_folders([Path(d) for d in in_dirs], Path(out_dir), regions_class_order=regions_class_order,
+                            postprocessing=decision, save_probabilities=save_probabilities, overwrite=overwrite,
+                            progress=progress)
+
+
+def export(workspace: Workspace, run: str | Path, out_zip: Path, config: str | None = None, arch: str | None = None,
+           folds: Sequence | None = None, checkpoint: str = "final", onnx: bool = False) -> Path:
+    """Export a model folder (or fold folder), or the trained model of dataset ``run``, to ``out_zip``."""
+    from autoseg.inference.export import export_model
+
+    path = Path(run)
+    model_dir = path if path.is_dir() else model_dir_for(workspace, str(run), config, arch)
+    return export_model(model_dir, Path(out_zip), folds=folds, checkpoint=checkpoint, onnx=onnx)
+
+
+def import_(workspace: Workspace, zip_path: Path, overwrite: bool = False) -> Path:
+    """Install an exported model into ``workspace``; returns its model folder."""
+    from autoseg.inference.export import import_model
+
+    return import_model(Path(zip_path), workspace, overwrite=overwrite)
+
+
+def _cv_inputs(workspace: Workspace, dataset: str | None):
+    """(dataset name, splits, dataset spec, reference label folder) of a trained, planned dataset."""
+    from autoseg.api import find_raw_dir
+    from autoseg.dataset import DatasetSpec
+    from autoseg.inference.crossval import CrossvalError
+    from autoseg.inference.predictor import resolve_trained
+    from autoseg.splits import Splits
+
+    name = resolve_trained(workspace, dataset)
+    pre = workspace.preprocessed_dir(name)
+    if not (pre / "splits.json").is_file():
+        raise CrossvalError(f"{pre / 'splits.json'}: missing; cross-validation results need the planned dataset "
+                            "(an imported model has none)")
+    gt_dir = find_raw_dir(workspace, name) / "labelsTr"
+    return name, Splits.load(pre / "splits.json"), DatasetSpec.load(pre), gt_dir
+
+
+def postprocess(workspace: Workspace, dataset: str | None = None, config: str | None = None, arch: str | None = None,
+                workers: int = 1, progress: bool = True) -> Path:
+    """Decide post-processing on the merged cross-validation predictions of one trained model and
+    save ``postprocessing.json`` in its folder (``predict`` applies it). Returns the file."""
+    from autoseg.inference.crossval import decide_postprocessing, merge_folds
+    from autoseg.inference.predictor import find_model_dir
+
+    name, splits, spec, gt_dir = _cv_inputs(workspace, dataset)
+    model_dir = find_model_dir(workspace, name, config, arch)
+    merged, _ = merge_folds(model_dir, splits, spec.file_ending)
+    return decide_postprocessing(model_dir, merged, gt_dir, spec, workers, progress)
+
+
+def find_best(workspace: Workspace, dataset: str | None = None, configs: Sequence[str] | None = None,
+              ensembles: bool = True, workers: int = 1, progress: bool = True):
+    """Rank the trained models of a dataset (and their pairwise ensembles) on cross-validation, decide
+    post-processing for the best and write ``inference_instructions.txt`` and ``find_best.json`` into
+    ``results/<Dataset>/``. Returns the :class:`~autoseg.inference.crossval.FindBestResult`."""
+    from autoseg.inference import crossval as cv
+    from autoseg.inference.predictor import model_folders
+
+    name, splits, spec, gt_dir = _cv_inputs(workspace, dataset)
+    results = workspace.results_dir(name)
+    models = {m.name: m for m in model_folders(results) if configs is None or m.config in configs}
+    merged, notes = {}, []
+    for m in models.values():
+        try:
+            merged[m.name] = cv.merge_folds(m.path, splits, spec.file_ending)
+        except cv.CrossvalError as e:
+            notes.append(f"{m.name} left out: {e}")
+    if not merged:
+        raise cv.CrossvalError(f"{name}: no model has finished every fold"
+                               + (f" ({'; '.join(notes)})" if notes else (" with --configs " + " ".join(configs)
+                                                                          if configs else "")))
+    notes += [f"{n}: no validation probabilities, so not ensembled (train with --save-probabilities)"
+              for n, (_, probs) in merged.items() if ensembles and not probs]
+    scored = cv.score_candidates(results, merged, splits, gt_dir, spec, ensembles, workers, progress)
+    best = cv.pick_best([s for s, _ in scored])
+    crossval = dict((s.name, folder) for s, folder in scored)[best.name]
+    owner = models[best.name].path if len(best.members) == 1 else crossval.parent
+    post = cv.decide_postprocessing(owner, crossval, gt_dir, spec, workers, progress)
+    result = cv.FindBestResult(dataset_name=name, candidates=tuple(s for s, _ in scored), best=best.name,
+                               members=best.members, postprocessing=str(post),
+                               commands=cv.predict_commands(name, best, models, post), notes=tuple(notes))
+    result.save(results / cv.FIND_BEST_FILE)
+    cv.write_instructions(results / cv.INSTRUCTIONS, result)
+    return result

@@ -1,0 +1,209 @@
+"""CLI commands ``predict``, ``ensemble``, ``export``, ``import``, ``postprocess`` and ``find-best``
+(registered in :mod:`autoseg.cli`; torch is imported inside the commands only).
+
+``predict`` and ``ensemble`` exit with 1 when any case failed (the others are still written) and
+list the failed cases on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from autoseg.cli import EXIT_FAILURE, EXIT_OK, command, out, workspace_from
+
+BACKEND_CHOICES = ("auto", "torch", "openvino")  # autoseg.inference.backends.BACKENDS (not imported: torch)
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def _model_options(p: argparse.ArgumentParser, dataset_positional: bool = False) -> None:
+    if dataset_positional:
+        p.add_argument("dataset", metavar="DATASET", nargs="?", default=None,
+                       help="trained dataset (name or number); may be left out when only one is trained")
+    else:
+        p.add_argument("-d", "--dataset", default=None,
+                       help="trained dataset (name or number); may be left out when only one is trained")
+    p.add_argument("--config", default=None, help="configuration (3d_fullres, 2d, ...) when several are trained")
+    p.add_argument("--arch", default=None, help="architecture (unet, resenc_unet, ...) when several are trained")
+
+
+def _folds_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folds", nargs="+", default=None, metavar="K",
+                   help="folds to use (numbers or 'all'; default: every fold whose training finished)")
+    p.add_argument("--checkpoint", default="final", choices=["final", "best"],
+                   help="final (default) or best (highest moving-average pseudo Dice) checkpoint")
+
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", dest="in_dir", required=True, type=Path, metavar="IN_DIR",
+                   help="folder of {case}_0000 ... channel files (.nii.gz, .nrrd, .mha; {case}.nii.gz for one channel)")
+    p.add_argument("-o", "--output", dest="out_dir", required=True, type=Path, metavar="OUT_DIR",
+                   help="folder for the {case} label maps (same geometry and format as the input)")
+    _model_options(p)
+    _folds_option(p)
+    p.add_argument("--model", type=Path, default=None, metavar="RUN_DIR|ZIP",
+                   help="predict with this model folder, fold folder or exported .zip instead of -d")
+    p.add_argument("--step", type=float, default=0.5, help="sliding-window step as a fraction of the patch (0.5)")
+    p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write {case}.npz probabilities (ensembles)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto (torch), torch, or openvino (CPU; pip install openvino)")
+    p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                   help="auto (fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (GPU)")
+    p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _report(report, what: str) -> int:
+    parts = [f"{len(report.written)} written"]
+    if report.skipped:
+        parts.append(f"{len(report.skipped)} skipped (outputs exist; --overwrite to redo)")
+    if report.failed:
+        parts.append(f"{len(report.failed)} failed")
+    engine = f" with {report.engine}" if report.engine and report.engine != "ensemble" else ""
+    out(f"{what}: {', '.join(parts)} in {report.seconds:.1f} s{engine} -> {report.out_dir}")
+    for case, message in report.failed:
+        print(f"failed: {case}: {message}", file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+@command("predict", "segment a folder of images with a trained model", _predict_arguments,
+         "Predict every case of IN_DIR with the trained model of a dataset (or --model) into OUT_DIR: same "
+         "preprocessing as training, sliding window with mirroring, softmax averaged over folds, written with the "
+         "input's exact geometry. Exit code 1 when any case failed (the others are written).")
+def run_predict(args: argparse.Namespace) -> int:
+    from autoseg import api_predict
+
+    report = api_predict.predict(
+        workspace_from(args), args.in_dir, args.out_dir, dataset=args.dataset, config=args.config, arch=args.arch,
+        folds=args.folds, checkpoint=args.checkpoint, model=args.model, step=args.step, tta=not args.no_tta,
+        save_probabilities=args.save_probabilities, device=args.device, backend=args.backend,
+        precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
+    return _report(report, "predicted")
+
+
+def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("in_dirs", nargs="+", type=Path, metavar="IN_DIR",
+                   help="folders predicted with --save-probabilities ({case}.npz next to {case} label maps)")
+    p.add_argument("-o", "--output", dest="out_dir", required=True, type=Path, help="folder for the ensemble")
+    p.add_argument("--postprocessing", type=Path, default=None, metavar="JSON",
+                   help="postprocessing.json to apply (find-best writes one for a winning ensemble)")
+    p.add_argument("-d", "--dataset", default=None,
+                   help="dataset whose regions_class_order to use (only for region models' validation files)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write the averaged {case}.npz")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist already")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("ensemble", "average the saved probabilities of several predictions", _ensemble_arguments)
+def run_ensemble(args: argparse.Namespace) -> int:
+    from autoseg import api_predict
+
+    rco = None
+    if args.dataset is not None:
+        from autoseg.cli_evaluate import dataset_spec
+
+        spec = dataset_spec(args.dataset, args)
+        rco = tuple(spec.regions_class_order) if spec.has_regions else ()
+    report = api_predict.ensemble(args.in_dirs, args.out_dir, postprocessing=args.postprocessing,
+                                  regions_class_order=rco, save_probabilities=args.save_probabilities,
+                                  overwrite=args.overwrite, progress=not args.no_progress)
+    return _report(report, "ensembled")
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="model folder (results/<Dataset>/<arch>__<plans>__<config>), fold "
+                                              "folder, or a trained dataset's name or number")
+    p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write")
+    p.add_argument("--config", default=None, help="configuration, when RUN is a dataset with several")
+    p.add_argument("--arch", default=None, help="architecture, when RUN is a dataset with several")
+    _folds_option(p)
+    p.add_argument("--onnx", action="store_true",
+                   help="also export each fold's network as ONNX, checked with onnxruntime (pip install 'autoseg[onnx]')")
+
+
+@command("export", "write a trained model to a self-contained zip", _export_arguments)
+def run_export(args: argparse.Namespace) -> int:
+    from autoseg import api_predict
+
+    path = api_predict.export(workspace_from(args), args.run, args.out_zip, config=args.config, arch=args.arch,
+                              folds=args.folds, checkpoint=args.checkpoint, onnx=args.onnx)
+    out(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    out(f"on another machine: autoseg import {path.name}  (or: autoseg predict --model {path.name} -i IN -o OUT)")
+    return EXIT_OK
+
+
+def _import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("zip", type=Path, metavar="MODEL_ZIP", help="zip written by `autoseg export`")
+    p.add_argument("--overwrite", action="store_true", help="replace a model installed at the same place")
+
+
+@command("import", "install an exported model zip into the workspace", _import_arguments)
+def run_import(args: argparse.Namespace) -> int:
+    from autoseg import api_predict
+
+    target = api_predict.import_(workspace_from(args), args.zip, overwrite=args.overwrite)
+    out(f"installed {target}")
+    out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {target}")
+    return EXIT_OK
+
+
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                   help="worker processes for scoring (default: up to 4)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _postprocess_arguments(p: argparse.ArgumentParser) -> None:
+    _model_options(p, dataset_positional=True)
+    _workers(p)
+
+
+@command("postprocess", "decide largest-component post-processing on cross-validation", _postprocess_arguments,
+         "Merge the validation predictions of all folds of a trained model, decide per class whether keeping only "
+         "the largest connected component improves Dice, and save postprocessing.json in the model folder; "
+         "`autoseg predict` applies it.")
+def run_postprocess(args: argparse.Namespace) -> int:
+    from autoseg import api_predict
+    from autoseg.postprocessing import PostprocessingDecision
+
+    path = api_predict.postprocess(workspace_from(args), args.dataset, config=args.config, arch=args.arch,
+                                   workers=args.workers, progress=not args.no_progress)
+    d = PostprocessingDecision.load(path)
+    kept = [", ".join(map(str, g)) for g in d.keep_largest_per_target]
+    out(f"largest foreground component: {'yes' if d.keep_largest_foreground else 'no'}; per class/region: "
+        f"{'; '.join(kept) if kept else 'none'}")
+    out(f"written: {path}")
+    return EXIT_OK
+
+
+def _find_best_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", metavar="DATASET", nargs="?", default=None,
+                   help="trained dataset (name or number); may be left out when only one is trained")
+    p.add_argument("--configs", nargs="+", default=None, metavar="CONFIG", help="only these configurations")
+    p.add_argument("--no-ensembles", action="store_true", help="do not try pairwise ensembles")
+    _workers(p)
+
+
+@command("find-best", "rank trained configurations and ensembles on cross-validation", _find_best_arguments,
+         "Compare every trained model (all folds finished) and every pair of them (validation probabilities "
+         "averaged) by foreground-mean Dice on cross-validation; decide post-processing for the best and write "
+         "results/<Dataset>/inference_instructions.txt with the predict command.")
+def run_find_best(args: argparse.Namespace) -> int:
+    from autoseg import api_predict
+    from autoseg.inference.crossval import INSTRUCTIONS
+
+    ws = workspace_from(args)
+    result = api_predict.find_best(ws, args.dataset, configs=args.configs, ensembles=not args.no_ensembles,
+                                   workers=args.workers, progress=not args.no_progress)
+    for c in result.candidates:
+        out(f"  {c.foreground_dice:.4f}  {c.name}{'  <- best' if c.name == result.best else ''}")
+    for note in result.notes:
+        out(f"note: {note}")
+    out("predict with:")
+    for cmd in result.commands:
+        out(f"  {cmd}")
+    out(f"written: {ws.results_dir(result.dataset_name) / INSTRUCTIONS}")
+    return EXIT_OK

@@ -29,7 +29,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
 DEFAULT_WORKDIR = "autoseg_work"
 WORKDIR_ENV = "AUTOSEG_HOME"
 # Modules that register further commands when imported (train, predict, evaluate, ...).
-EXTENSION_MODULES: tuple[str, ...] = ("autoseg.cli_train", "autoseg.cli_evaluate")
+EXTENSION_MODULES: tuple[str, ...] = ("autoseg.cli_train", "autoseg.cli_evaluate", "autoseg.cli_predict")
 
 
 @dataclass(frozen=True)

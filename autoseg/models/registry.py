@@ -1,0 +1,144 @@
+"""Network registry: architecture name -> builder from a configuration plan (MONAI networks underneath).
+
+Every builder has the signature ``builder(plan, in_channels, out_channels, deep_supervision)`` and
+returns an ``nn.Module`` that maps ``(B, in_channels, *plan.patch_size)`` to
+``(B, out_channels, *plan.patch_size)`` logits. With deep supervision, in training mode, a network
+returns a list of logits instead, highest resolution first, each at its own decoder resolution
+(``[full, 1/2, 1/4, ...]``); the loss downsamples the target to each. In eval mode it always returns
+the full-resolution tensor.
+
+Deep supervision follows nnU-Net: one output per decoder stage (all stages but the bottleneck),
+weights 1/2^i with the lowest-resolution output at weight 0. An output with weight 0 never
+contributes, so its head is not built at all: that keeps DistributedDataParallel free of unused
+parameters and saves its compute. A 5-stage U-Net therefore returns 3 outputs (weights 4/7, 2/7, 1/7,
+the same numbers as nnU-Net's (0.571, 0.286, 0.143, 0) over its 4 decoder outputs); a net with fewer
+than 4 stages returns one output.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from autoseg.planning.plans import ConfigurationPlan
+
+SWIN_DIVISOR = 32  # SwinUNETR: 5 stages of 2x patch merging, so every patch edge must divide by 2^5
+SWIN_FEATURE_STEP = 12  # SwinUNETR: feature_size must be a multiple of 12 (attention heads 3, 6, 12, 24)
+
+
+class ModelError(ValueError):
+    """An architecture name or plan that cannot be built."""
+
+
+class DeepSupervisedDynUNet(nn.Module):
+    """MONAI DynUNet whose deep-supervision outputs stay at their own resolution.
+
+    MONAI's DynUNet upsamples every supervision head to full resolution and stacks them; nnU-Net
+    instead downsamples the target, which is cheaper (the losses of the coarse outputs run on 1/8,
+    1/64, ... of the voxels). This wrapper reads the heads directly and returns them as a list.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        if not (self.training and self.net.deep_supervision):
+            return self.net(x)
+        out = self.net.output_block(self.net.skip_layers(x))
+        return [out, *self.net.heads]
+
+
+def _check_plan(plan: ConfigurationPlan) -> None:
+    n = len(plan.strides)
+    if len(plan.kernel_sizes) != n or len(plan.features) < n:
+        raise ModelError(f"configuration '{plan.name}': {len(plan.kernel_sizes)} kernel sizes, {n} strides and "
+                         f"{len(plan.features)} feature counts do not describe one network; rerun `autoseg plan`")
+    if n < 3:  # MONAI DynUNet: input block, at least one down/up stage, bottleneck
+        raise ModelError(f"configuration '{plan.name}': DynUNet needs at least 3 stages, the plan has {n}; "
+                         f"its patch {tuple(plan.patch_size)} is too small to pool twice")
+
+
+def _dynunet(plan: ConfigurationPlan, in_channels: int, out_channels: int, deep_supervision: bool,
+             res_block: bool) -> nn.Module:
+    from monai.networks.nets import DynUNet
+
+    _check_plan(plan)
+    n_stages = len(plan.strides)
+    heads = n_stages - 3  # decoder outputs below full resolution, minus the weight-0 lowest one
+    ds = deep_supervision and heads >= 1
+    net = DynUNet(
+        spatial_dims=plan.spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=[list(k) for k in plan.kernel_sizes],
+        strides=[list(s) for s in plan.strides],
+        upsample_kernel_size=[list(s) for s in plan.strides[1:]],
+        filters=list(plan.features[:n_stages]),
+        norm_name=("INSTANCE", {"affine": True, "eps": 1e-5}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        deep_supervision=ds,
+        deep_supr_num=max(heads, 1),
+        res_block=res_block,
+    )
+    return DeepSupervisedDynUNet(net)
+
+
+def build_unet(plan: ConfigurationPlan, in_channels: int, out_channels: int, deep_supervision: bool) -> nn.Module:
+    """nnU-Net's plain U-Net: 2 convs per stage (encoder and decoder), instance norm, leaky ReLU,
+    strided-conv downsampling, transposed-conv upsampling; kernels, strides and features from the plan."""
+    return _dynunet(plan, in_channels, out_channels, deep_supervision, res_block=False)
+
+
+def build_resenc_unet(plan: ConfigurationPlan, in_channels: int, out_channels: int,
+                      deep_supervision: bool) -> nn.Module:
+    """Residual variant: DynUNet with ``res_block=True``, i.e. every stage (encoder and decoder) is one
+    residual block of two convs. This is *not* nnU-Net's ResEnc preset (1, 3, 4, 6, 6, 6 residual blocks
+    per encoder stage, one conv per decoder stage); ``plan.blocks_per_stage`` is not used."""
+    return _dynunet(plan, in_channels, out_channels, deep_supervision, res_block=True)
+
+
+def swin_feature_size(features0: int) -> int:
+    """SwinUNETR ``feature_size``: the plan's first-stage features rounded up to a multiple of 12."""
+    return max(SWIN_FEATURE_STEP, -(-int(features0) // SWIN_FEATURE_STEP) * SWIN_FEATURE_STEP)
+
+
+def build_swin_unetr(plan: ConfigurationPlan, in_channels: int, out_channels: int,
+                     deep_supervision: bool) -> nn.Module:
+    """MONAI SwinUNETR; ``feature_size`` from ``plan.features[0]`` (see :func:`swin_feature_size`).
+    It has no deep supervision: it always returns one tensor, whatever ``deep_supervision`` says."""
+    from monai.networks.nets import SwinUNETR
+
+    bad = [p for p in plan.patch_size if p % SWIN_DIVISOR]
+    if bad:
+        raise ModelError(f"swin_unetr needs every patch edge divisible by {SWIN_DIVISOR}, configuration "
+                         f"'{plan.name}' has patch {tuple(plan.patch_size)}; choose --arch unet or re-plan")
+    if all(p == SWIN_DIVISOR for p in plan.patch_size):
+        raise ModelError(f"swin_unetr cannot train on patch {tuple(plan.patch_size)}: its bottleneck would be a "
+                         f"single voxel, which instance norm rejects; use a patch with an edge of "
+                         f"{2 * SWIN_DIVISOR} or more, or --arch unet")
+    return SwinUNETR(in_channels=in_channels, out_channels=out_channels,
+                     feature_size=swin_feature_size(plan.features[0]), spatial_dims=plan.spatial_dims)
+
+
+Builder = Callable[[ConfigurationPlan, int, int, bool], nn.Module]
+
+MODELS: dict[str, Builder] = {
+    "unet": build_unet,
+    "resenc_unet": build_resenc_unet,
+    "swin_unetr": build_swin_unetr,
+}
+
+
+def get_builder(name: str) -> Builder:
+    if name not in MODELS:
+        raise ModelError(f"unknown architecture '{name}'; choices: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(name: str, plan: ConfigurationPlan, in_channels: int, out_channels: int,
+                deep_supervision: bool = True) -> nn.Module:
+    """Look ``name`` up in :data:`MODELS` and build it for ``plan``."""
+    return get_builder(name)(plan, in_channels, out_channels, deep_supervision)

@@ -1,0 +1,71 @@
+import pytest
+import torch
+from torch import nn
+
+from autoseg.inference.sliding import mirror_combinations, predict_logits, predict_probabilities
+
+
+def _pointwise(cin=1, k=3, dims=3, seed=0):
+    torch.manual_seed(seed)
+    return (nn.Conv3d if dims == 3 else nn.Conv2d)(cin, k, 1)
+
+
+def test_mirror_combinations_cover_every_subset():
+    assert mirror_combinations((0, 1, 2)) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert mirror_combinations(()) == [()]
+
+
+@pytest.mark.parametrize("shape", [(20, 18, 17), (10, 12, 9)])  # larger and smaller than the patch
+def test_gaussian_weighted_windows_of_a_pointwise_net_reproduce_the_direct_prediction(shape):
+    net = _pointwise()
+    image = torch.randn(1, *shape)
+    with torch.no_grad():
+        direct = net(image[None])[0]
+    out = predict_logits([net], image, (16, 16, 16), mirror_axes=())
+    assert out.shape == (3, *shape)
+    torch.testing.assert_close(out, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_mirroring_averages_predictions_of_flipped_inputs_flipped_back():
+    torch.manual_seed(0)
+    net = nn.Conv3d(1, 2, 3, padding=1)  # not flip-invariant
+    image = torch.randn(1, 16, 16, 16)  # one window
+    with torch.no_grad():
+        a = net(image[None])[0]
+        b = torch.flip(net(torch.flip(image[None], [3]))[0], [2])
+    out = predict_logits([net], image, (16, 16, 16), mirror_axes=(1,))
+    torch.testing.assert_close(out, (a + b) / 2, atol=1e-5, rtol=1e-5)
+
+
+def test_networks_are_averaged():
+    n1, n2 = _pointwise(seed=1), _pointwise(seed=2)
+    image = torch.randn(1, 16, 16, 16)
+    both = predict_logits([n1, n2], image, (16, 16, 16), mirror_axes=())
+    single = [predict_logits([n], image, (16, 16, 16), mirror_axes=()) for n in (n1, n2)]
+    torch.testing.assert_close(both, (single[0] + single[1]) / 2, atol=1e-5, rtol=1e-5)
+
+
+def test_2d_networks_predict_slice_by_slice_along_axis_0():
+    net = _pointwise(dims=2, k=2)
+    image = torch.randn(1, 5, 20, 12)
+    out = predict_logits([net], image, (16, 16), mirror_axes=(0, 1))
+    with torch.no_grad():
+        direct = torch.stack([net(image[None, :, x])[0] for x in range(5)], dim=1)
+    assert out.shape == (2, 5, 20, 12)
+    torch.testing.assert_close(out, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_probabilities_are_softmax_or_sigmoid():
+    net = _pointwise()
+    image = torch.randn(1, 16, 16, 16)
+    p = predict_probabilities([net], image, (16, 16, 16), mirror_axes=())
+    torch.testing.assert_close(p.sum(0), torch.ones(16, 16, 16))
+    r = predict_probabilities([net], image, (16, 16, 16), regions=True, mirror_axes=())
+    torch.testing.assert_close(r, torch.sigmoid(predict_logits([net], image, (16, 16, 16), mirror_axes=())))
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match="mirror_axes"):
+        predict_logits([_pointwise()], torch.randn(1, 8, 8, 8), (8, 8, 8), mirror_axes=(3,))
+    with pytest.raises(ValueError, match="at least one network"):
+        predict_logits([], torch.randn(1, 8, 8, 8), (8, 8, 8))

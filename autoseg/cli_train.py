@@ -1,0 +1,77 @@
+"""``autoseg train``: command-line options -> :func:`autoseg.api_train.train` (torch imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from autoseg.cli import EXIT_OK, command, out, workspace_from
+
+
+def _fold(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown fold '{text}': use 0-4 or 'all'") from None
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", metavar="DATASET", nargs="?", default=None,
+                   help="planned dataset (name or number); may be left out when only one is planned")
+    p.add_argument("--fold", nargs="+", type=_fold, default=[0], metavar="K",
+                   help="fold(s) 0-4 trained one after another, or 'all' (every case); default 0")
+    p.add_argument("--config", default=None, help="3d_fullres | 3d_lowres | 2d (default: the plans' default)")
+    p.add_argument("--arch", default=None, help="unet | resenc_unet | swin_unetr (default: the plan's, unet)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 1000)")
+    p.add_argument("--iters-per-epoch", type=int, default=None, help="training iterations per epoch (default 250)")
+    p.add_argument("--val-iters", type=int, default=None, help="validation batches per epoch (default 50)")
+    p.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better moving-average pseudo Dice")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    p.add_argument("--amp", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="mixed precision (default auto: fp16 on CUDA, bf16 on CPUs with native bf16)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 12345)")
+    p.add_argument("--num-workers", type=int, default=None, metavar="N",
+                   help="data augmentation worker processes per GPU/process (default: spare CPU cores)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--pretrained", type=Path, default=None, metavar="RUN_DIR",
+                   help="start from the weights of another run (fine-tuning)")
+    p.add_argument("--save-probabilities", action="store_true", default=None,
+                   help="also save validation probabilities (.npz) for ensembling")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+OPTION_TO_SETTING = {"epochs": "epochs", "iters_per_epoch": "iters_per_epoch", "val_iters": "val_iters",
+                     "early_stop": "early_stop", "device": "device", "amp": "amp", "seed": "seed",
+                     "num_workers": "num_workers", "save_probabilities": "save_probabilities",
+                     "compile": "compile"}
+
+
+@command("train", "train a network on a planned dataset (one or more cross-validation folds)", _train_arguments,
+         "Train a configuration of a planned dataset on the given folds; writes checkpoints, logs, progress.png "
+         "and validation/summary.json to <workdir>/results/<Dataset>/<arch>__<plans>__<config>/fold_<k>/. "
+         "Multi-GPU: torchrun --nproc-per-node N -m autoseg train ...")
+def run_train(args: argparse.Namespace) -> int:
+    from autoseg import api_train
+    from autoseg.training import ddp
+
+    settings = {key: getattr(args, opt) for opt, key in OPTION_TO_SETTING.items() if getattr(args, opt) is not None}
+    dist = ddp.detect(os.environ)
+    try:
+        runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
+                               settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
+                               progress=not args.no_progress and dist.is_main)
+    finally:
+        ddp.shutdown(dist)
+    if dist.is_main:
+        for run_dir in runs:
+            summary = run_dir / "validation" / "summary.json"
+            mean = json.loads(summary.read_text()).get("foreground_mean") if summary.is_file() else None
+            dice = f", validation Dice {mean:.4f}" if isinstance(mean, float) else ""
+            out(f"trained {run_dir}{dice}")
+    return EXIT_OK

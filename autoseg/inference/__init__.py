@@ -1,0 +1,1 @@
+"""Inference: sliding-window prediction (``sliding``); import the submodules directly."""

@@ -1,0 +1,350 @@
+"""The training loop: SGD + poly learning rate over epochs of random patches, pseudo-Dice validation.
+
+Read :func:`fit` top to bottom: per epoch, set the learning rate, run ``iters_per_epoch`` training
+steps, run ``val_iters`` validation batches, update the moving average (EMA) of the pseudo Dice, hand
+the epoch record to the callbacks. Behaviour varies through :class:`TrainSettings` and
+:class:`Callback` hooks (logging, plots, checkpoints, progress bar), never through subclasses.
+
+Batches ``(image (B, C, *patch) float, target (B, 1, *patch) int labels)`` come from two factories:
+``train_batches(start_iteration)`` returns an endless iterator whose batches are a pure function of
+(seed, rank, batch index), so a resumed run asks for the stream from where it stopped and sees the
+batches it would have seen; ``val_batches(epoch)`` returns the epoch's validation batches (at least
+``val_iters`` of them; the data loader gives the same fixed set every epoch).
+Defaults follow nnU-Net v2 (docs REFERENCE §3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoseg.training import ddp
+from autoseg.training.losses import labels_to_regions, one_hot
+from autoseg.training.schedule import poly_lr
+
+EMA_OLD = 0.9  # nnU-Net logger: ema = 0.9 * old + 0.1 * new
+AMP_CHOICES = ("auto", "fp32", "bf16", "fp16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+# CPU mixed precision under "auto": decided by benchmarks/bf16_cpu.py (see docs/benchmarks.md).
+CPU_BF16_BY_DEFAULT = True
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+BatchFactory = Callable[[int], Iterator[Batch]]
+ValFactory = Callable[[int], Iterable[Batch]]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a run's numbers depend on besides the plan (stored in every checkpoint)."""
+
+    epochs: int = 1000  # nnU-Net: 1000 epochs
+    iters_per_epoch: int = 250  # nnU-Net: 250 training iterations per epoch
+    val_iters: int = 50  # nnU-Net: 50 validation batches per epoch for the pseudo Dice
+    lr: float = 1e-2  # SGD, nnU-Net defaults from here on
+    momentum: float = 0.99
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    grad_clip: float = 12.0  # gradient norm clip
+    poly_exponent: float = 0.9
+    early_stop: int | None = None  # stop after this many epochs without a better EMA pseudo Dice
+    device: str = "auto"  # auto | cpu | cuda | mps
+    seed: int = 12345
+    amp: str = "auto"  # auto: fp16 + GradScaler on CUDA, bf16 on CPUs with bf16 support, else fp32
+    compile: bool = False  # torch.compile the network
+    num_workers: int | None = None  # augmentation workers per rank; None: one per spare CPU core, at most 8
+    save_probabilities: bool = False  # final validation also writes .npz probabilities
+    batch_size: int | None = None  # None: the plan's (global, split over ranks)
+    oversample_foreground: float = 0.33  # share of each batch forced to hold foreground
+    deep_supervision: bool = True
+    val_mirroring: bool = True  # mirroring test-time augmentation in the final validation
+
+    def __post_init__(self):
+        problems = []
+        for name in ("epochs", "iters_per_epoch", "val_iters"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.early_stop is not None and self.early_stop < 1:
+            problems.append("early_stop (patience in epochs) must be at least 1")
+        if self.device not in DEVICE_CHOICES:
+            problems.append(f"device '{self.device}' is not one of {', '.join(DEVICE_CHOICES)}")
+        if self.amp not in AMP_CHOICES:
+            problems.append(f"amp '{self.amp}' is not one of {', '.join(AMP_CHOICES)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append("batch_size must be at least 1")
+        if not 0 <= self.oversample_foreground <= 1:
+            problems.append("oversample_foreground must be within 0..1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainState:
+    """What changes from epoch to epoch besides weights and optimiser (all primitives)."""
+
+    epoch: int = 0  # completed epochs
+    ema: float | None = None
+    best_ema: float | None = None
+    epochs_since_best: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Targets:
+    """How labels map to network outputs: ``num_outputs`` softmax classes, or sigmoid ``regions``."""
+
+    num_outputs: int
+    regions: tuple[tuple[int, ...], ...] | None = None
+    ignore_label: int | None = None
+
+    @property
+    def scored(self) -> int:
+        """Number of scored channels: regions, or classes without background."""
+        return self.num_outputs if self.regions else self.num_outputs - 1
+
+
+@dataclass
+class Run:
+    """A training run in memory: what the loop updates and what callbacks read."""
+
+    model: nn.Module  # the bare network (weights are saved from here)
+    network: nn.Module  # what runs the batches: model, compiled and/or DistributedDataParallel
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    settings: TrainSettings
+    targets: Targets
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    run_dir: Path
+    dist: ddp.DistContext = ddp.SINGLE
+    state: TrainState = field(default_factory=TrainState)
+    meta: dict[str, Any] = field(default_factory=dict)  # plan, dataset, fold... for checkpoints
+    stop_requested: bool = False  # a callback may set it to end training after this epoch
+
+
+class Callback:
+    """No-op hooks; subclass and override what you need. Called on rank 0 only."""
+
+    def on_train_start(self, run: Run) -> None: ...
+
+    def on_epoch_start(self, run: Run, epoch: int) -> None: ...
+
+    def on_batch_end(self, run: Run, epoch: int, step: int, loss: torch.Tensor) -> None: ...
+
+    def on_validation_end(self, run: Run, epoch: int, pseudo_dice: list[float]) -> None: ...
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None: ...
+
+    def on_train_end(self, run: Run) -> None: ...
+
+
+def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
+        callbacks: Sequence[Callback] = ()) -> Run:
+    """Train from ``run.state.epoch`` to ``settings.epochs`` (or an early stop)."""
+    s = run.settings
+    hooks = list(callbacks) if run.dist.is_main else []
+    for cb in hooks:
+        cb.on_train_start(run)
+    train_iter = train_batches(run.state.epoch * s.iters_per_epoch)
+    try:
+        while run.state.epoch < s.epochs and not run.stop_requested:
+            epoch = run.state.epoch
+            started = time.perf_counter()
+            lr = poly_lr(epoch, s.epochs, s.lr, s.poly_exponent)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            for cb in hooks:
+                cb.on_epoch_start(run, epoch)
+            train_loss, wait_fraction = train_epoch(run, train_iter, epoch, hooks)
+            val_loss, dice = validate_epoch(run, val_batches(epoch))
+            for cb in hooks:
+                cb.on_validation_end(run, epoch, dice)
+            record = finish_epoch(run.state, epoch, train_loss, val_loss, dice, lr,
+                                  time.perf_counter() - started, wait_fraction)
+            if s.early_stop is not None and run.state.epochs_since_best >= s.early_stop:
+                run.stop_requested = True
+                record["early_stopped"] = True
+            for cb in hooks:
+                cb.on_epoch_end(run, record)
+    finally:
+        close = getattr(train_iter, "close", None)
+        if close is not None:
+            close()
+    for cb in hooks:
+        cb.on_train_end(run)
+    return run
+
+
+def train_epoch(run: Run, batches: Iterator[Batch], epoch: int, hooks: Sequence[Callback]) -> tuple[float, float]:
+    """``iters_per_epoch`` SGD steps. Returns the mean loss (over ranks) and the fraction of the
+    epoch's time this rank spent waiting for batches."""
+    run.network.train()
+    loss_sum = torch.zeros((), device=run.device)
+    wait = 0.0
+    started = time.perf_counter()
+    for step in range(run.settings.iters_per_epoch):
+        t0 = time.perf_counter()
+        image, target = next(batches)
+        wait += time.perf_counter() - t0
+        image = image.to(run.device, non_blocking=True)
+        target = target.to(run.device, non_blocking=True)
+        loss = train_step(run, image, target)
+        loss_sum += loss
+        for cb in hooks:
+            cb.on_batch_end(run, epoch, step, loss)
+    elapsed = time.perf_counter() - started
+    totals = ddp.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(run.settings.iters_per_epoch),
+                                                                    device=run.device)]), run.dist)
+    return float(totals[0] / totals[1]), wait / max(elapsed, 1e-9)
+
+
+def train_step(run: Run, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """One optimiser step (mixed precision and gradient clipping as the run says); the detached loss."""
+    run.optimizer.zero_grad(set_to_none=True)
+    with autocast(run.device, run.amp_dtype):
+        loss = run.loss_fn(run.network(image), target)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+        run.optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def validate_epoch(run: Run, batches: Iterable[Batch]) -> tuple[float, list[float]]:
+    """``val_iters`` batches in eval mode: mean loss and the pseudo Dice per scored channel
+    (TP/FP/FN summed over all batches and ranks before dividing; NaN where a class never occurs)."""
+    run.network.eval()
+    counts = torch.zeros((3, run.targets.scored), device=run.device, dtype=torch.float64)
+    loss_sum = torch.zeros((), device=run.device)
+    batches = iter(batches)
+    for _ in range(run.settings.val_iters):
+        image, target = next(batches)
+        image = image.to(run.device, non_blocking=True)
+        target = target.to(run.device, non_blocking=True)
+        with autocast(run.device, run.amp_dtype):
+            logits = run.network(image)
+            loss_sum += run.loss_fn(logits, target).float()
+        counts += confusion_counts(logits.float(), target, run.targets)
+    ddp.all_reduce_sum(counts, run.dist)
+    n = torch.tensor(float(run.settings.val_iters), device=run.device)
+    mean_loss = ddp.all_reduce_sum(torch.stack([loss_sum, n]), run.dist)
+    tp, fp, fn = counts.cpu().tolist()
+    dice = [2 * a / (2 * a + b + c) if (2 * a + b + c) > 0 else math.nan for a, b, c in zip(tp, fp, fn)]
+    return float(mean_loss[0] / mean_loss[1]), dice
+
+
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """``(3, scored)`` TP, FP, FN per scored channel of one batch (ignore-label voxels left out)."""
+    if targets.regions:
+        pred = (logits > 0).float()
+        truth = labels_to_regions(target, targets.regions)
+    else:
+        pred = one_hot(logits.argmax(1, keepdim=True), targets.num_outputs)[:, 1:]
+        truth = one_hot(target, targets.num_outputs)[:, 1:]
+    if targets.ignore_label is not None:
+        keep = (target != targets.ignore_label).float()
+        pred, truth = pred * keep, truth * keep
+    axes = [0] + list(range(2, pred.ndim))
+    tp = (pred * truth).sum(axes)
+    return torch.stack([tp, pred.sum(axes) - tp, truth.sum(axes) - tp]).double()
+
+
+def finish_epoch(state: TrainState, epoch: int, train_loss: float, val_loss: float, dice: list[float],
+                 lr: float, epoch_time: float, wait_fraction: float) -> dict[str, Any]:
+    """Update the EMA pseudo Dice and the best-so-far; append and return the epoch's record."""
+    present = [d for d in dice if not math.isnan(d)]
+    mean_dice = sum(present) / len(present) if present else math.nan
+    if not math.isnan(mean_dice):
+        state.ema = mean_dice if state.ema is None else EMA_OLD * state.ema + (1 - EMA_OLD) * mean_dice
+    improved = state.ema is not None and (state.best_ema is None or state.ema > state.best_ema)
+    if improved:
+        state.best_ema = state.ema
+        state.epochs_since_best = 0
+    else:
+        state.epochs_since_best += 1
+    record = {
+        "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": dice,
+        "mean_pseudo_dice": mean_dice, "ema_pseudo_dice": state.ema, "lr": lr, "epoch_time": epoch_time,
+        "data_wait_fraction": wait_fraction, "improved": improved, "time": time.time(),
+    }
+    state.history.append(record)
+    state.epoch = epoch + 1
+    return record
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed-precision context for ``device`` (disabled when ``dtype`` is None)."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to this torch build; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: Apple MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(c()) for c in checks if c is not None)
+
+
+def resolve_amp(setting: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler) for an ``amp`` setting on ``device``."""
+    if setting == "fp32":
+        return None, False
+    if setting == "fp16":
+        return torch.float16, device.type == "cuda"
+    if setting == "bf16":
+        return torch.bfloat16, False
+    if device.type == "cuda":
+        return torch.float16, True
+    if device.type == "cpu" and CPU_BF16_BY_DEFAULT and cpu_supports_bf16():
+        return torch.bfloat16, False
+    return None, False
+
+
+def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
+                           weight_decay=s.weight_decay)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) from the run's seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -15,7 +15,7 @@ from autoseg.training.losses import make_loss
 from autoseg.training.schedule import poly_lr
 from autoseg.training.trainer import (Callback, Run, Targets, TrainSettings, TrainState, confusion_counts,
                                       finish_epoch, fit, make_optimizer, resolve_amp)
-from tiny_workspace import DATASET, FAST, make_workspace, tiny_plan, toy_case
+from tiny_workspace import DATASET, FAST, IGNORE, REGIONS, make_workspace, tiny_plan, toy_case
 
 
 # --- the loop on in-memory batches -------------------------------------------------------------------
@@ -135,7 +135,8 @@ def trained(tmp_path_factory):
     """A workspace with 1-epoch unet and resenc_unet runs on fold 0."""
     ws = make_workspace(tmp_path_factory.mktemp("ws"))
     unet = api_train.train(ws, None, [0], settings=dict(FAST), progress=False)[0]
-    resenc = api_train.train(ws, DATASET, [0], arch="resenc_unet", settings=dict(FAST), progress=False)[0]
+    resenc = api_train.train(ws, DATASET, [0], arch="resenc_unet", progress=False,
+                             settings=dict(FAST, save_probabilities=True, val_mirroring=True))[0]
     return ws, unet, resenc
 
 
@@ -158,8 +159,43 @@ def test_one_epoch_unet(trained):
     _check_run_folder(trained[1], "unet")
 
 
-def test_one_epoch_resenc_unet(trained):
+def test_one_epoch_resenc_unet_with_mirroring_and_saved_probabilities(trained):
     _check_run_folder(trained[2], "resenc_unet")
+    with np.load(next((trained[2] / "validation").glob("*.npz"))) as z:
+        probs = z["probabilities"].astype(np.float32)
+        assert probs.shape == (3, 16, 16, 16) and z["bbox"].tolist() == [[0, 16]] * 3
+    assert np.allclose(probs.sum(0), 1, atol=1e-2)
+
+
+def test_one_epoch_2d_configuration(tmp_path):
+    ws = make_workspace(tmp_path, extra_plans=(tiny_plan(patch=(16, 16), name="2d", batch_size=4),))
+    run_dir = api_train.train(ws, None, [0], config="2d", settings=dict(FAST), progress=False)[0]
+    assert run_dir.parent.name == "unet__autosegPlans__2d"
+    assert json.loads((run_dir / "validation" / "summary.json").read_text())["n_cases"] == 2
+
+
+def test_region_dataset_trains_with_sigmoid_outputs(tmp_path):
+    run_dir = api_train.train(make_workspace(tmp_path, labels=REGIONS), None, [0], settings=dict(FAST),
+                              progress=False)[0]
+    ckpt = load_checkpoint(run_dir / FINAL)
+    assert ckpt["dataset"]["regions_class_order"] == [1, 2]
+    assert ckpt["model"]["net.output_block.conv.conv.weight"].shape[0] == 2  # one channel per region
+    assert set(json.loads((run_dir / "validation" / "summary.json").read_text())["mean"]) == {"any", "dim"}
+
+
+def test_ignore_label_dataset_trains_and_is_left_out_of_validation(tmp_path):
+    run_dir = api_train.train(make_workspace(tmp_path, labels=IGNORE), None, [0], settings=dict(FAST),
+                              progress=False)[0]
+    assert load_checkpoint(run_dir / FINAL)["model"]["net.output_block.conv.conv.weight"].shape[0] == 3
+    assert set(json.loads((run_dir / "validation" / "summary.json").read_text())["mean"]) == {"bright", "dim"}
+
+
+def test_parse_folds():
+    assert api_train.parse_folds(["0", 3, "all", 0], 5) == [0, 3, "all"]
+    with pytest.raises(api_train.TrainError, match="unknown fold 5: splits.json has folds 0-4"):
+        api_train.parse_folds([5], 5)
+    with pytest.raises(api_train.TrainError, match="unknown fold 'x'"):
+        api_train.parse_folds(["x"], 5)
 
 
 @pytest.mark.slow
@@ -266,9 +302,11 @@ def test_cli_several_planned_datasets_need_a_name(trained, capsys, tmp_path):
     assert code == 2 and "several planned datasets, name one: Dataset990_Tiny, Dataset991_Other" in err
 
 
-def test_cli_trains_the_only_planned_dataset(tmp_path, capsys):
+def test_cli_trains_the_only_planned_dataset_on_several_folds(tmp_path, capsys):
     ws = make_workspace(tmp_path)
-    code = main(["train", "--workdir", str(ws.root), "--no-progress", "--fold", "1", "--epochs", "1",
+    code = main(["train", "--workdir", str(ws.root), "--no-progress", "--fold", "1", "all", "--epochs", "1",
                  "--iters-per-epoch", "1", "--val-iters", "1", "--num-workers", "0"])
     out = capsys.readouterr().out
-    assert code == 0 and "fold_1, validation Dice" in out
+    assert code == 0 and "fold_1, validation Dice" in out and "fold_all, validation Dice" in out
+    summary = ws.results / DATASET / "unet__autosegPlans__3d_fullres" / "fold_all" / "validation" / "summary.json"
+    assert json.loads(summary.read_text())["n_cases"] == 4  # fold 'all' validates on every case

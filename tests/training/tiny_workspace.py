@@ -42,14 +42,22 @@ def toy_case(seed: int, shape=(SIZE,) * 3) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), seg
 
 
+LABELS = {"background": 0, "bright": 1, "dim": 2}
+REGIONS = {"background": 0, "any": [1, 2], "dim": [2]}  # region labels; regions_class_order [1, 2]
+IGNORE = {"background": 0, "bright": 1, "dim": 2, "ignore": 3}  # the last slab of every case is unlabelled
+
+
 def make_workspace(root: Path, n_cases: int = 4, plan: ConfigurationPlan | None = None,
-                   shape=(SIZE,) * 3, name: str = DATASET) -> Workspace:
+                   shape=(SIZE,) * 3, name: str = DATASET, labels: dict | None = None,
+                   extra_plans: tuple[ConfigurationPlan, ...] = ()) -> Workspace:
     ws = Workspace(Path(root))
     plan = plan or tiny_plan()
     raw = ws.raw / name
     pre = ws.preprocessed_dir(name)
-    labels = {"background": 0, "bright": 1, "dim": 2}
+    labels = labels or LABELS
     dataset_json = {"channel_names": {"0": "MR"}, "labels": labels, "numTraining": n_cases, "file_ending": ".nii.gz"}
+    if labels == REGIONS:
+        dataset_json["regions_class_order"] = [1, 2]
     for d in (raw / "imagesTr", raw / "labelsTr", pre):
         d.mkdir(parents=True, exist_ok=True)
     for folder in (raw, pre):
@@ -58,17 +66,20 @@ def make_workspace(root: Path, n_cases: int = 4, plan: ConfigurationPlan | None 
     ids = [f"case_{i:03d}" for i in range(n_cases)]
     for i, cid in enumerate(ids):
         image, seg = toy_case(i, shape)
+        if "ignore" in labels:
+            seg[-3:] = labels["ignore"]
         nib.save(nib.Nifti1Image(image, np.eye(4)), raw / "imagesTr" / f"{cid}_0000.nii.gz")
         nib.save(nib.Nifti1Image(seg.astype(np.uint8), np.eye(4)), raw / "labelsTr" / f"{cid}.nii.gz")
         props = CaseProperties(case_id=cid, original_shape=shape, original_spacing=(1.0,) * 3,
                                original_affine=tuple(tuple(map(float, r)) for r in np.eye(4)),
                                bbox=tuple((0, s) for s in shape), shape_after_crop=shape, spacing_after_crop=(1.0,) * 3,
                                shape_after_resample=shape, spacing=(1.0,) * 3, classes_present=(1, 2))
-        locations = {c: np.argwhere(seg == c).astype(np.int32) for c in (1, 2)}
+        locations = {c: np.argwhere(seg == c).astype(np.int32) for c in (1, 2)}  # (N, 3) voxels per class
         write_case(data_dir, props, image[None], seg[None], locations)
     plans = Plans(dataset_name=name, plans_name="autosegPlans", planner="test", transpose_forward=(0, 1, 2),
                   transpose_backward=(0, 1, 2), channel_names=("MR",), labels=labels,
-                  normalization=(NormalizationPlan("MR", "zscore"),), configurations={plan.name: plan},
+                  normalization=(NormalizationPlan("MR", "zscore"),),
+                  configurations={p.name: p for p in (plan, *extra_plans)},
                   default_configuration=plan.name)
     plans.save(pre / "plans.json")
     make_splits(ids, 2 if n_cases < 5 else 5).save(pre / "splits.json")

@@ -137,6 +137,9 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     from autoseg.training.runlock import RunLock
 
     settings, ckpt = resolve_settings(given, run_dir, resume)
+    if ckpt is not None and ckpt["plans"] != plans.to_dict():
+        raise TrainError(f"--resume: plans.json of {name} changed since {run_dir} was started; train a new run "
+                         f"(delete the folder) or restore the old plans")
     lock = RunLock(run_dir).acquire() if dist.is_main else None
     try:
         run, loaders = build_run(workspace, name, plans, config, arch, fold_cases, fold, run_dir, settings, dist)

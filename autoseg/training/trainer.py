@@ -137,7 +137,8 @@ class Run:
     dist: ddp.DistContext = ddp.SINGLE
     state: TrainState = field(default_factory=TrainState)
     meta: dict[str, Any] = field(default_factory=dict)  # plan, dataset, fold... for checkpoints
-    stop_requested: bool = False  # a callback may set it to end training after this epoch
+    stop_requested: bool = False  # ends training after this epoch (callbacks run on rank 0 only, so
+    # a callback may set it in single-process runs; early stopping sets it on every rank alike)
 
 
 class Callback:

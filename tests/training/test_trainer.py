@@ -240,6 +240,18 @@ def test_resume_may_extend_epochs_but_not_change_the_trajectory(trained, tmp_pat
         api_train.train(ws, None, [0], settings={"seed": 7}, resume=True, progress=False)
 
 
+def test_resume_refuses_changed_plans(trained):
+    ws = trained[0]
+    path = ws.preprocessed_dir(DATASET) / "plans.json"
+    original = path.read_text()
+    path.write_text(original.replace('"batch_size": 2', '"batch_size": 3'))
+    try:
+        with pytest.raises(api_train.TrainError, match="plans.json of Dataset990_Tiny changed"):
+            api_train.train(ws, None, [0], settings={}, resume=True, progress=False)
+    finally:
+        path.write_text(original)
+
+
 def test_pretrained_weights_are_loaded_and_output_heads_may_differ(trained):
     ws, unet, resenc = trained
     weights = load_checkpoint(unet / FINAL)["model"]

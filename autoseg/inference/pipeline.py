@@ -1,7 +1,7 @@
 """Predict a folder of images: ``{case}_{XXXX}{ending}`` channel files -> ``{case}{ending}`` label maps.
 
 Per case, in three stages that overlap (a reader thread prepares the next case and a writer thread
-finishes the previous one while the networks run; bounded queues keep at most a few cases in memory):
+finishes the previous one while the networks run; at most three cases are in memory at once):
 
 1. read + preprocess exactly as for training (:func:`autoseg.preprocessing.load_case` and
    :func:`~autoseg.preprocessing.finish_case`: crop to non-zero, transpose, normalise, resample);
@@ -34,8 +34,8 @@ from autoseg.inference.probabilities import SavedProbabilities, labels_from_prob
 from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-PREFETCH = 1  # prepared cases waiting for the networks (plus one being prepared)
-PENDING_WRITES = 1  # predicted cases waiting for the writer (plus one being written)
+PREFETCH = 1  # cases read ahead of the networks (being prepared or waiting)
+PENDING_WRITES = 1  # predicted cases not yet written
 
 
 class PredictError(ValueError):
@@ -253,34 +253,36 @@ class _Results:
             self.written.append(case.case_id)
 
 
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put ``item`` unless ``stop`` is set (polling, so a stopped consumer never blocks the producer)."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
+def _acquire(slots: threading.Semaphore, stop: threading.Event) -> bool:
+    """Take a slot unless ``stop`` is set (polling, so a stopped consumer never blocks the producer)."""
+    while not slots.acquire(timeout=0.1):
+        if stop.is_set():
+            return False
+    return not stop.is_set()
 
 
 def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, step: float, tta: bool,
               save_probs: bool, advance=lambda n=1: None) -> _Results:
-    """Predict ``todo`` with a reader thread, the networks in this thread and a writer thread."""
+    """Predict ``todo`` with a reader thread, the networks in this thread and a writer thread.
+
+    Semaphores bound the cases in memory: at most :data:`PREFETCH` read ahead (being prepared or
+    waiting) and :data:`PENDING_WRITES` predicted but not yet written."""
     results = _Results()
-    ready: queue.Queue = queue.Queue(maxsize=PREFETCH)
-    to_write: queue.Queue = queue.Queue(maxsize=PENDING_WRITES)
+    ready: queue.Queue = queue.Queue()
+    to_write: queue.Queue = queue.Queue()
+    read_slots, write_slots = threading.Semaphore(PREFETCH), threading.Semaphore(PENDING_WRITES)
     stop = threading.Event()
 
     def reader():
         for case in todo:
+            if not _acquire(read_slots, stop):
+                return
             try:
                 item = prepare_case(case, model)
             except Exception as e:  # reported for this case; the others go on
                 item = e
-            if not _put(ready, (case, item), stop):
-                return
-        _put(ready, None, stop)
+            ready.put((case, item))
+        ready.put(None)
 
     def writer():
         while (item := to_write.get()) is not None:
@@ -290,6 +292,8 @@ def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, st
                 results.done(prepared.case)
             except Exception as e:
                 results.fail(prepared.case, e)
+            del item, prepared, probs
+            write_slots.release()
             advance(1)
 
     threads = [threading.Thread(target=reader, name="autoseg-read", daemon=True),
@@ -299,6 +303,8 @@ def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, st
     try:
         while (item := ready.get()) is not None:
             case, prepared = item
+            del item
+            read_slots.release()
             if isinstance(prepared, BaseException):
                 results.fail(case, prepared)
                 advance(1)
@@ -309,6 +315,7 @@ def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, st
                 results.fail(case, e)
                 advance(1)
                 continue
+            write_slots.acquire()
             to_write.put((prepared, probs))
             del prepared, probs
     finally:

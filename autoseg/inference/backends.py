@@ -18,9 +18,13 @@ Every backend hands :func:`autoseg.inference.sliding.predict_logits` (and so MON
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +38,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # change the argmax of ~1% of voxels and are only used when asked for.
 CPU_AUTO = ("torch", "fp32")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+OPENVINO_CACHE = ".openvino"  # converted networks, in each fold folder next to the checkpoint
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -75,22 +80,67 @@ def resolve_choice(backend: str, precision: str, device: torch.device) -> tuple[
     return backend, precision
 
 
+def _ir_path(cache: Path, source: Path, shape: Sequence[int]) -> Path:
+    """Cache file of the converted network: named after the checkpoint's name, size and modification
+    time, the input shape and the OpenVINO version, so a changed checkpoint is converted again."""
+    import openvino as ov
+
+    st = source.stat()
+    key = f"{source.stem}-{st.st_size}-{st.st_mtime_ns}-{'x'.join(map(str, shape))}-ov{ov.__version__.split('-')[0]}"
+    return cache / f"{key}.xml"
+
+
+def _save_ir(model, path: Path) -> None:
+    """Store an OpenVINO model (``.xml`` + ``.bin``) atomically: written to a temporary folder next to
+    it and renamed, weights first, so an ``.xml`` that exists always has its ``.bin``."""
+    import openvino as ov
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+    try:
+        ov.save_model(model, str(tmp / path.name), compress_to_fp16=False)
+        os.replace(tmp / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path | None = None):
+    """The OpenVINO model of ``network`` for inputs of ``shape``; read from (or stored in) the cache
+    folder ``.openvino`` next to the checkpoint ``source`` when given (conversion traces the network,
+    which takes seconds to a minute per fold; reading the cache takes well under a second)."""
+    import openvino as ov
+
+    cached = _ir_path(source.parent / OPENVINO_CACHE, source, shape) if source is not None else None
+    if cached is not None and cached.is_file():
+        return ov.Core().read_model(str(cached))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracing warnings about shape checks that hold for a fixed shape
+        model = ov.convert_model(network.eval(), example_input=torch.zeros(tuple(shape)), input=[tuple(shape)])
+    if cached is not None:
+        try:
+            _save_ir(model, cached)
+        except OSError:  # a read-only model folder: convert again next time
+            pass
+    return model
+
+
 class OpenVINONetwork(nn.Module):
     """A network compiled by OpenVINO for a fixed patch shape, callable like the torch module.
 
     The model is compiled for batch 1; a batch of several patches runs patch by patch (the fixed
-    shape is faster than a dynamic one, and the CPU time per patch does not depend on the batch)."""
+    shape is faster than a dynamic one, and the CPU time per patch does not depend on the batch).
+    ``source`` (the checkpoint file) enables the conversion cache of :func:`convert_to_openvino`."""
 
-    def __init__(self, network: nn.Module, example_shape: Sequence[int], precision: str = "fp32"):
+    def __init__(self, network: nn.Module, example_shape: Sequence[int], precision: str = "fp32",
+                 source: Path | None = None):
         super().__init__()
         try:
             import openvino as ov
         except ImportError:
             raise BackendError("--backend openvino needs the openvino package: pip install openvino") from None
         shape = (1, *example_shape[1:])
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracing warnings about shape checks that hold for a fixed shape
-            model = ov.convert_model(network.eval(), example_input=torch.zeros(shape), input=[tuple(shape)])
+        model = convert_to_openvino(network, shape, source)
         config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
         self._compiled = ov.Core().compile_model(model, "CPU", config)
         self._request = self._compiled.create_infer_request()
@@ -108,15 +158,17 @@ class OpenVINONetwork(nn.Module):
 
 
 def make_engine(networks: Sequence[nn.Module], backend: str, precision: str, device: torch.device,
-                example_shape: Sequence[int]) -> Engine:
+                example_shape: Sequence[int], sources: Sequence[Path] | None = None) -> Engine:
     """Prepare ``networks`` (torch modules on the CPU, eval mode) to run with the chosen backend.
 
     ``example_shape`` is one batch of patches ``(B, C, *patch)``. torch networks are moved to
-    ``device`` in place; OpenVINO networks are converted copies."""
+    ``device`` in place; OpenVINO networks are converted copies (cached next to their checkpoint
+    files ``sources`` when given)."""
     device = torch.device(device)
     backend, precision = resolve_choice(backend, precision, device)
     if backend == "openvino":
-        converted = tuple(OpenVINONetwork(n, example_shape, precision) for n in networks)
+        sources = list(sources) if sources is not None else [None] * len(networks)
+        converted = tuple(OpenVINONetwork(n, example_shape, precision, src) for n, src in zip(networks, sources))
         return Engine(backend, precision, device, converted, None)
     moved = tuple(n.to(device).eval() for n in networks)
     return Engine(backend, precision, device, moved, _AMP[precision])

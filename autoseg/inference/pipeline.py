@@ -346,7 +346,8 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
     skipped = [c for c in cases if not c.problem and not overwrite and is_done(c, out_dir, save_probabilities)]
     todo = [c for c in cases if not c.problem and c not in skipped]
     example = (1, model.num_channels, *model.config.patch_size)
-    engine = make_engine(model.networks, backend, precision, resolve_device(device), example) if todo else None
+    sources = model.checkpoint_paths or None
+    engine = make_engine(model.networks, backend, precision, resolve_device(device), example, sources) if todo else None
     results = _Results()
     for c in bad:
         results.fail(c, c.problem)

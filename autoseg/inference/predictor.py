@@ -63,6 +63,7 @@ class Predictor:
     checkpoint: str
     networks: tuple[Any, ...]
     postprocessing: PostprocessingDecision | None = None
+    checkpoint_paths: tuple[Path, ...] = ()  # one per network (empty for hand-built predictors)
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -198,7 +199,7 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     model_root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=tuple(networks),
-                     postprocessing=load_postprocessing(model_root))
+                     postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()))
 
 
 def load_postprocessing(model_dir: Path) -> PostprocessingDecision | None:

@@ -69,3 +69,24 @@ def test_openvino_prediction_equals_torch_prediction(model, tmp_path):
     seg_a = np.asarray(nib.load(str(tmp_path / "torch" / "c.nii.gz")).dataobj)
     seg_b = np.asarray(nib.load(str(tmp_path / "ov" / "c.nii.gz")).dataobj)
     assert (seg_a == seg_b).mean() > 0.999
+
+
+def test_openvino_conversion_is_cached_next_to_the_checkpoint(model, monkeypatch):
+    ov = pytest.importorskip("openvino")
+    from autoseg.inference.backends import OPENVINO_CACHE
+
+    source = model.checkpoint_paths[0]
+    first = make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 16), model.checkpoint_paths)
+    cached = list((source.parent / OPENVINO_CACHE).glob("*.xml"))
+    assert len(cached) == 1 and cached[0].with_suffix(".bin").is_file()
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although cached")
+
+    monkeypatch.setattr(ov, "convert_model", no_conversion)
+    second = make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 16), model.checkpoint_paths)
+    x = torch.randn(1, 1, 16, 16, 16)
+    np.testing.assert_array_equal(first.networks[0](x).numpy(), second.networks[0](x).numpy())
+    source.touch()  # a changed checkpoint is converted again
+    with pytest.raises(AssertionError, match="converted again"):
+        make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 16), model.checkpoint_paths)

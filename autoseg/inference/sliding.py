@@ -38,7 +38,8 @@ class _Ensemble:
 
     def __call__(self, patch: torch.Tensor) -> torch.Tensor:
         total = None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
             for net in self.networks:
                 for flip in self.flips:
                     dims = [2 + a for a in flip]

@@ -65,7 +65,8 @@ def to_original(labels: np.ndarray, props: CaseProperties, plans: Plans) -> np.n
 
 
 def predict_case(networks: Sequence[nn.Module], job: ValidationJob, case_id: str, device: torch.device,
-                 amp_dtype: torch.dtype | None, mirror_axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
+                 amp_dtype: torch.dtype | None,
+                 mirror_axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
     """Probabilities at the cropped original resolution ``(K, *shape_after_crop)`` and the label map
     in the raw file's shape, for one preprocessed case."""
     case = open_case(job.data_folder, case_id)

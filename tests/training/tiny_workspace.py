@@ -22,7 +22,8 @@ DATASET = "Dataset990_Tiny"
 SIZE = 16
 
 
-def tiny_plan(patch=(SIZE,) * 3, features=(4, 8, 8), batch_size=2, name="3d_fullres", batch_dice=False) -> ConfigurationPlan:
+def tiny_plan(patch=(SIZE,) * 3, features=(4, 8, 8), batch_size=2, name="3d_fullres",
+              batch_dice=False) -> ConfigurationPlan:
     n = len(features)
     dims = len(patch)
     return ConfigurationPlan(

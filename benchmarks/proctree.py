@@ -1,0 +1,142 @@
+"""Run a command and measure its whole process tree: wall time, CPU time, peak memory (Linux).
+
+Memory is sampled by polling ``/proc`` (no psutil needed) every ``interval`` seconds:
+
+- ``peak_rss_sum``: the largest sum of resident set sizes over all live processes of the tree at one
+  sample. Pages shared between processes (forked workers, shared libraries) count once per process,
+  so this over-states the real footprint of a pool.
+- ``peak_pss_sum``: the same with proportional set sizes (``/proc/PID/smaps_rollup``; shared pages
+  split between their users), the closest figure to "memory the run needed"; None when unreadable.
+- ``max_single_rss``: the largest RSS any one process reached: the kernel's high-water mark
+  ``VmHWM`` (``/proc/PID/status``), read at every sample, so a short peak between two samples is
+  still counted (a process living less than one interval can be missed). ``ru_maxrss`` of
+  ``wait4`` is not used: a child started by fork/vfork + exec inherits the *parent's* high-water
+  mark, so it would report the benchmark script's own peak.
+- ``cpu_s``: user + system CPU seconds of the command and its waited-for descendants (``wait4``).
+
+Sampling costs a little CPU (a scan of ``/proc`` per sample); both tools being compared pay it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class TreeRun:
+    """Figures of one measured command (bytes, seconds)."""
+
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_sum: int
+    peak_pss_sum: int | None
+    max_single_rss: int
+    max_processes: int
+    load_before: float
+    load_after: float
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its live descendants."""
+    children = _children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return 0
+    return 0
+
+
+def _pss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, root: int, interval: float):
+        super().__init__(daemon=True)
+        self.root, self.interval = root, interval
+        self.stop = threading.Event()
+        self.peak_rss = 0
+        self.peak_pss: int | None = None  # stays None when smaps_rollup is unreadable
+        self.max_procs = 0
+        self.max_hwm = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            pids = tree_pids(self.root)
+            self.max_procs = max(self.max_procs, len(pids))
+            self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in pids))
+            self.max_hwm = max([self.max_hwm] + [_hwm(p) for p in pids])
+            pss = [v for v in (_pss(p) for p in pids) if v is not None]
+            if pss:
+                self.peak_pss = max(self.peak_pss or 0, sum(pss))
+            self.stop.wait(self.interval)
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+                 log: Path | None = None, interval: float = 0.25) -> TreeRun:
+    """Run ``cmd`` to completion (stdout and stderr to ``log``) and measure it."""
+    load_before = os.getloadavg()[0]
+    with open(log or os.devnull, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        sampler = _Sampler(proc.pid, interval)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        sampler.stop.set()
+        sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; tell Popen
+    return TreeRun(returncode=proc.returncode, wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime,
+                   peak_rss_sum=sampler.peak_rss, peak_pss_sum=sampler.peak_pss,
+                   max_single_rss=sampler.max_hwm, max_processes=sampler.max_procs,
+                   load_before=load_before, load_after=os.getloadavg()[0])

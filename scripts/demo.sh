@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # autoseg end to end on a small synthetic CT dataset, on a CPU-only machine (Python >= 3.10).
-#   bash scripts/demo.sh                 install, make the toy dataset, plan and preprocess it
+#   bash scripts/demo.sh                 install, make the toy dataset, then plan, train (a few
+#                                        minutes on CPU), predict, evaluate and draw a preview PNG
 #   SKIP_INSTALL=1 bash scripts/demo.sh  same without the pip installs
 #   WORKDIR=/some/dir bash scripts/demo.sh
 # Every step skips work that is already done, so the script can be rerun.
@@ -19,7 +20,7 @@ step() { echo; echo "==> $*"; }
 
 step "toy dataset"
 if [ ! -f "$WORKDIR/raw/$DATASET/dataset.json" ]; then
-  autoseg --workdir "$WORKDIR" demo-data --cases 8 --seed 0
+  autoseg --workdir "$WORKDIR" demo-data --cases 8 --test-cases 2 --seed 0
 else
   echo "$WORKDIR/raw/$DATASET exists"
 fi
@@ -27,5 +28,33 @@ fi
 step "integrity check, fingerprint, plans, preprocessing, splits"
 autoseg --workdir "$WORKDIR" plan "$DATASET"
 
+# A deliberately short run so the demo finishes in minutes on a CPU; real runs use the defaults
+# (1000 epochs x 250 iterations) on a GPU.
+EPOCHS="${EPOCHS:-4}"
+ITERS="${ITERS:-15}"
+step "train fold 0 ($EPOCHS epochs x $ITERS iterations)"
+run_dir="$WORKDIR/results/$DATASET/unet__autosegPlans__3d_fullres/fold_0"
+if [ -f "$run_dir/checkpoint_final.pt" ]; then
+  echo "$run_dir is already trained"
+else
+  resume=""; [ -f "$run_dir/checkpoint_latest.pt" ] && resume="--resume"
+  autoseg --workdir "$WORKDIR" train "$DATASET" --fold 0 --epochs "$EPOCHS" --iters-per-epoch "$ITERS" \
+    --val-iters 3 --device cpu $resume
+fi
+
+step "predict the held-out cases (imagesTs)"
+autoseg --workdir "$WORKDIR" predict -d "$DATASET" -i "$WORKDIR/raw/$DATASET/imagesTs" \
+  -o "$WORKDIR/predictions/$DATASET" --folds 0 --device cpu
+
+step "evaluate against labelsTs"
+autoseg --workdir "$WORKDIR" evaluate -d "$DATASET" "$WORKDIR/raw/$DATASET/labelsTs" \
+  "$WORKDIR/predictions/$DATASET"
+
+step "preview"
+first=$(ls "$WORKDIR/raw/$DATASET/imagesTs" | head -n 1)
+case_id="${first%_0000.nii.gz}"
+autoseg --workdir "$WORKDIR" show -d "$DATASET" "$WORKDIR/raw/$DATASET/imagesTs/$first" \
+  "$WORKDIR/predictions/$DATASET/$case_id.nii.gz" -o "$WORKDIR/predictions/$DATASET/preview_$case_id.png"
+
 echo
-echo "done; everything is under $WORKDIR (raw/, preprocessed/$DATASET/)"
+echo "done; everything is under $WORKDIR (raw/, preprocessed/, results/, predictions/)"

@@ -49,7 +49,8 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-probabilities", action="store_true", help="also write {case}.npz probabilities (ensembles)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
-                   help="auto (torch), torch, or openvino (CPU; pip install openvino)")
+                   help="auto (CPU: openvino when installed, else torch; GPU: torch), torch, or openvino "
+                        "(CPU only; pip install openvino)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="auto (fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (GPU)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")

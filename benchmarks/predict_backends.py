@@ -1,6 +1,6 @@
 """CPU inference backends on trained weights: time per case and Dice, against torch fp32.
 
-Decides ``CPU_AUTO`` in autoseg/inference/backends.py (what ``--backend auto --precision auto``
+Decides ``cpu_auto`` in autoseg/inference/backends.py (what ``--backend auto --precision auto``
 runs on the CPU). For each path (torch fp32, torch bf16 autocast, OpenVINO f32 / bf16 with the
 LATENCY hint) it predicts the same cases with the same model through ``predict_folder`` and prints
 the wall time per case, the foreground-mean Dice against the reference labels, and the share of
@@ -30,7 +30,7 @@ from autoseg.inference.pipeline import find_inputs, predict_folder
 from autoseg.inference.predictor import load_predictor
 from autoseg.io import read_volume
 
-DEFAULT_PATHS = ("torch:fp32", "torch:bf16", "openvino:fp32", "openvino:bf16")
+DEFAULT_PATHS = ("torch:fp32", "openvino:fp32", "openvino:fp32", "torch:bf16", "openvino:bf16")
 
 
 def _subset(images: Path, cases: list[str], into: Path) -> Path:
@@ -53,7 +53,9 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=10, help="number of cases (the last ones, sorted by name)")
     ap.add_argument("--folds", nargs="+", default=None)
     ap.add_argument("--no-tta", action="store_true")
-    ap.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), help="backend:precision pairs")
+    ap.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS),
+                    help="backend:precision pairs, run in this order (repeat one to see the spread, or OpenVINO "
+                         "with its conversion cached)")
     args = ap.parse_args()
 
     model = load_predictor(args.model_dir, args.folds)
@@ -68,9 +70,9 @@ def main() -> None:
         print(f"{model.describe()}, {len(cases)} case(s), TTA {'off' if args.no_tta else 'on'}")
         print(f"{'path':<16} {'s/case':>8} {'Dice':>8} {'differs':>9}")
         reference = None
-        for path in args.paths:
+        for i, path in enumerate(args.paths):
             backend, precision = path.split(":")
-            out = work / path.replace(":", "_")
+            out = work / f"{i}_{path.replace(':', '_')}"
             model = load_predictor(args.model_dir, args.folds)  # fresh CPU networks for every path
             started = time.perf_counter()
             report = predict_folder(model, images, out, tta=not args.no_tta, device="cpu", backend=backend,

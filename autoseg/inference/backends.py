@@ -11,9 +11,8 @@ Every backend hands :func:`autoseg.inference.sliding.predict_logits` (and so MON
   with ``ov.convert_model`` from an example patch, compiled with ``PERFORMANCE_HINT=LATENCY`` and
   ``INFERENCE_PRECISION_HINT`` ``f32`` (exact; OpenVINO's own default on bf16 CPUs is bf16) or
   ``bf16``;
-- ``auto`` (default): on CUDA torch with fp16 autocast (what nnU-Net predicts with); on other devices
-  :data:`CPU_AUTO`, which stays torch fp32 until a faster path is shown to keep Dice on trained
-  weights (``benchmarks/predict_backends.py``; docs/benchmarks.md).
+- ``auto`` (default): on CUDA torch with fp16 autocast (what nnU-Net predicts with); on the CPU
+  :func:`cpu_auto`: OpenVINO f32 when the package is installed, else torch fp32.
 """
 
 from __future__ import annotations
@@ -32,11 +31,14 @@ from torch import nn
 
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# CPU default of --backend auto / --precision auto. OpenVINO f32 is faster than torch fp32 here
-# (REFERENCE.md section 10: 1.35 s vs 2.37 s per batch of 8, identical argmax), but it is an optional
-# dependency and its conversion costs seconds per fold, so torch fp32 stays the default; bf16 paths
-# change the argmax of ~1% of voxels and are only used when asked for.
-CPU_AUTO = ("torch", "fp32")
+# CPU default of --backend auto / --precision auto, decided with benchmarks/predict_backends.py on
+# trained weights (docs/benchmarks.md): OpenVINO f32 gave the same label in every voxel and the same
+# Dice as torch fp32 at 0.52x its time per case (toy CT, 6 cases with TTA, 2-core EPYC); REFERENCE.md
+# section 10 has 1.35 s vs 2.37 s per batch of 8 on another CPU. OpenVINO is an optional dependency,
+# so without it torch fp32 runs. bf16 changes the argmax of ~1% of voxels (random weights) and is
+# emulated, hence slower, on CPUs without native bf16: it runs only when asked for.
+CPU_FALLBACK = ("torch", "fp32")
+CPU_FAST = ("openvino", "fp32")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 OPENVINO_CACHE = ".openvino"  # converted networks, in each fold folder next to the checkpoint
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,9 +69,9 @@ def resolve_choice(backend: str, precision: str, device: torch.device) -> tuple[
     if precision not in PRECISIONS:
         raise BackendError(f"unknown precision '{precision}'; choices: {', '.join(PRECISIONS)}")
     if backend == "auto":
-        backend = CPU_AUTO[0] if device.type == "cpu" else "torch"
+        backend = cpu_auto()[0] if device.type == "cpu" else "torch"
     if precision == "auto":
-        precision = {"cuda": "fp16", "cpu": CPU_AUTO[1]}.get(device.type, "fp32")
+        precision = {"cuda": "fp16", "cpu": cpu_auto()[1]}.get(device.type, "fp32")
     if backend == "openvino" and device.type != "cpu":
         raise BackendError(f"--backend openvino runs on the CPU only, not on {device.type}; use --device cpu "
                            "or --backend torch")
@@ -77,7 +79,28 @@ def resolve_choice(backend: str, precision: str, device: torch.device) -> tuple[
         raise BackendError(f"--backend openvino supports --precision {' or '.join(_OV_PRECISION)}, not {precision}")
     if precision == "fp16" and device.type == "cpu":
         raise BackendError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise BackendError("--precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 would be "
+                           "emulated and many times slower than fp32; use --precision fp32")
     return backend, precision
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cpu_auto() -> tuple[str, str]:
+    """``(backend, precision)`` that ``auto`` runs on the CPU: the fastest exact path installed."""
+    return CPU_FAST if openvino_available() else CPU_FALLBACK
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (else torch emulates it and OpenVINO falls back to f32)."""
+    from autoseg.training.trainer import cpu_supports_bf16
+
+    return cpu_supports_bf16()
 
 
 def _ir_path(cache: Path, source: Path, shape: Sequence[int]) -> Path:

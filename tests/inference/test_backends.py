@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.inference.backends import CPU_AUTO, BackendError, OpenVINONetwork, make_engine, resolve_choice
+from autoseg.inference.backends import BackendError, OpenVINONetwork, make_engine, resolve_choice
 from autoseg.inference.pipeline import predict_folder
 from autoseg.inference.predictor import load_predictor
 
@@ -16,8 +16,24 @@ from .conftest import blob_image, save_fold, tiny_plans, write_nifti
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
 
 
-def test_auto_is_the_measured_cpu_default_and_fp16_on_cuda():
-    assert resolve_choice("auto", "auto", CPU) == CPU_AUTO == ("torch", "fp32")
+@pytest.fixture
+def native_bf16(monkeypatch):
+    monkeypatch.setattr("autoseg.inference.backends.cpu_has_bf16", lambda: True)
+
+
+def test_bf16_is_refused_on_cpus_that_would_emulate_it(monkeypatch):
+    monkeypatch.setattr("autoseg.inference.backends.cpu_has_bf16", lambda: False)
+    with pytest.raises(BackendError, match="no native bf16"):
+        resolve_choice("torch", "bf16", CPU)
+    assert resolve_choice("torch", "bf16", CUDA) == ("torch", "bf16")
+
+
+def test_auto_is_the_fastest_exact_cpu_path_installed_and_fp16_on_cuda(native_bf16, monkeypatch):
+    monkeypatch.setattr("autoseg.inference.backends.openvino_available", lambda: True)
+    assert resolve_choice("auto", "auto", CPU) == ("openvino", "fp32")
+    monkeypatch.setattr("autoseg.inference.backends.openvino_available", lambda: False)
+    assert resolve_choice("auto", "auto", CPU) == ("torch", "fp32")
+    assert resolve_choice("torch", "auto", CPU) == ("torch", "fp32")
     assert resolve_choice("auto", "auto", CUDA) == ("torch", "fp16")
     assert resolve_choice("auto", "auto", MPS) == ("torch", "fp32")
     assert resolve_choice("torch", "bf16", CPU) == ("torch", "bf16")
@@ -42,10 +58,10 @@ def model(tmp_path):
     return load_predictor(tmp_path / "m")
 
 
-def test_torch_engine_carries_the_autocast_dtype(model):
+def test_torch_engine_carries_the_autocast_dtype(model, native_bf16):
     engine = make_engine(model.networks, "torch", "bf16", CPU, (1, 1, 16, 16, 16))
     assert engine.amp_dtype is torch.bfloat16 and engine.describe() == "torch bf16 on cpu"
-    assert make_engine(model.networks, "auto", "auto", CPU, (1, 1, 16, 16, 16)).amp_dtype is None
+    assert make_engine(model.networks, "torch", "auto", CPU, (1, 1, 16, 16, 16)).amp_dtype is None
 
 
 def test_openvino_f32_matches_pytorch(model):

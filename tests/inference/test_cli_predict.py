@@ -9,7 +9,7 @@ from autoseg.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, main
 
 from .conftest import DATASET, MODEL_NAME, blob_image, save_fold, tiny_plans, write_nifti
 
-FAST = ["--no-tta", "--no-progress", "--device", "cpu"]
+FAST = ["--no-tta", "--no-progress", "--device", "cpu", "--backend", "torch"]
 
 
 def _setup(tmp_path, n_cases=3):

@@ -134,6 +134,7 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
     which takes seconds to a minute per fold; reading the cache takes well under a second)."""
     import openvino as ov
 
+    source = Path(source).resolve() if source is not None else None  # folds linked to one file share it
     cached = _ir_path(source.parent / OPENVINO_CACHE, source, shape) if source is not None else None
     if cached is not None and cached.is_file():
         return ov.Core().read_model(str(cached))

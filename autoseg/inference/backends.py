@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +150,30 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
     return model
 
 
+def _compile_on_own_thread(ov, model, config):
+    """``compile_model`` on a short-lived thread.
+
+    OpenVINO's CPU plugin installs an alternate signal stack on the thread that compiles and frees it
+    when the compiled model is released, from whichever thread that happens on. Compiled on the main
+    thread and released elsewhere (garbage collection, a worker thread), the main thread keeps a
+    dangling signal stack and the process dies of SIGSEGV at its next Python signal handler (a
+    DataLoader's SIGCHLD, say). A thread that exits right after compiling takes its stack with it."""
+    result: dict = {}
+
+    def compile_():
+        try:
+            result["compiled"] = ov.Core().compile_model(model, "CPU", config)
+        except BaseException as e:  # re-raised on the calling thread
+            result["error"] = e
+
+    thread = threading.Thread(target=compile_, name="openvino-compile")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["compiled"]
+
+
 class OpenVINONetwork(nn.Module):
     """A network compiled by OpenVINO for a fixed patch shape, callable like the torch module.
 
@@ -166,7 +191,7 @@ class OpenVINONetwork(nn.Module):
         shape = (1, *example_shape[1:])
         model = convert_to_openvino(network, shape, source)
         config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled = ov.Core().compile_model(model, "CPU", config)
+        self._compiled = _compile_on_own_thread(ov, model, config)
         self._request = self._compiled.create_infer_request()
         self.input_shape = tuple(shape)
 

@@ -106,3 +106,26 @@ def test_openvino_conversion_is_cached_next_to_the_checkpoint(model, monkeypatch
     source.touch()  # a changed checkpoint is converted again
     with pytest.raises(AssertionError, match="converted again"):
         make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 16), model.checkpoint_paths)
+
+
+def _signal_stack():
+    """The calling thread's alternate signal stack (address, flags, size), Linux only."""
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+    current = StackT()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current)) == 0
+    return current.sp, current.flags, current.size
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="sigaltstack via libc")
+def test_openvino_leaves_the_callers_signal_stack_alone(model):
+    # OpenVINO's compile installs a signal stack that a release on another thread frees under the
+    # compiling thread: the process then died of SIGSEGV at its next Python signal handler.
+    pytest.importorskip("openvino")
+    before = _signal_stack()
+    network = OpenVINONetwork(model.networks[0], (1, 1, 16, 16, 16), "fp32")
+    assert _signal_stack() == before
+    del network

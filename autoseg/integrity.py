@@ -5,15 +5,19 @@ problems in the data); :func:`check_dataset` raises :class:`~autoseg.dataset.Dat
 all problems, emits each warning as a :class:`DatasetWarning`, and returns ``(spec, cases)``.
 
 Order of the checks: dataset.json (schema), file layout (names, channels, label/image pairs, stray
-files), then per case, each file read once: its header (dimensions, zero size, spacing), its voxels
+files), then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end
+once, since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
+spacing), its voxels
 (NaN/Inf in images; fractional, undeclared or missing foreground values in labels), and finally the
 geometry of the channels and the label against the first channel. Per-case checks run in a bounded process pool when ``workers > 1``.
 """
 
 from __future__ import annotations
 
+import gzip
 import re
 import warnings
+import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ from autoseg.io import Geometry, ImageReadError, read_volume
 
 _SAFE_NAME = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
+_GZIP_CHUNK = 1 << 22  # bytes decompressed at a time when verifying a .gz file's checksum
 
 
 class DatasetWarning(UserWarning):
@@ -203,6 +208,10 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
     files = list(case.images) + ([case.label] if case.label is not None else [])
     geometries: dict[Path, Geometry] = {}
     for p in files:
+        problem = gzip_problem(p)
+        if problem:
+            result.problems.append(problem)
+            continue
         try:
             arr, g = read_volume(p, spec.force_itk)
         except ImageReadError as e:
@@ -225,6 +234,26 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
                 result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
                                        f"{'; '.join(diff)}; resample or re-export it onto the image grid")
     return result
+
+
+def gzip_problem(path: Path) -> str | None:
+    """For a ``.gz`` file: decompress it to the end (in chunks) so gzip verifies its CRC and length.
+
+    Readers stop after the voxels they need, so a damaged gzip stream can otherwise decode to wrong
+    voxels without an error."""
+    if not str(path).lower().endswith(".gz"):
+        return None
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":  # not gzip at all: the image reader says what it is not
+            return None
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(_GZIP_CHUNK):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        return (f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
+                "re-export it")
+    return None
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,0 +1,369 @@
+"""Bad input: every broken input gives a non-zero exit, one message naming the file and the fix, no
+traceback (unless --debug), and leaves nothing a later run could mistake for finished work.
+
+Each case breaks a fresh copy of a tiny generated dataset (or model, or input folder) and runs the
+real command line (`autoseg.cli.main`) in-process."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from autoseg import cli
+from autoseg.toy import make_toy_dataset
+
+SHAPE = (16, 16, 12)
+NAME = "Dataset001_Toy"
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def _pristine(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pristine")
+    ct = make_toy_dataset(base, n_cases=3, seed=1, shape=SHAPE, name=NAME)
+    mr = make_toy_dataset(base, n_cases=2, seed=2, shape=SHAPE, modality="MR", n_channels=2, name="Dataset002_MR")
+    return {"ct": ct, "mr": mr}
+
+
+def run(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit code and everything printed (stdout + stderr)."""
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def img(root: Path, case: int = 0, channel: int = 0) -> Path:
+    return root / "imagesTr" / f"toy_{case:03d}_{channel:04d}.nii.gz"
+
+
+def lab(root: Path, case: int = 0) -> Path:
+    return root / "labelsTr" / f"toy_{case:03d}.nii.gz"
+
+
+def rewrite(path: Path, array=None, affine=None) -> None:
+    """Rewrite a NIfTI file with new voxels and/or affine (the rest kept)."""
+    old = nib.load(str(path))
+    array = np.asanyarray(old.dataobj) if array is None else array
+    nib.save(nib.Nifti1Image(array, old.affine if affine is None else affine), str(path))
+
+
+def voxels(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj)
+
+
+def edit_json(root: Path, **changes) -> Path:
+    path = root / "dataset.json"
+    data = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is None:
+            data.pop(k, None)
+        else:
+            data[k] = v
+    path.write_text(json.dumps(data))
+    return path
+
+
+def assert_nothing_finished(work: Path) -> None:
+    """No plans, splits or preprocessed case under ``work`` that a later command could take as done."""
+    pre = work / "preprocessed"
+    finished = [p for p in pre.rglob("*") if p.name in ("plans.json", "splits.json")
+                or (p.suffix == ".json" and p.with_suffix(".npy").exists())] if pre.exists() else []
+    assert not finished, finished
+
+
+# --- raw datasets: `autoseg plan` refuses them before writing anything ---------------------------------
+
+def _truncated(root):
+    p = img(root, 1)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    return p, ("truncated",)
+
+
+def _corrupt_gzip(root):
+    p = img(root, 1)
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    p.write_bytes(bytes(data))
+    return p, ("re-export",)
+
+
+def _wrong_magic(root):
+    p = img(root, 1)
+    raw = bytearray(gzip.decompress(p.read_bytes()))
+    raw[344:348] = b"xxxx"  # NIfTI-1 magic "n+1\0"
+    p.write_bytes(gzip.compress(bytes(raw)))
+    return p, ("not a readable NIfTI", "re-export")
+
+
+def _not_an_image(root):
+    p = img(root, 1)
+    p.write_bytes(b"this is a text file, not an image\n")
+    return p, ("re-export",)
+
+
+def _empty_file(root):
+    p = img(root, 1)
+    p.write_bytes(b"")
+    return p, ("re-export",)
+
+
+def _nan(root):
+    p = img(root, 1)
+    a = voxels(p).astype(np.float32)
+    a[3, 3, 3] = np.nan
+    rewrite(p, a)
+    return p, ("NaN", "replace them")
+
+
+def _inf(root):
+    p = img(root, 1)
+    a = voxels(p).astype(np.float32)
+    a[2, 2, 2] = -np.inf
+    rewrite(p, a)
+    return p, ("infinite", "replace them")
+
+
+def _zero_size(root):
+    p = img(root, 1)
+    rewrite(p, np.zeros((SHAPE[0], SHAPE[1], 0), np.int16))
+    return p, ("empty", "re-export")
+
+
+def _two_d(root):
+    p = img(root, 1)
+    rewrite(p, voxels(p)[:, :, 0])
+    return p, ("2D", "3D volumes")
+
+
+def _single_slice(root):
+    p, q = img(root, 1), lab(root, 1)
+    rewrite(p, voxels(p)[:, :, :1])
+    rewrite(q, voxels(q)[:, :, :1])
+    return p, ("single slice", "supply the full volume")
+
+
+def _four_d(root):
+    p = img(root, 1)
+    a = voxels(p)
+    rewrite(p, np.stack([a, a], axis=-1))
+    return p, ("4 axes", "_0001")
+
+
+def _undeclared_label(root):
+    p = lab(root, 1)
+    a = voxels(p).copy()
+    a[0, 0, 0] = 7
+    rewrite(p, a)
+    return p, ("[7]", "not declared", "add them")
+
+
+def _fractional_label(root):
+    p = lab(root, 1)
+    a = voxels(p).astype(np.float32)
+    a[a == 1] = 0.5
+    rewrite(p, a)
+    return p, ("non-integer", "nearest-neighbour")
+
+
+def _negative_label(root):
+    p = lab(root, 1)
+    a = voxels(p).astype(np.int16)
+    a[0, 0, 0] = -1
+    rewrite(p, a)
+    return p, ("[-1]", "not declared")
+
+
+def _label_shape(root):
+    p = lab(root, 1)
+    rewrite(p, voxels(p)[:-2])
+    return p, ("shape", "resample")
+
+
+def _label_spacing(root):
+    p = lab(root, 1)
+    affine = nib.load(str(p)).affine.copy()
+    affine[:3, :3] *= 1.5
+    rewrite(p, affine=affine)
+    return p, ("spacing", "resample")
+
+
+def _label_origin(root):
+    p = lab(root, 1)
+    affine = nib.load(str(p)).affine.copy()
+    affine[:3, 3] += 5.0
+    rewrite(p, affine=affine)
+    return p, ("origin", "resample")
+
+
+def _label_direction(root):
+    p = lab(root, 1)
+    affine = nib.load(str(p)).affine.copy()
+    affine[:3, 0] *= -1
+    rewrite(p, affine=affine)
+    return p, ("direction", "resample")
+
+
+def _missing_label(root):
+    lab(root, 2).unlink()
+    return img(root, 2), ("image without label",)
+
+
+def _label_without_image(root):
+    img(root, 2).unlink()
+    return lab(root, 2), ("label without image",)
+
+
+def _stray_file(root):
+    p = root / "imagesTr" / "notes.txt"
+    p.write_text("exported with viewer X")
+    return p, ("stray file", "move it out")
+
+
+def _no_channel_suffix(root):
+    p = root / "imagesTr" / "toy_000.nii.gz"
+    shutil.copy(img(root, 0), p)
+    return p, ("_XXXX", "4-digit channel")
+
+
+def _undeclared_channel(root):
+    p = img(root, 0, channel=1)
+    shutil.copy(img(root, 0), p)
+    return p, ("channel 1", "channel_names")
+
+
+def _case_name_with_space(root):
+    p = root / "imagesTr" / "toy 003_0000.nii.gz"
+    shutil.copy(img(root, 0), p)
+    shutil.copy(lab(root, 0), root / "labelsTr" / "toy 003.nii.gz")
+    edit_json(root, numTraining=4)
+    return p, ("' '", "rename")
+
+
+def _all_labels_empty(root):
+    for i in range(3):
+        rewrite(lab(root, i), np.zeros(voxels(lab(root, i)).shape, np.uint8))
+    return root / "labelsTr", ("all 3 labels are empty", "label the foreground")
+
+
+def _json_missing(root):
+    (root / "dataset.json").unlink()
+    return root / "dataset.json", ("missing", "needs a dataset.json")
+
+
+def _json_syntax(root):
+    (root / "dataset.json").write_text('{"labels": {"background": 0,')
+    return root / "dataset.json", ("not valid JSON", "fix the syntax")
+
+
+def _json_missing_keys(root):
+    return edit_json(root, labels=None, file_ending=None), ("labels", "file_ending", "data_templates")
+
+
+def _json_wrong_types(root):
+    return edit_json(root, numTraining="3"), ("numTraining", "non-negative integer")
+
+
+def _json_channels_type(root):
+    return edit_json(root, channel_names=["CT"]), ("channel_names", "{\"0\": \"CT\"}")
+
+
+def _json_label_type(root):
+    return edit_json(root, labels={"background": 0, "organ1": "1", "organ2": 2, "organ3": 3}), (
+        "organ1", "must be an integer")
+
+
+def _json_file_ending(root):
+    return edit_json(root, file_ending=".png"), ("file_ending", ".nii.gz")
+
+
+def _json_duplicate_labels(root):
+    return edit_json(root, labels={"background": 0, "organ1": 1, "organ2": 1, "organ3": 2}), (
+        "[1]", "more than one name")
+
+
+def _json_not_consecutive(root):
+    return edit_json(root, labels={"background": 0, "organ1": 1, "organ2": 2, "organ3": 5}), (
+        "consecutive", "0..3")
+
+
+def _json_no_background(root):
+    return edit_json(root, labels={"organ0": 0, "organ1": 1, "organ2": 2, "organ3": 3}), ('"background": 0',)
+
+
+def _json_num_training(root):
+    return edit_json(root, numTraining=5), ("numTraining is 5", "set numTraining to 3")
+
+
+RAW_CASES = {
+    "truncated_gzip": _truncated, "corrupt_gzip": _corrupt_gzip, "wrong_magic": _wrong_magic,
+    "not_an_image": _not_an_image, "empty_file": _empty_file, "nan_voxels": _nan, "inf_voxels": _inf,
+    "zero_size_image": _zero_size, "2d_image": _two_d, "single_slice_in_3d_dataset": _single_slice,
+    "4d_image": _four_d, "undeclared_label_value": _undeclared_label, "fractional_label": _fractional_label,
+    "negative_label": _negative_label, "label_shape": _label_shape, "label_spacing": _label_spacing,
+    "label_origin": _label_origin, "label_direction": _label_direction, "missing_label": _missing_label,
+    "label_without_image": _label_without_image, "stray_file": _stray_file,
+    "image_without_channel_suffix": _no_channel_suffix, "undeclared_channel": _undeclared_channel,
+    "case_name_with_space": _case_name_with_space, "all_labels_empty": _all_labels_empty,
+    "dataset_json_missing": _json_missing, "dataset_json_syntax": _json_syntax,
+    "dataset_json_missing_keys": _json_missing_keys, "dataset_json_wrong_type": _json_wrong_types,
+    "dataset_json_channels_type": _json_channels_type, "dataset_json_label_type": _json_label_type,
+    "dataset_json_file_ending": _json_file_ending, "duplicate_label_values": _json_duplicate_labels,
+    "labels_not_consecutive": _json_not_consecutive, "no_background_label": _json_no_background,
+    "num_training_mismatch": _json_num_training,
+}
+
+
+def _channel_geometry(root):
+    p = img(root, 1, channel=1)
+    affine = nib.load(str(p)).affine.copy()
+    affine[:3, 3] += 4.0
+    rewrite(p, affine=affine)
+    return p, ("channel geometry differs", "origin", "resample")
+
+
+def _channel_shape(root):
+    p = img(root, 0, channel=1)
+    rewrite(p, voxels(p)[:, :-1])
+    return p, ("channel geometry differs", "shape")
+
+
+def _missing_channel(root):
+    p = img(root, 1, channel=1)
+    p.unlink()
+    return p, ("channel file missing", "toy_001", "2 channel(s)")
+
+
+MR_CASES = {"channel_origin_disagrees": _channel_geometry, "channel_shape_disagrees": _channel_shape,
+            "missing_channel_file": _missing_channel}
+
+
+def _plan_refused(pristine: Path, tmp_path: Path, breaker, capsys, check_only: bool = False):
+    root = Path(shutil.copytree(pristine, tmp_path / "raw" / pristine.name))
+    named, fixes = breaker(root)
+    work = tmp_path / "work"
+    argv = ["plan", root, "--workdir", work, "--no-progress", "-j", "1"] + (["--check-only"] if check_only else [])
+    code, text = run(argv, capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(named) in text, text
+    for words in fixes:
+        assert words in text, text
+    assert "Traceback" not in text
+    assert_nothing_finished(work)
+    return text
+
+
+@pytest.mark.parametrize("case", list(RAW_CASES))
+def test_plan_refuses_broken_raw_data(case, _pristine, tmp_path, capsys):
+    _plan_refused(_pristine["ct"], tmp_path, RAW_CASES[case], capsys)
+
+
+@pytest.mark.parametrize("case", list(MR_CASES))
+def test_plan_refuses_broken_multichannel_data(case, _pristine, tmp_path, capsys):
+    _plan_refused(_pristine["mr"], tmp_path, MR_CASES[case], capsys)

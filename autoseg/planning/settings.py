@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ARCHITECTURES = ("unet", "resenc_unet", "swin_unetr")
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "planners"
+def _presets_dir() -> Path:
+    """``autoseg/planners`` in an installed package, else the checkout's top-level ``planners/``."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "planners"
+    return installed if installed.is_dir() else package.parent / "planners"
+
+
+PRESETS_DIR = _presets_dir()
 
 # MONAI SwinUNETR downsamples 5 times (patch embedding /2, then 4 patch-merging stages), so every
 # spatial size must be divisible by 2**5 (MONAI raises otherwise).

@@ -7,15 +7,17 @@ all problems, emits each warning as a :class:`DatasetWarning`, and returns ``(sp
 Order of the checks: dataset.json (schema), file layout (names, channels, label/image pairs, stray
 files), then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end
 once, since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
-spacing), its voxels
-(NaN/Inf in images; fractional, undeclared or missing foreground values in labels), and finally the
-geometry of the channels and the label against the first channel. Per-case checks run in a bounded process pool when ``workers > 1``.
+spacing), its voxels (NaN/Inf in images; fractional, undeclared or missing foreground values in
+labels), and finally the geometry of the channels and the label against the first channel. Per-case
+checks run in a bounded process pool when ``workers > 1``.
+
+Case names may hold any printable Unicode character (``leber_ü_01`` works end to end); whitespace
+and control characters are refused, since they break shell scripts and nnU-Net-style file lists.
 """
 
 from __future__ import annotations
 
 import gzip
-import re
 import warnings
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -27,7 +29,6 @@ import numpy as np
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
 from autoseg.io import Geometry, ImageReadError, read_volume
 
-_SAFE_NAME = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII without spaces
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
 _GZIP_CHUNK = 1 << 22  # bytes decompressed at a time when verifying a .gz file's checksum
 
@@ -126,11 +127,11 @@ def _name_problems(root: Path, spec: DatasetSpec) -> list[str]:
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         folder = root / sub
         for p in sorted(folder.iterdir()) if folder.is_dir() else ():
-            if p.name.startswith(".") or _SAFE_NAME.match(p.name):
+            bad = sorted({repr(ch) for ch in p.name if ch.isspace() or not ch.isprintable()})
+            if p.name.startswith(".") or not bad:
                 continue
-            bad = sorted({repr(ch) for ch in p.name if ch.isspace() or not ch.isascii()})
-            problems.append(f"{p}: file name contains {', '.join(bad)}; rename the case using only ASCII "
-                            "letters, digits, '_' and '-' (no spaces)")
+            problems.append(f"{p}: file name contains {', '.join(bad)}; rename the case using letters, digits, "
+                            "'_' and '-' (no spaces or control characters)")
     return problems
 
 

@@ -160,8 +160,8 @@ def test_empty_dataset(tmp_path):
     the_problem(root, root / "imagesTr", "no training cases")
 
 
-@pytest.mark.parametrize("bad_name", ["toy 003", "töy_003"])
-def test_case_names_with_spaces_or_non_ascii(ds, bad_name):
+@pytest.mark.parametrize("bad_name", ["toy 003", "toy\t003", "toy\x07003"])
+def test_case_names_with_spaces_or_control_characters(ds, bad_name):
     src_img, src_lab = img(ds, 0), lab(ds, 0)
     new_img = ds / "imagesTr" / f"{bad_name}_0000.nii.gz"
     new_lab = ds / "labelsTr" / f"{bad_name}.nii.gz"
@@ -172,6 +172,14 @@ def test_case_names_with_spaces_or_non_ascii(ds, bad_name):
     assert len(problems) == 2, problems  # the image and the label file
     assert str(new_img) in problems[0] and str(new_lab) in problems[1]
     assert all("rename" in p for p in problems)
+
+
+def test_unicode_case_names_are_fine(ds):
+    shutil.copy(img(ds, 0), ds / "imagesTr" / "töy_ü_003_0000.nii.gz")
+    shutil.copy(lab(ds, 0), ds / "labelsTr" / "töy_ü_003.nii.gz")
+    edit_json(ds, numTraining=4)
+    _, cases = check_dataset(ds)
+    assert "töy_ü_003" in [c.case_id for c in cases]
 
 
 # --- geometry -----------------------------------------------------------------------------------

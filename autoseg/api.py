@@ -4,9 +4,10 @@
 
     integrity checks (nothing is written when they fail)
       -> preprocessed/<Dataset>/fingerprint.json, source.json
-      -> preprocessed/<Dataset>/plans.json
-      -> preprocessed/<Dataset>/<plans_name>_<data_identifier>/   (preprocessed cases)
-      -> preprocessed/<Dataset>/splits.json, dataset.json (copy of the raw one)
+      -> preprocessed/<Dataset>/<plans_name>_<data_identifier>/   (preprocessed cases; disk space checked first)
+      -> preprocessed/<Dataset>/plans.json, splits.json, dataset.json (copy of the raw one)
+
+plans.json is written only once every case is preprocessed, so its presence means a finished plan.
 
 Every artifact is written atomically; rerunning with unchanged raw data reuses the fingerprint and
 skips finished cases. ``source.json`` records where the raw data lives (it may be outside
@@ -22,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg.artifacts import Artifact, ArtifactError, atomic_write_bytes
+from autoseg.artifacts import Artifact, ArtifactError, atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case
 from autoseg.splits import Fold, Splits, make_splits
 from autoseg.workspace import Workspace, WorkspaceError
@@ -210,7 +211,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     name = spec.name
     if check_only:
         return PlanResult(name, raw_dir, len(cases), True, found_warnings)
-    dataset_dir = workspace.preprocessed_dir(name)
+    dataset_dir = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
     signature = raw_signature(raw_dir, cases)
     fingerprint, reused = _fingerprint(spec, cases, dataset_dir, signature, n_workers, seed, progress, fresh)
     source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(dataset_dir / "source.json")
@@ -220,9 +221,11 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
         if unknown:
             raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}; "
                              f"choices: {', '.join(plans.configurations)}")
-    plans_path = plans.save(dataset_dir / "plans.json")
+    # plans.json and splits.json are written after the cases, so a failed preprocessing (e.g. the disk
+    # check) leaves no plans.json a later `autoseg train` could take for a finished plan
     result = preprocess_dataset(spec, cases, plans, dataset_dir, configs=configs or None, workers=n_workers,
                                 progress=progress, fingerprint=fingerprint, source=signature)
+    plans_path = plans.save(dataset_dir / "plans.json")
     splits = resolve_splits(raw_dir, dataset_dir, [c.case_id for c in cases])
     splits_path = splits.save(dataset_dir / "splits.json")
     dataset_json = dataset_dir / "dataset.json"

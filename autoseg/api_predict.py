@@ -52,10 +52,13 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | No
             progress: bool = True):
     """Predict every case of ``in_dir`` into ``out_dir``; returns the
     :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written)."""
+    from autoseg.artifacts import ensure_writable_dir
     from autoseg.inference.pipeline import predict_folder
     from autoseg.inference.predictor import load_predictor
 
     predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model), folds, checkpoint)
+    if Path(in_dir).is_dir():  # else predict_folder says the input is missing, before creating anything
+        ensure_writable_dir(Path(out_dir), "output folder (-o)")
     return predict_folder(predictor, Path(in_dir), Path(out_dir), step=step, tta=tta,
                           save_probabilities=save_probabilities, overwrite=overwrite, device=device,
                           backend=backend, precision=precision, progress=progress)

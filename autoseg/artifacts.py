@@ -40,6 +40,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+class OutputFolderError(ValueError):
+    """A folder that outputs should go to cannot be created or written to."""
+
+
+def ensure_writable_dir(folder: Path, what: str = "output folder") -> Path:
+    """Create ``folder`` (and parents) and prove it takes files by writing and removing a probe, so a
+    command fails before any slow work instead of at its first write. Raises
+    :class:`OutputFolderError` naming the folder and the fix."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".autoseg-write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(folder) else ""
+        raise OutputFolderError(f"{folder}: the {what} cannot be written to: {reason}{where}; choose a folder you "
+                                "can write to, or fix its permissions") from None
+    return folder
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
@@ -149,7 +171,8 @@ class Artifact:
         try:
             return _from_jsonable(cls, body)
         except (TypeError, KeyError, ValueError) as e:
-            raise ArtifactError(f"{source}: invalid {cls.KIND}: {e}") from None
+            raise ArtifactError(f"{source}: invalid {cls.KIND}: {e}; rerun the command that writes it "
+                                "(e.g. `autoseg plan`)") from None
 
     def save(self, path: Path) -> Path:
         atomic_write_json(Path(path), self.to_dict())

@@ -209,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_message(error: OSError) -> str | None:
+    """A message with the fix for common file-system errors (permissions, read-only, disk full)."""
+    import errno
+
+    name = error.filename or ""
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{name}: {error.strerror}; choose a folder you can write to (--workdir, -o), or fix its permissions"
+    if error.errno == errno.ENOSPC:
+        return f"{name}: no space left on the device; free some space or choose another folder (--workdir, -o)"
+    return None
+
+
 def _exit_code(error: BaseException) -> int | None:
     """EXIT_INPUT for errors whose message tells the user what to fix, EXIT_FAILURE otherwise."""
     if isinstance(error, (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError)):
@@ -232,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         code = _exit_code(e)
         message = str(e) or type(e).__name__
+        if isinstance(e, OSError) and type(e).__str__ is OSError.__str__ and _os_message(e):
+            code, message = EXIT_INPUT, _os_message(e)
         print(f"autoseg {args.command}: error: {message}", file=sys.stderr)
         if code == EXIT_FAILURE:
             print(f"({type(e).__name__}; rerun with --debug for the traceback)", file=sys.stderr)

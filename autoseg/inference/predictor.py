@@ -188,6 +188,7 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
                 raise PredictorError(f"{path}: checkpoint has no plans; retrain with this autoseg") from None
             config, arch = plans.configuration(ckpt["configuration"]), ckpt["arch"]
             spec = spec_from_checkpoint(ckpt, path)
+            _check_owner(model_dir, spec, path)
             if config.previous_stage:
                 raise PredictorError(f"{path}: cascade configuration '{config.name}' needs the previous stage's "
                                      "predictions, which `autoseg predict` does not run yet")
@@ -200,6 +201,16 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=tuple(networks),
                      postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()))
+
+
+def _check_owner(model_dir: Path, spec: DatasetSpec, path: Path) -> None:
+    """A model folder under ``results/<Dataset>/`` must hold that dataset's checkpoints: a checkpoint
+    copied from another dataset would predict that dataset's labels under this one's name."""
+    root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
+    owner = root.resolve().parent.name
+    if _DATASET_RE.match(owner) and spec.name and spec.name != owner:
+        raise PredictorError(f"{path}: checkpoint of dataset {spec.name} found in the models of {owner}; remove it, "
+                             f"or move {root.name} to results/{spec.name}/ and predict with -d {spec.name}")
 
 
 def load_postprocessing(model_dir: Path) -> PostprocessingDecision | None:

@@ -194,13 +194,19 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
 def read_image(paths: list[Path], force_itk: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read the channel files of one case into float32 ``(C, X, Y, Z)`` with the first file's geometry.
 
-    Raises :class:`ImageReadError` when a file is not 3D or the channels disagree in geometry.
+    Raises :class:`ImageReadError` when a file is not 3D, holds NaN/Inf voxels or the channels
+    disagree in geometry.
     """
     arrays, geometry = [], None
     for p in paths:
         arr, g = read_volume(p, force_itk)
         if arr.ndim != 3:
-            raise ImageReadError(f"{p}: expected a 3D image, got shape {arr.shape}")
+            raise ImageReadError(f"{p}: expected a 3D image, got shape {arr.shape}; give one 3D volume per file "
+                                 "(channels as {case}_0000, {case}_0001, ...)")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            raise ImageReadError(f"{p}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the "
+                                 "background value) and re-export")
         if geometry is None:
             geometry = g
         else:

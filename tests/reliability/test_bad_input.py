@@ -17,6 +17,7 @@ import pytest
 
 from autoseg import cli
 from autoseg.toy import make_toy_dataset
+from inference.conftest import DATASET, MODEL_NAME, blob_image, save_fold, tiny_plans, write_nifti  # tests/ on sys.path
 
 SHAPE = (16, 16, 12)
 NAME = "Dataset001_Toy"
@@ -367,3 +368,231 @@ def test_plan_refuses_broken_raw_data(case, _pristine, tmp_path, capsys):
 @pytest.mark.parametrize("case", list(MR_CASES))
 def test_plan_refuses_broken_multichannel_data(case, _pristine, tmp_path, capsys):
     _plan_refused(_pristine["mr"], tmp_path, MR_CASES[case], capsys)
+
+
+def test_empty_labels_in_some_cases_warn_and_planning_goes_on(_pristine, tmp_path, capsys):
+    root = Path(shutil.copytree(_pristine["ct"], tmp_path / "raw" / NAME))
+    rewrite(lab(root, 1), np.zeros(voxels(lab(root, 1)).shape, np.uint8))
+    code, text = run(["plan", root, "--workdir", tmp_path / "work", "--no-progress", "-j", "1"], capsys)
+    assert code == cli.EXIT_OK, text
+    assert f"warning: {lab(root, 1)}: label is empty" in text
+    assert (tmp_path / "work" / "preprocessed" / NAME / "plans.json").is_file()
+
+
+def test_unicode_case_names_work_end_to_end(_pristine, tmp_path, capsys):
+    """Unicode case names are accepted (spaces are refused, see RAW_CASES): planned, preprocessed, split."""
+    root = Path(shutil.copytree(_pristine["ct"], tmp_path / "raw" / NAME))
+    img(root, 2).rename(root / "imagesTr" / "leber_ü_µ_002_0000.nii.gz")
+    lab(root, 2).rename(root / "labelsTr" / "leber_ü_µ_002.nii.gz")
+    work = tmp_path / "work"
+    code, text = run(["plan", root, "--workdir", work, "--no-progress", "-j", "1"], capsys)
+    assert code == cli.EXIT_OK, text
+    pre = work / "preprocessed" / NAME
+    assert list(pre.glob("*/leber_ü_µ_002.json"))
+    assert "leber_ü_µ_002" in json.loads((pre / "splits.json").read_text(encoding="utf-8"))["folds"][0]["val"] + \
+        json.loads((pre / "splits.json").read_text(encoding="utf-8"))["folds"][0]["train"]
+
+
+def test_not_enough_disk_for_preprocessing_is_refused_up_front(_pristine, tmp_path, capsys, monkeypatch):
+    import autoseg.preprocessing
+
+    monkeypatch.setattr(autoseg.preprocessing, "_free_bytes", lambda path: 10_000)
+    root = Path(shutil.copytree(_pristine["ct"], tmp_path / "raw" / NAME))
+    work = tmp_path / "work"
+    code, text = run(["plan", root, "--workdir", work, "--no-progress", "-j", "1"], capsys)
+    assert code != cli.EXIT_OK
+    assert str(work / "preprocessed" / NAME) in text and "free some space" in text and "Traceback" not in text
+    assert_nothing_finished(work)
+
+
+def _file_in_the_way(tmp_path: Path) -> Path:
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where a folder is needed")
+    return blocker / "sub"
+
+
+def test_unwritable_workdir(_pristine, tmp_path, capsys):
+    root = Path(shutil.copytree(_pristine["ct"], tmp_path / "raw" / NAME))
+    work = _file_in_the_way(tmp_path)
+    code, text = run(["plan", root, "--workdir", work, "--no-progress", "-j", "1"], capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(work / "preprocessed" / NAME) in text and "choose a folder you can write to" in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root writes into read-only folders")
+def test_read_only_workdir(_pristine, tmp_path, capsys):
+    root = Path(shutil.copytree(_pristine["ct"], tmp_path / "raw" / NAME))
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o555)
+    try:
+        code, text = run(["plan", root, "--workdir", work, "--no-progress", "-j", "1"], capsys)
+    finally:
+        work.chmod(0o755)
+    assert code == cli.EXIT_INPUT, text
+    assert str(work / "preprocessed" / NAME) in text and "fix its permissions" in text
+    assert_nothing_finished(work)
+
+
+def test_debug_shows_the_traceback(_pristine, tmp_path):
+    from autoseg.dataset import DatasetError
+
+    root = Path(shutil.copytree(_pristine["ct"], tmp_path / "raw" / NAME))
+    _nan(root)
+    with pytest.raises(DatasetError):
+        cli.main(["plan", str(root), "--workdir", str(tmp_path / "work"), "--no-progress", "--debug"])
+
+
+def test_a_separate_process_prints_one_message_and_no_traceback(_pristine, tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(shutil.copytree(_pristine["ct"], tmp_path / "raw" / NAME))
+    named, _ = _truncated(root)
+    proc = subprocess.run([sys.executable, "-m", "autoseg", "plan", str(root), "--workdir", str(tmp_path / "w"),
+                           "--no-progress", "-j", "1"], capture_output=True, text=True)
+    assert proc.returncode == cli.EXIT_INPUT
+    assert str(named) in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+# --- a planned dataset with a broken artifact ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def _planned(_pristine, tmp_path_factory):
+    work = tmp_path_factory.mktemp("planned")
+    assert cli.main(["plan", str(_pristine["ct"]), "--workdir", str(work), "--no-progress", "-j", "1"]) == 0
+    return work
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: {**d, "schema_version": 99}, ("schema version 99", "autoseg plan")),
+    (lambda d: {**d, "kind": "fingerprint"}, ("'fingerprint' file", "plans")),
+    (lambda d: {k: v for k, v in d.items() if k != "configurations"}, ("missing key 'configurations'", "rerun")),
+], ids=["unknown_schema_version", "another_kind", "missing_key"])
+def test_train_refuses_a_foreign_or_unknown_plans_json(edit, words, _planned, tmp_path, capsys):
+    work = Path(shutil.copytree(_planned, tmp_path / "work"))
+    plans = work / "preprocessed" / NAME / "plans.json"
+    plans.write_text(json.dumps(edit(json.loads(plans.read_text()))))
+    code, text = run(["train", NAME, "--workdir", work, "--epochs", "1", "--no-progress", "--device", "cpu"], capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(plans) in text and "Traceback" not in text
+    for w in words:
+        assert w in text, text
+    assert not list(work.rglob("*.pt"))
+
+
+# --- prediction: a model, and inputs or checkpoints that do not fit it ---------------------------------
+
+FAST = ["--no-tta", "--no-progress", "--device", "cpu", "--backend", "torch"]
+
+
+@pytest.fixture
+def model_ws(tmp_path):
+    """A workspace with a one-channel tiny model (fold 0) and an input folder of one good case."""
+    ws = tmp_path / "ws"
+    save_fold(ws / "results" / DATASET / MODEL_NAME, 0, tiny_plans())
+    write_nifti(tmp_path / "in" / "good_0000.nii.gz", blob_image())
+    return ws
+
+
+def _predict(ws: Path, in_dir: Path, out_dir: Path, capsys, *extra) -> tuple[int, str]:
+    return run(["predict", "-i", in_dir, "-o", out_dir, "--workdir", ws, *FAST, *extra], capsys)
+
+
+def _input_two_channels(in_dir):
+    write_nifti(in_dir / "bad_0000.nii.gz", blob_image())
+    write_nifti(in_dir / "bad_0001.nii.gz", blob_image(seed=1))
+    return "bad", ("bad_0001.nii.gz", "expects 1 channel(s)")
+
+
+def _input_4d(in_dir):
+    write_nifti(in_dir / "bad_0000.nii.gz", np.stack([blob_image(), blob_image(seed=1)], axis=-1))
+    return "bad", ("bad_0000.nii.gz", "3D", "_0001")
+
+
+def _input_truncated(in_dir):
+    p = write_nifti(in_dir / "bad_0000.nii.gz", blob_image())
+    p.write_bytes(p.read_bytes()[:200])
+    return "bad", ("bad_0000.nii.gz", "re-export")
+
+
+def _input_nan(in_dir):
+    a = blob_image()
+    a[5, 5, 5] = np.nan
+    write_nifti(in_dir / "bad_0000.nii.gz", a)
+    return "bad", ("bad_0000.nii.gz", "NaN", "replace them")
+
+
+def _input_2d(in_dir):
+    write_nifti(in_dir / "bad_0000.nii.gz", blob_image()[:, :, 0])
+    return "bad", ("bad_0000.nii.gz", "3D")
+
+
+PREDICT_INPUTS = {"channel_count": _input_two_channels, "4d_input": _input_4d, "truncated_input": _input_truncated,
+                  "nan_input": _input_nan, "2d_input": _input_2d}
+
+
+@pytest.mark.parametrize("case", list(PREDICT_INPUTS))
+def test_predict_fails_a_bad_input_case_and_writes_no_output_for_it(case, model_ws, tmp_path, capsys):
+    case_id, words = PREDICT_INPUTS[case](tmp_path / "in")
+    out = tmp_path / "out"
+    code, text = _predict(model_ws, tmp_path / "in", out, capsys)
+    assert code == cli.EXIT_FAILURE, text
+    assert f"failed: {case_id}:" in text and "Traceback" not in text
+    for w in words:
+        assert w in text, text
+    assert (out / "good.nii.gz").is_file()  # the other cases are still predicted
+    assert [p.name for p in out.iterdir()] == ["good.nii.gz"]  # nothing for the bad case, no temporary file
+
+
+def test_predict_refuses_a_checkpoint_from_another_dataset(model_ws, tmp_path, capsys):
+    other = model_ws / "results" / "Dataset902_Other" / MODEL_NAME
+    shutil.copytree(model_ws / "results" / DATASET / MODEL_NAME, other)
+    shutil.rmtree(model_ws / "results" / DATASET)
+    code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys, "-d", "902")
+    assert code == cli.EXIT_INPUT, text
+    assert str(other / "fold_0" / "checkpoint_final.pt") in text and f"move {MODEL_NAME} to results/{DATASET}" in text
+    assert "Traceback" not in text and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_predict_refuses_a_damaged_checkpoint(damage, model_ws, tmp_path, capsys):
+    ckpt = model_ws / "results" / DATASET / MODEL_NAME / "fold_0" / "checkpoint_final.pt"
+    if damage == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    else:
+        import torch
+
+        torch.save({"network_weights": {}}, ckpt)  # e.g. an nnU-Net checkpoint
+    code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(ckpt) in text and ("truncated" in text if damage == "truncated" else "not an autoseg checkpoint" in text)
+    assert "Traceback" not in text and not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_a_checkpoint_with_plans_of_an_unknown_schema(model_ws, tmp_path, capsys):
+    import torch
+
+    ckpt_path = model_ws / "results" / DATASET / MODEL_NAME / "fold_0" / "checkpoint_final.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["plans"]["schema_version"] = 99
+    torch.save(ckpt, ckpt_path)
+    code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(ckpt_path) in text and "schema version 99" in text and "Traceback" not in text
+
+
+def test_predict_into_an_unwritable_folder(model_ws, tmp_path, capsys):
+    out = _file_in_the_way(tmp_path)
+    code, text = _predict(model_ws, tmp_path / "in", out, capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(out) in text and "choose a folder you can write to" in text and "Traceback" not in text
+
+
+def test_predict_handles_unicode_case_names(model_ws, tmp_path, capsys):
+    write_nifti(tmp_path / "in" / "herz_ä_1_0000.nii.gz", blob_image(seed=3))
+    code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys)
+    assert code == cli.EXIT_OK, text
+    assert (tmp_path / "out" / "herz_ä_1.nii.gz").is_file()

@@ -172,11 +172,11 @@ def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
         while run.state.epoch < s.epochs and not run.stop_requested:
             epoch = run.state.epoch
             started = time.perf_counter()
-            lr = poly_lr(epoch, s.epochs, s.lr, s.poly_exponent)
             for group in run.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = poly_lr(epoch, s.epochs, s.lr, s.poly_exponent)
             for cb in hooks:
                 cb.on_epoch_start(run, epoch)
+            lr = run.optimizer.param_groups[0]["lr"]  # as trained: a callback may have set its own schedule
             train_loss, wait_fraction = train_epoch(run, train_iter, epoch, hooks)
             val_loss, dice = validate_epoch(run, val_batches(epoch))
             for cb in hooks:

@@ -596,3 +596,22 @@ def test_predict_handles_unicode_case_names(model_ws, tmp_path, capsys):
     code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys)
     assert code == cli.EXIT_OK, text
     assert (tmp_path / "out" / "herz_ä_1.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("err, words", [
+    (PermissionError(13, "Permission denied", "/data/out"), ("/data/out: Permission denied", "fix its permissions")),
+    (OSError(30, "Read-only file system", "/mnt/ro/x"), ("/mnt/ro/x", "choose a folder you can write to")),
+    (OSError(28, "No space left on device", "/w/pre/a.npy"), ("/w/pre/a.npy", "free some space")),
+], ids=["permission", "read_only", "disk_full"])
+def test_file_system_errors_anywhere_give_the_path_and_the_fix(err, words, monkeypatch, tmp_path, capsys):
+    """Errors raised by a write deep inside a command (here: the toy writer) reach the user as one line."""
+    import autoseg.toy
+
+    def fail(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(autoseg.toy, "_write_case", fail)
+    code, text = run(["demo-data", tmp_path / "raw", "--cases", "1"], capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert "Traceback" not in text and all(w in text for w in words), text
+    assert not (tmp_path / "raw" / "Dataset999_ToyCT").exists()  # the toy writer cleans up after itself

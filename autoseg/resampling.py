@@ -12,17 +12,29 @@ When one axis is much coarser than the others (max/min spacing above ``anisotrop
 the current or the target spacing) the volume is resampled in-plane with ``order`` slice by slice
 and along the thick axis with ``order_z`` (0 = nearest), so thick slices are not blurred into each
 other; this is skipped when two axes share the largest spacing. Work is done one channel (or one
-class) at a time in float32 to bound memory.
+class) at a time in float32, and in slabs of about ``SLAB_VOXELS`` output voxels along an axis that is
+not resampled separately (each slab reads its input rows plus a margin, ``SPLINE_MARGIN`` for
+splines), so temporaries stay bounded whatever the volume's size; results equal the whole-volume
+computation up to float32 rounding (orders 0 and 1 exactly up to coordinate rounding).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net ANISO_THRESHOLD: max/min spacing ratio for separate-z resampling
+# Output voxels resampled per slab: bounds the temporaries (spline prefilter copy in float64, one
+# class mask and score of a label map) to ~16 M voxels (64 MB float32) whatever the volume's size.
+SLAB_VOXELS = 16_000_000
+# Input rows read beyond a slab on each side for splines of order >= 2: the cubic prefilter's
+# influence decays by |pole| = 0.268 per voxel, so 12 rows leave < 1e-6 of the value range (SciPy
+# pads by 12 voxels for the same reason); orders 0 and 1 only touch their neighbours.
+SPLINE_MARGIN = 12
 
 
 def compute_new_shape(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> tuple[int, ...]:
@@ -50,27 +62,28 @@ def separate_z_axis(current_spacing: Sequence[float], target_spacing: Sequence[f
     return None
 
 
-def _zoom(arr: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
-    """Resize ``arr`` (any number of axes) to ``shape`` with pixel-centre alignment, float32 out."""
-    shape = tuple(int(s) for s in shape)
-    if arr.shape == shape:
-        return np.array(arr, dtype=np.float32, copy=True)
-    if order == 0:
-        return _nearest(arr, shape)
-    zoom = [n / o for n, o in zip(shape, arr.shape)]
-    out = ndimage.zoom(arr, zoom, output=np.float32, order=order, mode="nearest", grid_mode=True,
-                       prefilter=order > 1)
-    if out.shape != shape:  # cannot happen with n / o factors; guards a scipy rounding change
-        raise RuntimeError(f"internal resampling error: got shape {out.shape}, wanted {shape}")
-    if order > 1 and arr.size:  # splines overshoot; keep values inside the input range (as skimage)
-        np.clip(out, arr.min(), arr.max(), out=out)
-    return out
+class _Axis(NamedTuple):
+    """How one axis of a block maps onto the whole grid: the whole input and output sizes, and the
+    first output and input index of the block along this axis (0, 0 for a whole volume)."""
+
+    n_in: int
+    n_out: int
+    o0: int = 0
+    i0: int = 0
+
+    def coords(self, n: int) -> np.ndarray:
+        """Block-local source coordinates of ``n`` output voxels from ``o0`` (pixel-centre alignment)."""
+        return (np.arange(self.o0, self.o0 + n) + 0.5) * (self.n_in / self.n_out) - 0.5 - self.i0
+
+    def nearest(self, n: int, n_block_in: int) -> np.ndarray:
+        """Block-local source index of ``n`` output voxels for nearest-neighbour resizing."""
+        centres = (np.arange(self.o0, self.o0 + n) + 0.5) * (self.n_in / self.n_out)
+        return np.clip(np.floor(centres).astype(np.int64) - self.i0, 0, n_block_in - 1)
 
 
 def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     """Source index of each output voxel for nearest-neighbour resizing with pixel-centre alignment."""
-    centres = (np.arange(n_out) + 0.5) * (n_in / n_out)  # source coordinate + 0.5
-    return np.clip(np.floor(centres).astype(np.int64), 0, n_in - 1)
+    return _Axis(n_in, n_out).nearest(n_out, n_in)
 
 
 def _nearest(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -81,23 +94,105 @@ def _nearest(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return np.array(out, dtype=np.float32 if arr.dtype.kind == "f" or arr.dtype == bool else arr.dtype, copy=True)
 
 
-def _resample_volume(vol: np.ndarray, shape: Sequence[int], order: int, order_z: int, axis: int | None) -> np.ndarray:
-    """Resample one 3D volume, separately along ``axis`` when it is not None."""
-    if axis is None or vol.shape[axis] == 1 and shape[axis] == 1:
-        return _zoom(vol, shape, order)
-    inplane = [int(s) for s in shape]
-    inplane[axis] = vol.shape[axis]
-    slice_shape = [s for a, s in enumerate(inplane) if a != axis]
+def _interpolate(arr: np.ndarray, axes: Sequence[_Axis], shape: Sequence[int], order: int,
+                 value_range: tuple[float, float] | None) -> np.ndarray:
+    """Resize the block ``arr`` to ``shape`` (float32) with the whole-grid mapping ``axes``; results
+    of order >= 2 are clipped to ``value_range`` (splines overshoot; skimage clips the same way)."""
+    shape = tuple(int(s) for s in shape)
+    if order == 0:
+        out = arr
+        for a, (ax, n) in enumerate(zip(axes, shape)):
+            if not (ax.n_in == ax.n_out and ax.o0 == ax.i0 and out.shape[a] == n):
+                out = np.take(out, ax.nearest(n, out.shape[a]), axis=a)
+        return np.array(out, dtype=np.float32, copy=True)
+    scale = np.array([ax.n_in / ax.n_out for ax in axes])
+    offset = np.array([ax.coords(1)[0] for ax in axes])  # source coordinate of the block's first voxel
+    out = ndimage.affine_transform(arr, scale, offset=offset, output_shape=shape, output=np.float32, order=order,
+                                   mode="nearest", prefilter=order > 1)
+    if order > 1 and value_range is not None:
+        np.clip(out, *value_range, out=out)
+    return out
+
+
+def _slab_axis(axis: int | None) -> int:
+    """The axis a volume is cut into slabs along: never the one resampled separately."""
+    return 1 if axis == 0 else 0
+
+
+def _slabs(n_in: int, n_out: int, rows: int, margin: int):
+    """``(o0, o1, i0, i1)``: output rows ``[o0, o1)`` need input rows ``[i0, i1)`` (``margin`` more on
+    each side than the interpolation touches)."""
+    for o0 in range(0, n_out, rows):
+        o1 = min(n_out, o0 + rows)
+        first, last = _Axis(n_in, n_out, o0).coords(o1 - o0)[[0, -1]]
+        yield o0, o1, max(0, int(np.floor(first)) - margin), min(n_in, int(np.floor(last)) + 2 + margin)
+
+
+def _blocks(in_shape: Sequence[int], shape: Sequence[int], axis: int | None, order: int, slab_voxels: int):
+    """Slabs of the output along an axis other than ``axis``: ``(out_index, in_index, axes,
+    block_shape)`` with the output and input slices, the block's mapping and its output shape."""
+    s = _slab_axis(axis)
+    rows = max(1, int(slab_voxels // max(1, math.prod(shape) // max(1, shape[s]))))
+    for o0, o1, i0, i1 in _slabs(in_shape[s], shape[s], rows, _margin(order)):
+        axes = [_Axis(in_shape[a], shape[a], o0 if a == s else 0, i0 if a == s else 0) for a in range(3)]
+        block_shape = tuple(o1 - o0 if a == s else int(n) for a, n in enumerate(shape))
+        yield (slice(None),) * s + (slice(o0, o1),), (slice(None),) * s + (slice(i0, i1),), axes, block_shape
+
+
+def _resample_block(block: np.ndarray, axes: list[_Axis], shape: Sequence[int], order: int, order_z: int,
+                    axis: int | None, ranges) -> np.ndarray:
+    """Resample one block (a slab of a volume, or all of it) to ``shape``, separately along ``axis``
+    when it is not None. ``ranges``: (lo, hi) of the whole volume, or per slice along ``axis``."""
+    if axis is None or axis is not None and axes[axis].n_in == 1 and axes[axis].n_out == 1:
+        return _interpolate(block, axes, shape, order, ranges)
+    inplane = list(shape)
+    inplane[axis] = block.shape[axis]
+    plane_axes = [ax for a, ax in enumerate(axes) if a != axis]
+    plane_shape = [s for a, s in enumerate(inplane) if a != axis]
     tmp = np.empty(inplane, dtype=np.float32)
-    for i in range(vol.shape[axis]):
-        index = [slice(None)] * vol.ndim
+    for i in range(block.shape[axis]):
+        index = [slice(None)] * block.ndim
         index[axis] = i
-        tmp[tuple(index)] = _zoom(vol[tuple(index)], slice_shape, order)
-    if shape[axis] == vol.shape[axis]:
+        tmp[tuple(index)] = _interpolate(block[tuple(index)], plane_axes, plane_shape, order,
+                                         None if ranges is None else (ranges[0][i], ranges[1][i]))
+    if shape[axis] == block.shape[axis]:
         return tmp
-    if order_z == 0:
-        return np.take(tmp, _nearest_index(vol.shape[axis], int(shape[axis])), axis=axis)
-    return _zoom(tmp, shape, order_z)
+    along = [_Axis(n, n) for n in tmp.shape]
+    along[axis] = axes[axis]
+    overall = None if ranges is None else (float(np.min(ranges[0])), float(np.max(ranges[1])))
+    return _interpolate(tmp, along, shape, order_z, overall)
+
+
+def _value_ranges(vol: np.ndarray, order: int, order_z: int, axis: int | None):
+    """Clipping ranges for spline orders >= 2: the volume's, or each slice's along ``axis``."""
+    if max(order, order_z) < 2 or not vol.size:
+        return None
+    if axis is None:
+        return float(vol.min()), float(vol.max())
+    others = tuple(a for a in range(vol.ndim) if a != axis)
+    return vol.min(axis=others), vol.max(axis=others)
+
+
+def _margin(order: int) -> int:
+    return order + (SPLINE_MARGIN if order > 1 else 0)
+
+
+def _resample_volume(vol: np.ndarray, shape: Sequence[int], order: int, order_z: int, axis: int | None,
+                     slab_voxels: int = SLAB_VOXELS, out: np.ndarray | None = None) -> np.ndarray:
+    """Resample one 3D volume (float32 out), separately along ``axis`` when it is not None, in slabs
+    of about ``slab_voxels`` output voxels along an axis other than ``axis`` (into ``out`` if given)."""
+    shape = tuple(int(s) for s in shape)
+    out = np.empty(shape, dtype=np.float32) if out is None else out
+    if vol.shape == shape:
+        out[...] = vol
+        return out
+    if order == 0 and (axis is None or order_z == 0):
+        out[...] = _nearest(vol, shape)
+        return out
+    ranges = _value_ranges(vol, order, order_z, axis)
+    for out_index, in_index, axes, block_shape in _blocks(vol.shape, shape, axis, order, slab_voxels):
+        out[out_index] = _resample_block(vol[in_index], axes, block_shape, order, order_z, axis, ranges)
+    return out
 
 
 def _target_shape(spatial_shape, current_spacing, target_spacing, new_shape) -> tuple[int, ...]:
@@ -119,7 +214,7 @@ def _axis_for(current_spacing, target_spacing, spatial_shape, new_shape, thresho
 
 def resample_image(data: np.ndarray, current_spacing: Sequence[float], target_spacing: Sequence[float] | None = None,
                    new_shape: Sequence[int] | None = None, order: int = 3, order_z: int = 0,
-                   anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
+                   anisotropy_threshold: float = ANISOTROPY_THRESHOLD, slab_voxels: int = SLAB_VOXELS) -> np.ndarray:
     """Resample ``data`` (C, X, Y, Z) to ``target_spacing`` (mm) or to ``new_shape`` (X', Y', Z').
 
     With both, ``new_shape`` sets the shape and ``target_spacing`` only takes part in the
@@ -133,28 +228,41 @@ def resample_image(data: np.ndarray, current_spacing: Sequence[float], target_sp
     axis = _axis_for(current_spacing, target_spacing, data.shape[1:], shape, anisotropy_threshold)
     out = np.empty((data.shape[0],) + shape, dtype=np.float32)
     for c in range(data.shape[0]):
-        out[c] = _resample_volume(np.asarray(data[c], dtype=np.float32), shape, order, order_z, axis)
+        _resample_volume(np.asarray(data[c], dtype=np.float32), shape, order, order_z, axis, slab_voxels, out[c])
     return out
 
 
 def resample_probabilities(probabilities: np.ndarray, current_spacing: Sequence[float],
                            target_spacing: Sequence[float] | None = None, new_shape: Sequence[int] | None = None,
-                           order: int = 1, order_z: int = 0,
-                           anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
+                           order: int = 1, order_z: int = 0, anisotropy_threshold: float = ANISOTROPY_THRESHOLD,
+                           slab_voxels: int = SLAB_VOXELS) -> np.ndarray:
     """Resample class probabilities or logits (K, X, Y, Z) channel by channel (order 1 by default)."""
     return resample_image(probabilities, current_spacing, target_spacing, new_shape, order, order_z,
-                          anisotropy_threshold)
+                          anisotropy_threshold, slab_voxels)
+
+
+def _label_block(block, values, axes, shape, order, order_z, axis, dtype) -> np.ndarray:
+    """Labels of one block: the value whose interpolated one-hot mask is largest (ties: larger value)."""
+    out = np.zeros(shape, dtype=dtype)
+    best = np.full(shape, -np.inf, dtype=np.float32)
+    for v in values:
+        score = _resample_block((block == v).astype(np.float32), axes, shape, order, order_z, axis, None)
+        wins = score >= best
+        out[wins] = v
+        np.maximum(best, score, out=best)
+    return out
 
 
 def resample_label(seg: np.ndarray, current_spacing: Sequence[float], target_spacing: Sequence[float] | None = None,
                    new_shape: Sequence[int] | None = None, order: int = 1, order_z: int = 0,
-                   anisotropy_threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
+                   anisotropy_threshold: float = ANISOTROPY_THRESHOLD, slab_voxels: int = SLAB_VOXELS) -> np.ndarray:
     """Resample an integer label map (X, Y, Z) or (1, X, Y, Z); same dtype and leading axes out.
 
     Each label value's one-hot mask is interpolated with ``order`` (``order_z`` along a thick axis)
     and every output voxel takes the value whose interpolated mask is largest (on a tie the larger
-    value wins, as with nnU-Net's per-label 0.5 threshold painted in increasing order). Only one
-    float32 mask is alive at a time, so memory does not grow with the number of labels."""
+    value wins, as with nnU-Net's per-label 0.5 threshold painted in increasing order). The output is
+    made slab by slab (``slab_voxels`` output voxels each) and only one class's float32 mask of a slab
+    is alive at a time, so memory grows neither with the number of labels nor with the volume."""
     lead = seg.ndim == 4
     if lead and seg.shape[0] != 1 or seg.ndim not in (3, 4):
         raise ValueError(f"expected a label map (X, Y, Z) or (1, X, Y, Z), got shape {seg.shape}")
@@ -168,10 +276,6 @@ def resample_label(seg: np.ndarray, current_spacing: Sequence[float], target_spa
         out = np.full(shape, values[0], dtype=seg.dtype) if len(values) == 1 else _nearest(vol, shape)
     else:
         out = np.zeros(shape, dtype=seg.dtype)
-        best = np.full(shape, -np.inf, dtype=np.float32)
-        for v in values:
-            score = _resample_volume((vol == v).astype(np.float32), shape, order, order_z, axis)
-            wins = score >= best
-            out[wins] = v
-            np.maximum(best, score, out=best)
+        for out_index, in_index, axes, block_shape in _blocks(vol.shape, shape, axis, order, slab_voxels):
+            out[out_index] = _label_block(vol[in_index], values, axes, block_shape, order, order_z, axis, seg.dtype)
     return out[None] if lead else out

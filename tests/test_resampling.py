@@ -142,3 +142,46 @@ def test_bad_inputs_are_rejected():
         resample_image(np.zeros((4, 4, 4), np.float32), (1, 1, 1), (2, 2, 2))
     with pytest.raises(ValueError, match="positive"):
         compute_new_shape((4, 4, 4), (1, 0, 1), (1, 1, 1))
+
+
+# --- slab-wise (chunked) resampling equals the whole-volume computation ----------------------------
+
+WHOLE = 10**12  # a slab budget larger than any test volume: one slab
+
+
+@pytest.mark.parametrize("cur,tgt,order,order_z", [
+    ((1.0, 1.0, 1.0), (0.7, 1.3, 0.45), 3, 0),   # joint cubic, up- and downsampling
+    ((1.0, 1.0, 1.0), (0.7, 1.3, 0.45), 1, 0),   # joint linear
+    ((1.0, 1.0, 5.0), (0.6, 0.9, 2.0), 3, 0),    # separate z (thick axis 2), nearest along it
+    ((1.0, 1.0, 5.0), (0.6, 0.9, 2.0), 3, 1),    # separate z, linear along it
+    ((5.0, 1.0, 1.0), (2.0, 0.6, 0.9), 3, 0),    # thick axis 0: slabs are cut along axis 1
+])
+def test_image_in_tiny_slabs_equals_whole_volume(cur, tgt, order, order_z):
+    data = np.random.default_rng(3).normal(size=(2, 23, 19, 17)).astype(np.float32)
+    whole = resample_image(data, cur, tgt, order=order, order_z=order_z, slab_voxels=WHOLE)
+    slabs = resample_image(data, cur, tgt, order=order, order_z=order_z, slab_voxels=50)  # 1 row per slab
+    np.testing.assert_allclose(slabs, whole, rtol=0, atol=1e-5)
+
+
+def test_whole_volume_cubic_matches_scipy_zoom():
+    from scipy import ndimage
+
+    data = np.random.default_rng(4).normal(size=(1, 11, 13, 9)).astype(np.float32)
+    out = resample_image(data, (1, 1, 1), new_shape=(17, 8, 14))
+    ref = ndimage.zoom(data[0], [n / o for n, o in zip((17, 8, 14), data.shape[1:])], output=np.float32, order=3,
+                       mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(out[0], np.clip(ref, data.min(), data.max()), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cur,tgt,order_z", [((1, 1, 1), (0.7, 0.8, 0.65), 0), ((1, 1, 4), (0.7, 0.8, 1.3), 0),
+                                             ((1, 1, 4), (0.7, 0.8, 1.3), 1)])
+def test_label_in_tiny_slabs_equals_whole_volume(cur, tgt, order_z):
+    rng = np.random.default_rng(5)
+    seg = np.zeros((1, 21, 18, 15), np.int8)
+    for value in (1, 2, 3):
+        lo = rng.integers(0, 8, size=3)
+        seg[0, lo[0]:lo[0] + 9, lo[1]:lo[1] + 8, lo[2]:lo[2] + 7] = value
+    whole = resample_label(seg, cur, tgt, order_z=order_z, slab_voxels=WHOLE)
+    slabs = resample_label(seg, cur, tgt, order_z=order_z, slab_voxels=30)
+    np.testing.assert_array_equal(slabs, whole)
+    assert set(np.unique(slabs)) == {0, 1, 2, 3}

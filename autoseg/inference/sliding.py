@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 GAUSSIAN_SIGMA_SCALE = 0.125  # nnU-Net: sigma = patch size / 8
+# Voxels per slab of the in-place softmax: its temporary is (K, slab) instead of the whole (K, *S).
+ACTIVATION_SLAB_VOXELS = 4_000_000
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -85,9 +87,18 @@ def predict_logits(networks: Sequence[nn.Module], image: torch.Tensor, patch_siz
     return torch.stack(slices, dim=1)
 
 
-def logits_to_probabilities(logits: torch.Tensor, regions: bool) -> torch.Tensor:
-    """Softmax over channel 0 (classes), or a per-channel sigmoid for region outputs."""
-    return torch.sigmoid(logits) if regions else torch.softmax(logits, dim=0)
+def logits_to_probabilities(logits: torch.Tensor, regions: bool,
+                            slab_voxels: int = ACTIVATION_SLAB_VOXELS) -> torch.Tensor:
+    """Softmax over channel 0 (classes), or a per-channel sigmoid for region outputs, computed **in
+    place** (``logits`` is overwritten and returned): the softmax runs on slabs of about
+    ``slab_voxels`` voxels along the first spatial axis, so no second ``(K, *S)`` tensor is made."""
+    if regions:
+        return logits.sigmoid_()
+    rows = max(1, slab_voxels // max(1, logits[:, :1].numel()))
+    for i in range(0, logits.shape[1], rows):
+        slab = logits[:, i:i + rows]
+        slab.copy_(torch.softmax(slab, dim=0))
+    return logits
 
 
 @torch.no_grad()

@@ -69,3 +69,14 @@ def test_bad_arguments_are_rejected():
         predict_logits([_pointwise()], torch.randn(1, 8, 8, 8), (8, 8, 8), mirror_axes=(3,))
     with pytest.raises(ValueError, match="at least one network"):
         predict_logits([], torch.randn(1, 8, 8, 8), (8, 8, 8))
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_activation_in_tiny_slabs_is_in_place_and_equals_whole_tensor(regions):
+    from autoseg.inference.sliding import logits_to_probabilities
+
+    logits = torch.randn(3, 7, 5, 4) * 4
+    expected = torch.sigmoid(logits) if regions else torch.softmax(logits, dim=0)
+    out = logits_to_probabilities(logits, regions, slab_voxels=20)  # one row of axis 1 per slab
+    assert out.data_ptr() == logits.data_ptr()  # no second (K, *S) tensor
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)

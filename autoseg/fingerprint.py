@@ -14,9 +14,10 @@ any foreground, the statistics come from the same number of samples of each case
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -43,6 +44,8 @@ CASE_BYTES_PER_VOXEL_PER_CHANNEL = 9
 CASE_BYTES_PER_VOXEL_FIXED = 16
 # Share of the available memory the worker pool may plan to use.
 MEMORY_FRACTION = 0.8
+# Cases submitted ahead per worker: keeps every worker busy without queueing the whole dataset.
+IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -190,23 +193,32 @@ def available_cores() -> int:
 
 
 def _results(cases, n_samples: int, seed: int, force_itk: bool, workers: int) -> Iterator[_CaseResult]:
-    """Analyse all cases, yielding results as they finish (any order)."""
+    """Analyse all cases, yielding results as they finish (any order). At most ``IN_FLIGHT_PER_WORKER``
+    cases per worker are submitted ahead and a finished one is released once yielded, so memory does
+    not grow with the number of cases."""
     if workers <= 1:
         for i, case in enumerate(cases):
             yield analyze_case(case, i, n_samples, seed, force_itk)
         return
+    todo = iter(enumerate(cases))
+    pending: set = set()
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(analyze_case, case, i, n_samples, seed, force_itk) for i, case in enumerate(cases)]
         try:
-            for fut in as_completed(futures):
-                yield fut.result()
+            while True:
+                for i, case in itertools.islice(todo, IN_FLIGHT_PER_WORKER * workers - len(pending)):
+                    pending.add(pool.submit(analyze_case, case, i, n_samples, seed, force_itk))
+                if not pending:
+                    return
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield fut.result()
         except BrokenProcessPool:
             raise FingerprintError(
                 f"a fingerprint worker died with {workers} workers: most often it was killed for lack of memory "
                 f"(rerun with fewer workers, e.g. --workers {max(1, workers // 2)}), or a script started workers "
                 f"without an `if __name__ == '__main__':` guard (workers are spawned and re-import it)") from None
         finally:
-            for fut in futures:
+            for fut in pending:
                 fut.cancel()
 
 

@@ -131,3 +131,35 @@ def test_intensity_stats_of_known_sample():
 ])
 def test_pool_size(cores, mem, per_case, expected):
     assert pool_size(cores, mem, per_case) == expected
+
+
+def test_pool_streams_cases_with_a_bounded_number_in_flight(monkeypatch):
+    """Workers get at most IN_FLIGHT_PER_WORKER cases each ahead of the consumer, not the whole dataset."""
+    from concurrent.futures import Future
+
+    import autoseg.fingerprint as fp
+
+    submitted = []
+
+    class InlinePool:  # runs each task at submit time; records how far submission ran ahead
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, case, index, *args):
+            submitted.append(index)
+            fut = Future()
+            fut.set_result(fp._CaseResult(index, case, None, None))
+            return fut
+
+    monkeypatch.setattr(fp, "ProcessPoolExecutor", InlinePool)
+    consumed = []
+    for r in fp._results([f"case{i}" for i in range(50)], 10, 0, False, workers=3):
+        consumed.append(r.index)
+        assert len(submitted) - len(consumed) <= fp.IN_FLIGHT_PER_WORKER * 3 - 1
+    assert sorted(consumed) == list(range(50)) and sorted(submitted) == list(range(50))

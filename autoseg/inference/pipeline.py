@@ -315,6 +315,7 @@ def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, st
                 results.fail(case, e)
                 advance(1)
                 continue
+            prepared.data = None  # the writer needs only the case and its properties: free the image now
             write_slots.acquire()
             to_write.put((prepared, probs))
             del prepared, probs

@@ -91,7 +91,8 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
 
 def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
     """Fresh run: the given settings over the defaults. Resume: the checkpoint's settings with the
-    allowed changes, plus the checkpoint to continue from (None when the run is complete)."""
+    allowed changes, plus the checkpoint to continue from; a run folder without a checkpoint yet
+    starts anew (checkpoint None)."""
     from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
     from autoseg.training.trainer import TrainSettings
 
@@ -104,9 +105,8 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
                              f"the folder to start over")
         return TrainSettings(**given), None
     path = run_dir / LATEST if (run_dir / LATEST).is_file() else run_dir / FINAL
-    if not path.is_file():
-        raise TrainError(f"--resume: no checkpoint in {run_dir} (checkpoint_latest.pt / checkpoint_final.pt); "
-                         f"start the run without --resume")
+    if not path.is_file():  # killed before its first checkpoint (or never started): start it anew, so
+        return TrainSettings(**given), None  # a scheduler can resubmit the same command at any time
     ckpt = load_checkpoint(path)
     stored = TrainSettings.from_dict(ckpt["settings"])
     changed = {k for k, v in given.items() if getattr(stored, k) != v}
@@ -136,12 +136,16 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     from autoseg.training import ddp
     from autoseg.training.runlock import RunLock
 
+    if dist.is_main:
+        RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
     settings, ckpt = resolve_settings(given, run_dir, resume)
     if ckpt is not None and ckpt["plans"] != plans.to_dict():
         raise TrainError(f"--resume: plans.json of {name} changed since {run_dir} was started; train a new run "
                          f"(delete the folder) or restore the old plans")
     lock = RunLock(run_dir).acquire() if dist.is_main else None
     try:
+        if lock is not None:
+            remove_temporaries(run_dir)
         run, loaders = build_run(workspace, name, plans, config, arch, fold_cases, fold, run_dir, settings, dist)
         if ckpt is not None:
             from autoseg.training.checkpoint import restore
@@ -155,6 +159,8 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
         if not finished:
             _fit(run, loaders, progress, callbacks)
+        elif dist.is_main:
+            _finish_checkpoints(run)
         ddp.barrier(dist)
         if dist.is_main and (not finished or not (run_dir / "validation" / "summary.json").is_file()):
             _final_validation(workspace, name, plans, config, run, fold_cases, progress)
@@ -162,6 +168,28 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         if lock is not None:
             lock.release()
     return run_dir
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files (``.name.XXXX.tmp``, ``.case.nii.gz.XXXX.nii.gz``) a killed run left in
+    its folder and ``validation/``; only while holding the run's lock, so no live writer owns them."""
+    from autoseg.training.runlock import LOCK_NAME
+
+    for folder in (run_dir, run_dir / "validation"):
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith(".") and not p.name.startswith(LOCK_NAME) and p.is_file():
+                    p.unlink(missing_ok=True)
+
+
+def _finish_checkpoints(run) -> None:
+    """A run killed after its last epoch but before ``checkpoint_final.pt`` was written (or before the
+    latest checkpoint was removed) gets both done now, as the end of training would have."""
+    from autoseg.training.checkpoint import FINAL, LATEST, CheckpointCallback
+
+    if not (run.run_dir / FINAL).is_file():
+        CheckpointCallback().on_train_end(run)
+    (run.run_dir / LATEST).unlink(missing_ok=True)
 
 
 def build_run(workspace, name, plans, config, arch, fold_cases, fold, run_dir, settings, dist):

@@ -37,7 +37,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default 12345)")
     p.add_argument("--num-workers", type=int, default=None, metavar="N",
                    help="data augmentation worker processes per GPU/process (default: spare CPU cores)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint; a run without one yet starts "
+                        "anew, so a killed job can be resubmitted with the same command")
     p.add_argument("--pretrained", type=Path, default=None, metavar="RUN_DIR",
                    help="start from the weights of another run (fine-tuning)")
     p.add_argument("--save-probabilities", action="store_true", default=None,

@@ -289,9 +289,14 @@ def test_cli_unknown_arch(trained, capsys):
     assert code == 2 and "unknown architecture 'vnet'; choices: unet, resenc_unet, swin_unetr" in err
 
 
-def test_cli_resume_without_checkpoint(trained, capsys):
-    code, err = _cli(capsys, trained[0], "--fold", "1", "--resume")
-    assert code == 2 and "--resume: no checkpoint in" in err
+def test_cli_resume_without_checkpoint_starts_the_run(tmp_path, capsys):
+    # a job killed before its first checkpoint is resubmitted with the same --resume command
+    ws = make_workspace(tmp_path)
+    code, err = _cli(capsys, ws, "--fold", "1", "--resume", "--epochs", "1", "--iters-per-epoch", "1",
+                     "--val-iters", "1", "--num-workers", "0")
+    run_dir = api_train.run_dir_for(ws, DATASET, "unet", "autosegPlans", "3d_fullres", 1)
+    assert code == 0 and (run_dir / FINAL).is_file(), err
+    assert "starting" in (run_dir / "training_log.txt").read_text()
 
 
 def test_cli_existing_run_needs_resume(trained, capsys):

@@ -14,10 +14,17 @@ finishes the previous one while the networks run; at most three cases are in mem
 
 Existing outputs are skipped unless ``overwrite``. A case that cannot be read or predicted is
 reported in :class:`PredictReport` and the others still finish.
+
+Interruption and concurrency: every output appears by atomic rename, so a killed run or two runs
+writing into the same folder never leave a half-written file under an output name. Each run holds
+a shared ``flock`` on the output folder while it writes; a run that can take it exclusively (no other
+run is writing there) first deletes the temporary files a killed run left for its cases.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import re
 import threading
@@ -133,6 +140,42 @@ def is_done(case: InputCase, out_dir: Path, save_probabilities: bool) -> bool:
     """Whether the case's outputs exist (the label map is written last)."""
     seg = Path(out_dir) / case.output_name()
     return seg.is_file() and (not save_probabilities or (Path(out_dir) / f"{case.case_id}.npz").is_file())
+
+
+def _is_temporary(name: str, cases: list[InputCase]) -> bool:
+    """Whether ``name`` is a temporary file of an output of ``cases`` (``.{output}.XXXXXXXX...``)."""
+    return name.startswith(".") and any(name.startswith((f".{c.output_name()}.", f".{c.case_id}.npz."))
+                                        for c in cases)
+
+
+@contextlib.contextmanager
+def writing_into(out_dir: Path, cases: list[InputCase]):
+    """Hold a shared lock on ``out_dir`` while writing into it; when no other run holds one, first
+    delete the temporaries a killed run left for ``cases`` (no live writer can own them then).
+    The lock is the kernel's (``flock`` on the folder): it goes with its process, even on SIGKILL."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): leftovers stay, hidden and never taken for outputs
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sole = True
+        except BlockingIOError:  # another run is writing here: its temporaries are live
+            sole = False
+        except OSError:  # no flock on this file system (some network mounts): leave leftovers alone
+            yield
+            return
+        if sole:
+            for p in out_dir.iterdir():
+                if _is_temporary(p.name, cases) and p.is_file():
+                    p.unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- the three stages of one case -------------------------------------------------------------------
@@ -331,10 +374,6 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
                    save_probabilities: bool = False, overwrite: bool = False, device: str = "auto",
                    backend: str = "auto", precision: str = "auto", progress: bool = True) -> PredictReport:
     """Predict every case of ``in_dir`` into ``out_dir`` with ``model``; see the module docstring."""
-    from autoseg.inference.backends import make_engine
-    from autoseg.progress import progress_bar
-    from autoseg.training.trainer import resolve_device
-
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not 0 < step <= 1:
@@ -343,6 +382,18 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
         raise PredictError(f"{out_dir}: write predictions to another folder than the input images")
     cases = find_inputs(in_dir, model.spec.channel_names)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with writing_into(out_dir, cases):
+        return _predict_cases(model, cases, out_dir, step, tta, save_probabilities, overwrite, device, backend,
+                              precision, progress, started)
+
+
+def _predict_cases(model: Predictor, cases: list[InputCase], out_dir: Path, step: float, tta: bool,
+                   save_probabilities: bool, overwrite: bool, device: str, backend: str, precision: str,
+                   progress: bool, started: float) -> PredictReport:
+    from autoseg.inference.backends import make_engine
+    from autoseg.progress import progress_bar
+    from autoseg.training.trainer import resolve_device
+
     bad = [c for c in cases if c.problem]
     skipped = [c for c in cases if not c.problem and not overwrite and is_done(c, out_dir, save_probabilities)]
     todo = [c for c in cases if not c.problem and c not in skipped]

@@ -350,6 +350,8 @@ def preprocess_dataset(spec: DatasetSpec, cases: list[Case], plans: Plans, datas
     short) run in parallel processes. ``fingerprint`` (optional) gives cropped shapes for the disk
     space check; ``source`` is a signature of the raw data stored in each folder's record."""
     dataset_dir = Path(dataset_dir)
+    for tmp in dataset_dir.glob(".*.tmp"):  # fingerprint/plans temporaries left by a killed run
+        tmp.unlink(missing_ok=True)
     targets = targets_for(plans, dataset_dir, configs)
     for t in targets.values():
         prepare_folder(t, record_for(plans, t, source))

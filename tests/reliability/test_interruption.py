@@ -1,0 +1,146 @@
+"""kill -9 at any moment, rerun the same command, same result (issue 5, "Interruption").
+
+Each test kills the real command line with SIGKILL at seeded points (``killpoint.py`` wraps one
+function of the running process and kills it on the n-th matching call, so the point is exact and
+always inside the work), reruns the same command and compares with the uninterrupted reference run of ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from .procs import (DATASET, EPOCHS, RUN, assert_same_tree, cli, labels, losses,
+                                  plan_args, predict_args, run_killed, same_weights, temporaries, train_args)
+from .killpoint import KillPoint, count_calls
+
+# artifacts every rerun of `plan` writes again, whatever it finds (kill points of a second kill)
+ALWAYS_WRITTEN = ("source.json", "plans.json", "splits.json", "dataset.json")
+
+
+@pytest.fixture(scope="module")
+def plan_renames(reference, tmp_path_factory) -> int:
+    """How many files an uninterrupted `plan` renames into place (atomic writes)."""
+    workdir = tmp_path_factory.mktemp("count") / "w"
+    with count_calls("os:replace") as n:
+        code, out, err = cli(plan_args(reference.raw, workdir, reference.preset))
+    assert code == 0, err
+    return n()
+
+
+def _finished_cases(folder) -> dict[str, int]:
+    """Modification times of the files of the finished cases (those whose properties JSON exists)."""
+    done = {p.stem for p in folder.glob("*.json") if p.name != "preprocessing.json"} if folder.is_dir() else set()
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*") if p.name.split(".")[0].removesuffix("_seg")
+            .removesuffix("_fg") in done}
+
+
+def _case_mtimes(folder) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plan_killed_twice_then_rerun_equals_the_uninterrupted_plan(reference, plan_renames, tmp_path, seed):
+    rng = random.Random(seed)
+    workdir = tmp_path / "w"
+    args = plan_args(reference.raw, workdir, reference.preset)
+    first = KillPoint("os:replace", nth=rng.randint(1, plan_renames), when=rng.choice(["before", "after"]))
+    run_killed(args, tmp_path, first)
+    second = KillPoint("os:replace", nth=1, when=rng.choice(["before", "after"]), match=rng.choice(ALWAYS_WRITTEN))
+    run_killed(args, tmp_path, second)
+    data = workdir / "preprocessed" / DATASET / "autosegPlans_3d_fullres"
+    finished = _finished_cases(data)
+
+    code, out, err = cli(args)
+
+    assert code == 0, err
+    assert_same_tree(workdir / "preprocessed", reference.workdir / "preprocessed")
+    assert temporaries(workdir) == []
+    n_done = sum(name.endswith(".json") for name in finished)
+    assert f"{4 - n_done} preprocessed now, {n_done} already done" in out
+    now = _finished_cases(data)
+    assert {k: now[k] for k in finished} == finished  # finished cases were not redone
+
+
+def _epoch_of(run_dir) -> int:
+    from autoseg.training.checkpoint import LATEST, load_checkpoint
+
+    path = run_dir / LATEST
+    return int(load_checkpoint(path)["train_state"]["epoch"]) if path.is_file() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0])
+def test_train_killed_three_times_resumes_to_the_uninterrupted_weights(reference, tmp_path, seed):
+    rng = random.Random(seed)
+    workdir = reference.planned_copy(tmp_path / "w")
+    run_dir = workdir / RUN / "fold_0"
+    args = train_args(workdir, resume=True)  # one command for the first start and every resubmission
+
+    # 1. in the middle of an epoch after the first (the run was started by this --resume command: it
+    # had no checkpoint yet); the checkpoint keeps every epoch completed before the kill
+    step = rng.randint(3, 2 * EPOCHS)
+    run_killed(args, tmp_path, KillPoint("autoseg.training.trainer:train_step", nth=step))
+    done = _epoch_of(run_dir)
+    assert done == (step - 1) // 2 and (run_dir / ".lock").is_file()  # the killed holder's lock stays
+    # 2. after the last epoch's checkpoint, with checkpoint_final.pt half written
+    run_killed(args, tmp_path, KillPoint("os:replace", nth=1, match="checkpoint_final.pt"))
+    assert f"resuming after epoch {done}:" in (run_dir / "training_log.txt").read_text()
+    assert _epoch_of(run_dir) == EPOCHS and not (run_dir / "checkpoint_final.pt").exists()
+    assert temporaries(run_dir)  # the half-written checkpoint, under a temporary name
+    # 3. during the final validation, with a validation case half written
+    run_killed(args, tmp_path, KillPoint("os:replace", nth=1, match="*.nii.gz"))
+    assert (run_dir / "checkpoint_final.pt").is_file() and not (run_dir / "checkpoint_latest.pt").exists()
+
+    code, out, err = cli(args)
+
+    assert code == 0, err
+    assert same_weights(run_dir / "checkpoint_final.pt", reference.run_dir / "checkpoint_final.pt")
+    assert same_weights(run_dir / "checkpoint_best.pt", reference.run_dir / "checkpoint_best.pt")
+    assert losses(run_dir) == losses(reference.run_dir)
+    summary = json.loads((run_dir / "validation" / "summary.json").read_text())
+    assert summary == json.loads((reference.run_dir / "validation" / "summary.json").read_text())
+    got, want = labels(run_dir / "validation"), labels(reference.run_dir / "validation")
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
+    assert temporaries(run_dir) == []  # no .lock, no temporary file
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*")) == ["checkpoint_best.pt", "checkpoint_final.pt"]
+
+
+@pytest.mark.slow
+def test_predict_killed_mid_folder_rerun_skips_finished_cases(reference, tmp_path):
+    rng = random.Random(3)
+    workdir = reference.trained_copy(tmp_path / "w")
+    out_dir = tmp_path / "pred"
+    args = predict_args(workdir, reference.images_ts, out_dir)
+    nth = rng.randint(2, 3)  # cases 1..nth-1 written, case nth half written, the rest not started
+    run_killed(args, tmp_path, KillPoint("os:replace", nth=nth, match="*.nii.gz"))
+    before = _case_mtimes(out_dir)
+    assert len(before) == nth - 1 and len(temporaries(out_dir)) == 1
+
+    code, out, err = cli(args)
+
+    assert code == 0, err
+    assert f"{3 - len(before)} written, {len(before)} skipped" in out
+    assert {k: v for k, v in _case_mtimes(out_dir).items() if k in before} == before  # not recomputed
+    got, want = labels(out_dir), labels(reference.predictions)
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
+    assert temporaries(out_dir) == []
+
+
+@pytest.mark.slow
+def test_predict_killed_between_probabilities_and_labels_redoes_that_case(reference, tmp_path):
+    workdir = reference.trained_copy(tmp_path / "w")
+    out_dir = tmp_path / "pred"
+    args = predict_args(workdir, reference.images_ts, out_dir, "--save-probabilities")
+    run_killed(args, tmp_path, KillPoint("os:replace", nth=1, when="after", match="*.npz"))
+    assert [p.name for p in out_dir.iterdir() if not p.name.startswith(".")] == ["toy_004.npz"]
+
+    code, out, err = cli(args)
+
+    assert code == 0 and "3 written" in out, err  # the case with probabilities only was not taken as done
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        f"toy_00{i}{ext}" for i in (4, 5, 6) for ext in (".nii.gz", ".npz"))
+    got, want = labels(out_dir), labels(reference.predictions)
+    assert got.keys() == want.keys()

@@ -83,3 +83,26 @@ def test_swin_feature_size_is_the_plans_first_features_rounded_up_to_twelve(f0, 
 def test_swin_unetr_builds_with_single_output():
     net = build_model("swin_unetr", plan(patch=(32, 32, 64), features=(12, 24, 48)), 1, 3, deep_supervision=True)
     assert net.eval()(torch.randn(1, 1, 32, 32, 64)).shape == (1, 3, 32, 32, 64)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_group_norm_swap_computes_instance_norm_and_keeps_the_parameter_names(dims):
+    from monai.networks.nets import DynUNet
+
+    from autoseg.models.registry import instance_to_group_norm
+
+    torch.manual_seed(0)
+    net = DynUNet(dims, 2, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
+                  filters=[4, 8, 8], norm_name=("INSTANCE", {"affine": True, "eps": 1e-5}))
+    for m in net.modules():  # non-trivial scale and shift
+        if isinstance(m, torch.nn.InstanceNorm3d | torch.nn.InstanceNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.5, 0.5)
+    x = torch.randn(2, 2, *(16,) * dims)
+    before, keys = net(x), list(net.state_dict())  # an InstanceNorm checkpoint...
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    swapped = instance_to_group_norm(net)
+    assert not any(isinstance(m, torch.nn.InstanceNorm3d | torch.nn.InstanceNorm2d) for m in swapped.modules())
+    assert list(swapped.state_dict()) == keys
+    swapped.load_state_dict(state)  # ...loads into the swapped network
+    assert torch.allclose(swapped(x), before, atol=1e-5)

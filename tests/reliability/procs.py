@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from io import StringIO
@@ -91,26 +90,6 @@ def run_killed(args: list[str], cwd: Path, killpoint) -> str:
     code, out, err = finish(spawn(args, cwd, killpoint))
     assert code == -signal.SIGKILL, f"expected death by SIGKILL at {killpoint}, got exit {code}:\n{out}\n{err}"
     return err
-
-
-def kill_when(args: list[str], cwd: Path, ready, poll: float = 0.01) -> None:
-    """Run ``python -m autoseg ARGS`` and SIGKILL it from outside as soon as ``ready()`` is true."""
-    proc = spawn(args, cwd)
-    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                raise AssertionError(f"the command ended (exit {proc.returncode}) before the kill point:\n{out}\n{err}")
-            if time.monotonic() > deadline:
-                raise AssertionError("kill point not reached in time")
-            time.sleep(poll)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None and proc.returncode is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"exit {proc.returncode}: the run finished before it was killed"
 
 
 # --- comparisons --------------------------------------------------------------------------------------

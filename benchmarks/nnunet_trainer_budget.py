@@ -16,8 +16,10 @@ Everything that differs from ``nnUNetTrainer`` comes from environment variables,
   decay over time instead of epochs, ``1e-2 * (1 - t / T) ** 0.9`` set at each epoch start (t: seconds
   since training started), and training ends after the epoch at whose end ``t + epoch_time / 2 >= T``
   (the end closest to T); the final validation still runs. The same rule drives autoseg's side;
-- ``NNUNET_BUDGET_TIMING``: JSON file receiving the ``time.perf_counter()`` after every training step,
-  grouped per epoch, plus the training start/end times (rewritten after every epoch);
+- ``NNUNET_BUDGET_TIMING``: JSON file receiving the ``time.perf_counter()`` after every training step
+  (``step_times``) and the CPU seconds used so far by this process tree (``cpu_times``: user + system of
+  the trainer and its augmentation workers, from ``/proc``), grouped per epoch, plus the training
+  start/end times (rewritten after every epoch);
 - ``NNUNET_BUDGET_SKIP_FINAL_VALIDATION=1``: skip the full-volume validation (throughput bursts);
 - ``NNUNET_BUDGET_NO_MIRRORING=1``: final validation without mirroring test-time augmentation.
 """
@@ -29,6 +31,29 @@ import time
 import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+def _tree_cpu_seconds():
+    """User + system CPU seconds of this process and its live descendants (and the children they
+    reaped), from /proc; the same reading as benchmarks/proctree.py (this file must stand alone)."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            children.setdefault(int(fields[1]), []).append((int(name), sum(int(v) for v in fields[11:15])))
+    with open(f"/proc/{os.getpid()}/stat", "rb") as f:
+        stat = f.read()
+    total, todo = sum(int(v) for v in stat[stat.rfind(b")") + 2:].split()[11:15]), [os.getpid()]
+    while todo:
+        for pid, ticks in children.get(todo.pop(), ()):
+            total += ticks
+            todo.append(pid)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class _TimePolyLR:
@@ -59,6 +84,7 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
         self.budget_seconds = float(minutes) * 60 if minutes else None
         self.timing_path = os.environ.get("NNUNET_BUDGET_TIMING") or None
         self.step_times = []  # per epoch: perf_counter after each training step
+        self.cpu_times = []  # per epoch: process-tree CPU seconds after each training step
         self.epoch_lrs = []
         self.train_started = self.train_ended = self.epoch_started = None
         threads = _env_int("NNUNET_BUDGET_THREADS")
@@ -86,11 +112,13 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
         self.epoch_started = time.perf_counter()
         super().on_train_epoch_start()
         self.step_times.append([])
+        self.cpu_times.append([])
         self.epoch_lrs.append(self.optimizer.param_groups[0]["lr"])
 
     def train_step(self, batch):
         out = super().train_step(batch)  # returns the loss as numpy: the step has finished
         self.step_times[-1].append(time.perf_counter())
+        self.cpu_times[-1].append(_tree_cpu_seconds())
         return out
 
     def _write_timing(self):
@@ -100,7 +128,8 @@ class nnUNetTrainer_Budget(nnUNetTrainer):
                     "batch_size": self.batch_size, "iters_per_epoch": self.num_iterations_per_epoch,
                     "val_iters": self.num_val_iterations_per_epoch, "threads": torch.get_num_threads(),
                     "precision": "fp32" if self.device.type != "cuda" else "fp16 autocast",
-                    "lrs": self.epoch_lrs, "step_times": self.step_times}
+                    "lrs": self.epoch_lrs, "step_times": self.step_times,
+                    "cpu_times": self.cpu_times}
             tmp = self.timing_path + ".tmp"
             with open(tmp, "w") as f:
                 json.dump(data, f)

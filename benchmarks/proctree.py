@@ -14,6 +14,9 @@ Memory is sampled by polling ``/proc`` (no psutil needed) every ``interval`` sec
   mark, so it would report the benchmark script's own peak.
 - ``cpu_s``: user + system CPU seconds of the command and its waited-for descendants (``wait4``).
 
+:func:`tree_cpu_seconds` reads the CPU time a running tree has used so far (for per-step figures
+inside a process: read it at two moments and subtract).
+
 Sampling costs a little CPU (a scan of ``/proc`` per sample); both tools being compared pay it.
 """
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")  # /proc/PID/stat CPU times are in these clock ticks per second
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,23 @@ def tree_pids(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, ()))
     return out
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime + cutime + cstime of ``pid`` (its own CPU and that of children it has reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat[stat.rfind(b")") + 2:].split()  # fields[11:15]: utime stime cutime cstime
+    return sum(int(v) for v in fields[11:15])
+
+
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """User + system CPU seconds used so far by ``root`` (default: this process, all its threads) and
+    its live descendants, including descendants they have already reaped. Resolution 1/``TICKS`` s."""
+    return sum(_cpu_ticks(p) for p in tree_pids(os.getpid() if root is None else root)) / TICKS
 
 
 def _rss(pid: int) -> int:

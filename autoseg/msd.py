@@ -20,7 +20,6 @@ renamed into place, so an interrupted conversion leaves nothing that looks finis
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.artifacts import atomic_write_json
+from autoseg.artifacts import atomic_write_json, replace_folder
 from autoseg.dataset import DatasetError, DatasetSpec
 
 FILE_ENDING = ".nii.gz"
@@ -68,7 +67,7 @@ def convert_msd(task_dir: Path, out_dir: Path, dataset_id: int | None = None, ov
         for rel in test:
             split_channels(task_dir / rel, tmp / "imagesTs", _case_id(rel))
         atomic_write_json(tmp / "dataset.json", out_json)
-        _replace_folder(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -209,14 +208,3 @@ def split_channels(src: Path, dst_dir: Path, case_id: str) -> list[Path]:
         nib.save(part, str(out))
         outs.append(out)
     return outs
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move the finished folder ``new`` to ``target``, replacing an existing one."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -16,14 +16,12 @@ that looks finished.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import Artifact
+from autoseg.artifacts import Artifact, atomic_write_with
 
 
 @dataclass(frozen=True)
@@ -50,21 +48,6 @@ class CaseProperties(Artifact):
     classes_present: tuple[int, ...] = ()
 
 
-def _atomic_save(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def label_dtype(max_value: int) -> np.dtype:
     return np.dtype(np.int8) if max_value < 128 else np.dtype(np.int16)
 
@@ -74,10 +57,10 @@ def write_case(folder: Path, props: CaseProperties, data: np.ndarray, seg: np.nd
     """Store one preprocessed case; the properties JSON is written last (completion marker)."""
     folder = Path(folder)
     cid = props.case_id
-    _atomic_save(folder / f"{cid}.npy", lambda f: np.save(f, np.ascontiguousarray(data, dtype=np.float32)))
+    atomic_write_with(folder / f"{cid}.npy", lambda f: np.save(f, np.ascontiguousarray(data, dtype=np.float32)))
     if seg is not None:
-        _atomic_save(folder / f"{cid}_seg.npy", lambda f: np.save(f, np.ascontiguousarray(seg)))
-    _atomic_save(folder / f"{cid}_fg.npz",
+        atomic_write_with(folder / f"{cid}_seg.npy", lambda f: np.save(f, np.ascontiguousarray(seg)))
+    atomic_write_with(folder / f"{cid}_fg.npz",
                  lambda f: np.savez(f, **{str(k): np.asarray(v, dtype=np.int32) for k, v in locations.items()}))
     props.save(folder / f"{cid}.json")
 

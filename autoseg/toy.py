@@ -25,7 +25,6 @@ What the volumes look like (arrays ``(X, Y, Z)``, spacing in mm, RAS+ affine):
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from autoseg.artifacts import atomic_write_json
+from autoseg.artifacts import atomic_write_json, replace_folder
 
 FILE_ENDING = ".nii.gz"
 MODALITIES = ("CT", "MR")
@@ -242,19 +241,8 @@ def make_toy_dataset(out_dir: Path, n_cases: int = 8, seed: int = 0, modality: s
             _write_case(tmp, f"toy_{i:03d}", case, *split)
         atomic_write_json(tmp / "dataset.json",
                           dataset_json(modality, n_channels, n_cases, regions, n_labels, seed))
-        _replace_folder(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move the finished folder ``new`` to ``target``, replacing an existing one."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

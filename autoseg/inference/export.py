@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.artifacts import Artifact, ArtifactError
+from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with
 from autoseg.workspace import Workspace
 
 MANIFEST_NAME = "manifest.json"
@@ -170,18 +170,14 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
 
 
 def _write_zip(path: Path, entries: dict[str, bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             for name, data in entries.items():
                 info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write_with(path, write)
 
 
 # --- import ----------------------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from autoseg.artifacts import atomic_path
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -233,9 +233,8 @@ def write_like(array: np.ndarray, reference: Path | str, out_path: Path | str, f
         dtype = np.uint8 if vmin >= 0 and vmax < 256 else (np.int16 if -32768 <= vmin and vmax < 32768 else np.int32)
         array = array.astype(dtype)
     ending = file_ending(out_path) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=ending, dir=out_path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out_path, suffix=ending) as tmp_path:
+        tmp = str(tmp_path)
         if _use_itk(out_path, force_itk):
             import SimpleITK as sitk
 
@@ -261,8 +260,4 @@ def write_like(array: np.ndarray, reference: Path | str, out_path: Path | str, f
                 img.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
                 img.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
             nib.save(img, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path

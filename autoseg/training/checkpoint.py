@@ -18,9 +18,7 @@ pseudo Dice improves) and ``checkpoint_final.pt`` (end of training; the latest i
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from autoseg import __version__
+from autoseg.artifacts import atomic_write_with
 from autoseg.training.trainer import Callback, Run, TrainState
 
 FORMAT = "autoseg-checkpoint"
@@ -90,19 +89,7 @@ def make_checkpoint(run: Run) -> dict[str, Any]:
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:
     """Write ``checkpoint`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda f: torch.save(checkpoint, f))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -201,6 +201,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     ``workers`` bounds the process pools (default: CPU count); ``fresh`` recomputes the
     fingerprint even when the raw files look unchanged."""
     from autoseg.preprocessing import preprocess_dataset
+    from autoseg.training.runlock import RunLock
 
     from autoseg.planning.planner import plan_experiment
 
@@ -212,24 +213,26 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     if check_only:
         return PlanResult(name, raw_dir, len(cases), True, found_warnings)
     dataset_dir = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
-    signature = raw_signature(raw_dir, cases)
-    fingerprint, reused = _fingerprint(spec, cases, dataset_dir, signature, n_workers, seed, progress, fresh)
-    source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(dataset_dir / "source.json")
-    plans = plan_experiment(fingerprint, spec, settings, plans_name)
-    if configs:
-        unknown = [c for c in configs if c not in plans.configurations]
-        if unknown:
-            raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}; "
-                             f"choices: {', '.join(plans.configurations)}")
-    # plans.json and splits.json are written after the cases, so a failed preprocessing (e.g. the disk
-    # check) leaves no plans.json a later `autoseg train` could take for a finished plan
-    result = preprocess_dataset(spec, cases, plans, dataset_dir, configs=configs or None, workers=n_workers,
-                                progress=progress, fingerprint=fingerprint, source=signature)
-    plans_path = plans.save(dataset_dir / "plans.json")
-    splits = resolve_splits(raw_dir, dataset_dir, [c.case_id for c in cases])
-    splits_path = splits.save(dataset_dir / "splits.json")
-    dataset_json = dataset_dir / "dataset.json"
-    atomic_write_bytes(dataset_json, (raw_dir / "dataset.json").read_bytes())
+    # one plan per dataset at a time: a second one would delete the first one's temporary files
+    with RunLock(dataset_dir, doing="planned"):
+        signature = raw_signature(raw_dir, cases)
+        fingerprint, reused = _fingerprint(spec, cases, dataset_dir, signature, n_workers, seed, progress, fresh)
+        source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(dataset_dir / "source.json")
+        plans = plan_experiment(fingerprint, spec, settings, plans_name)
+        if configs:
+            unknown = [c for c in configs if c not in plans.configurations]
+            if unknown:
+                raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}; "
+                                 f"choices: {', '.join(plans.configurations)}")
+        # plans.json and splits.json are written after the cases, so a failed preprocessing (e.g. the disk
+        # check) leaves no plans.json a later `autoseg train` could take for a finished plan
+        result = preprocess_dataset(spec, cases, plans, dataset_dir, configs=configs or None, workers=n_workers,
+                                    progress=progress, fingerprint=fingerprint, source=signature)
+        plans_path = plans.save(dataset_dir / "plans.json")
+        splits = resolve_splits(raw_dir, dataset_dir, [c.case_id for c in cases])
+        splits_path = splits.save(dataset_dir / "splits.json")
+        dataset_json = dataset_dir / "dataset.json"
+        atomic_write_bytes(dataset_json, (raw_dir / "dataset.json").read_bytes())
     return PlanResult(
         dataset_name=name, raw_dir=raw_dir, n_cases=len(cases), checked_only=False, warnings=found_warnings,
         preprocessed_dir=dataset_dir, fingerprint=dataset_dir / "fingerprint.json", plans=plans_path,

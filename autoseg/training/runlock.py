@@ -62,10 +62,13 @@ def _create(path: Path, tmp: Path, text: str) -> None:
 
 
 class RunLock:
-    """Context manager: ``with RunLock(run_dir): ...`` holds ``run_dir/.lock`` for the block."""
+    """Context manager: ``with RunLock(run_dir): ...`` holds ``run_dir/.lock`` for the block.
 
-    def __init__(self, run_dir: Path):
+    ``doing`` completes the refusal message "<folder> is being <doing> by process ..."."""
+
+    def __init__(self, run_dir: Path, doing: str = "trained"):
         self.path = Path(run_dir) / LOCK_NAME
+        self.doing = doing
         self.held = False
 
     def check(self) -> None:
@@ -80,7 +83,7 @@ class RunLock:
             live = host != socket.gethostname() or _alive(pid)
         if live:
             raise RunLockedError(
-                f"{self.path.parent} is being trained by process {holder[1]} on {holder[0]}; wait for it "
+                f"{self.path.parent} is being {self.doing} by process {holder[1]} on {holder[0]}; wait for it "
                 f"or stop it (if no such process runs, delete {self.path})")
 
     def acquire(self) -> "RunLock":
@@ -103,7 +106,7 @@ class RunLock:
                 return self
         finally:
             tmp.unlink(missing_ok=True)
-        raise RunLockedError(f"could not take the lock {self.path}; delete it if no training runs there")
+        raise RunLockedError(f"could not take the lock {self.path}; delete it if no process works there")
 
     def release(self) -> None:
         if self.held:

@@ -118,3 +118,27 @@ def test_two_predicts_into_one_folder_only_ever_show_whole_files(reference, tmp_
     got, want = labels(out_dir), labels(reference.predictions)
     assert len(got) == 6 and all((got[f"c{c}{name}"] == want[name]).all() for c in range(2) for name in want)
     assert temporaries(out_dir) == []
+
+
+def test_a_second_plan_of_a_dataset_being_planned_is_refused(reference, tmp_path):
+    import socket
+
+    from .procs import plan_args
+
+    workdir = reference.planned_copy(tmp_path / "w")
+    dataset_dir = reference.preprocessed.relative_to(reference.workdir)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = workdir / dataset_dir / ".lock"
+        lock.write_text(f"{socket.gethostname()} {holder.pid}\n")
+        before = sorted(p.name for p in (workdir / dataset_dir).iterdir())
+        code, out, err = cli(plan_args(reference.raw, workdir, reference.preset))
+        assert code == 2 and "is being planned by process" in err and str(lock) in err, (code, err)
+        assert "Traceback" not in out + err
+        assert sorted(p.name for p in (workdir / dataset_dir).iterdir()) == before  # nothing touched
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = cli(plan_args(reference.raw, workdir, reference.preset))  # the holder is gone: stale
+    assert code == 0, err
+    assert not lock.exists()

@@ -2,10 +2,11 @@
 
 Shared by the end-of-training validation and ``autoseg predict``. Input: one preprocessed case
 ``(C, X, Y, Z)`` (transposed axes of the plans). Patches of ``patch_size`` overlap by half a patch
-(``step=0.5``); each patch's prediction is weighted by a Gaussian with sigma = patch/8 (MONAI
-``sliding_window_inference``, mode "gaussian", sigma_scale 0.125, as nnU-Net). Test-time mirroring
-flips every patch along each combination of ``mirror_axes`` (3 axes: 8 passes) and flips the
-prediction back. Several networks (folds) are averaged. 2D configurations predict slice by slice
+(``step=0.5``, window positions as MONAI's ``sliding_window_inference``); each patch's prediction
+is weighted by MONAI's Gaussian importance map (sigma = patch/8, sigma_scale 0.125 as nnU-Net) and
+accumulated into one preallocated buffer, normalised row by row (no whole-volume weight map).
+Test-time mirroring flips every patch along each combination of ``mirror_axes`` (3 axes: 8 passes)
+and flips the prediction back. Several networks (folds) are averaged. 2D configurations predict slice by slice
 along axis 0 with a 2D window over axes 1 and 2.
 """
 
@@ -52,6 +53,77 @@ class _Ensemble:
         return total / (len(self.networks) * len(self.flips))
 
 
+def window_starts(size: int, patch: int, step: float) -> list[int]:
+    """Start index of each window along one axis: every ``int(patch * step)`` voxels (at least 1), the
+    last one moved back to end at ``size`` (MONAI ``dense_patch_slices``); ``[0]`` when the axis is
+    not larger than the patch (the image is padded to the patch)."""
+    if size <= patch:
+        return [0]
+    interval = max(1, int(patch * step))
+    count = next(i for i in range(size) if i * interval + patch >= size) + 1
+    return [min(i * interval, size - patch) for i in range(count)]
+
+
+def importance_map(patch: Sequence[int]) -> torch.Tensor:
+    """Gaussian window weights (sigma = patch * GAUSSIAN_SIGMA_SCALE, max 1, clamped below at 1e-3 by
+    MONAI): the map of ``sliding_window_inference`` mode "gaussian"."""
+    from monai.data.utils import compute_importance_map
+
+    return compute_importance_map(tuple(patch), mode="gaussian", sigma_scale=GAUSSIAN_SIGMA_SCALE,
+                                  device="cpu").float()
+
+
+def _weight_row(r: int, starts: list[list[int]], weight: torch.Tensor, plane: tuple[int, ...]) -> torch.Tensor:
+    """Sum of the window weights over row ``r`` of axis 0 (shape ``plane``): the whole-volume weight
+    map one row at a time."""
+    total = torch.zeros(plane, dtype=torch.float32)
+    p0 = weight.shape[0]
+    for s0 in starts[0]:
+        if s0 <= r < s0 + p0:
+            for st in itertools.product(*starts[1:]):
+                total[tuple(slice(s, s + p) for s, p in zip(st, weight.shape[1:]))] += weight[r - s0]
+    return total
+
+
+def _sliding(predictor, image: torch.Tensor, patch: Sequence[int], step: float, device: torch.device,
+             batch: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Gaussian-weighted sliding window over ``image`` (C, *S) into ``out`` (K, *S) float32 (allocated
+    when None). The window grid is the product of per-axis starts and the Gaussian a product of
+    per-axis ones, so the sum of weights at a voxel is a product of per-axis sums: the result is
+    normalised one row of axis 0 at a time without a whole-volume weight map."""
+    spatial = tuple(image.shape[1:])
+    padded = tuple(max(n, p) for n, p in zip(spatial, patch))
+    before = [(p - n) // 2 for n, p in zip(spatial, padded)]
+    if padded != spatial:  # smaller than the patch: pad with zeros, centred (as MONAI)
+        pads = [x for n, p, b in reversed(list(zip(spatial, padded, before))) for x in (b, p - n - b)]
+        image = torch.nn.functional.pad(image, pads)
+    starts = [window_starts(n, p, step) for n, p in zip(padded, patch)]
+    weight = importance_map(patch)
+    if out is None or padded == spatial:
+        acc = out.zero_() if out is not None else None
+    else:
+        acc = torch.zeros((out.shape[0], *padded), dtype=torch.float32)
+    windows = list(itertools.product(*starts))
+    for i in range(0, len(windows), batch):
+        group = windows[i:i + batch]
+        boxes = [tuple(slice(s, s + p) for s, p in zip(w, patch)) for w in group]
+        x = torch.stack([image[(slice(None),) + b] for b in boxes]).to(device)
+        y = predictor(x).float().to("cpu")
+        if acc is None:
+            acc = torch.zeros((y.shape[1], *padded), dtype=torch.float32)
+        for b, yb in zip(boxes, y):
+            acc[(slice(None),) + b] += yb * weight
+    for r in range(padded[0]):  # one row of axis 0 at a time: no whole-volume weight map
+        acc[:, r] /= _weight_row(r, starts, weight, padded[1:])
+    if padded == spatial:
+        return acc
+    inner = (slice(None),) + tuple(slice(b, b + n) for b, n in zip(before, spatial))
+    if out is None:
+        return acc[inner].clone()
+    out.copy_(acc[inner])
+    return out
+
+
 @torch.no_grad()
 def predict_logits(networks: Sequence[nn.Module], image: torch.Tensor, patch_size: Sequence[int],
                    step: float = 0.5, mirror_axes: Sequence[int] = (0, 1, 2), device: torch.device | str = "cpu",
@@ -61,9 +133,9 @@ def predict_logits(networks: Sequence[nn.Module], image: torch.Tensor, patch_siz
     ``patch_size`` has 3 entries for 3D networks or 2 for 2D ones (then ``image`` is predicted slice
     by slice along axis 0 and ``mirror_axes`` index the 2 in-plane axes). ``mirror_axes`` are spatial
     axes of the patch (0-based); ``()`` disables mirroring. Images smaller than the patch are padded.
+    Windows are accumulated into one preallocated ``(K, *spatial)`` buffer, the only whole-volume
+    tensor made besides the image (no weight map; 2D slices are written into it one by one).
     """
-    from monai.inferers import sliding_window_inference
-
     if not networks:
         raise ValueError("predict_logits needs at least one network")
     device = torch.device(device)
@@ -76,15 +148,17 @@ def predict_logits(networks: Sequence[nn.Module], image: torch.Tensor, patch_siz
     for net in networks:
         net.eval()
     predictor = _Ensemble(networks, mirror_axes, device, amp_dtype)
-    kwargs = dict(roi_size=tuple(patch_size), sw_batch_size=sw_batch_size, predictor=predictor,
-                  overlap=1 - step, mode="gaussian", sigma_scale=GAUSSIAN_SIGMA_SCALE, padding_mode="constant",
-                  cval=0.0, sw_device=device, device=torch.device("cpu"))
-    if len(patch_size) == 3:
-        return sliding_window_inference(image[None].float(), **kwargs)[0]
-    slices = []
-    for x in range(spatial[0]):  # 2D: one (1, C, Y, Z) image per slice of axis 0
-        slices.append(sliding_window_inference(image[None, :, x].float(), **kwargs)[0])
-    return torch.stack(slices, dim=1)
+    image = image.float()
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) == 3:
+        return _sliding(predictor, image, patch, step, device, sw_batch_size)
+    out = None
+    for x in range(spatial[0]):  # 2D: one (C, Y, Z) image per slice of axis 0
+        first = _sliding(predictor, image[:, x], patch, step, device, sw_batch_size, None if out is None else out[:, x])
+        if out is None:
+            out = torch.empty((first.shape[0], *spatial), dtype=torch.float32)
+            out[:, x] = first
+    return out
 
 
 def logits_to_probabilities(logits: torch.Tensor, regions: bool,

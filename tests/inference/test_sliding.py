@@ -80,3 +80,18 @@ def test_activation_in_tiny_slabs_is_in_place_and_equals_whole_tensor(regions):
     out = logits_to_probabilities(logits, regions, slab_voxels=20)  # one row of axis 1 per slab
     assert out.data_ptr() == logits.data_ptr()  # no second (K, *S) tensor
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(21, 18, 13), (7, 18, 13)])  # larger than the patch; one axis smaller
+def test_preallocated_accumulation_equals_monai_sliding_window(shape):
+    """Row-by-row normalisation without a whole-volume weight map gives MONAI's result exactly."""
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(0)
+    net = nn.Conv3d(1, 3, 3, padding=1)  # neighbours matter: window borders and weights show
+    image = torch.randn(1, *shape)
+    out = predict_logits([net], image, (8, 10, 6), mirror_axes=())
+    with torch.no_grad():
+        ref = sliding_window_inference(image[None], (8, 10, 6), 1, net, overlap=0.5, mode="gaussian",
+                                       sigma_scale=0.125, padding_mode="constant", cval=0.0)[0]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

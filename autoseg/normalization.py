@@ -31,7 +31,7 @@ def _ct(image: np.ndarray, plan: NormalizationPlan, mask: np.ndarray | None) -> 
     if missing:
         raise ValueError(f"CT normalisation of channel '{plan.channel_name}' needs {', '.join(missing)} in "
                          "plans.json; rerun `autoseg plan` to recompute them from the fingerprint")
-    out = np.clip(image, plan.clip_low, plan.clip_high).astype(np.float32)
+    out = np.clip(image, plan.clip_low, plan.clip_high).astype(np.float32, copy=False)  # no second copy
     out -= np.float32(plan.mean)
     out /= np.float32(max(plan.std, EPS))
     return out

@@ -32,8 +32,9 @@ One run does:
    this script against the raw labels (one evaluator for both).
 
 Both sides: ``--threads`` torch/OMP threads (default 1), ``--workers`` augmentation processes (0: batches
-built in the training process), the same batch size (the plans' unless ``--batch``), device cpu. autoseg's precision is its default (``--amp auto``: bf16
-autocast only on CPUs with native bf16, else fp32); nnU-Net trains in fp32 on CPU.
+built in the training process), the same batch size (the plans' unless ``--batch``), device cpu.
+autoseg's precision is its default (``--amp auto``: bf16 autocast only on CPUs with native bf16, else
+fp32); nnU-Net trains in fp32 on CPU.
 """
 
 from __future__ import annotations

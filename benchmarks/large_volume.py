@@ -18,8 +18,9 @@ Prints wall time, CPU time and peak memory of each (sum of PSS over the tree, su
 largest single process' high-water mark) and PASS/FAIL against the bounds of issue 5: 4 GB for
 preprocessing, 6 GB for CPU prediction (GB = 1e9 bytes, compared with the larger of the RSS-sum
 and the single-process high-water mark). Since the prediction runs a small network, the script also
-measures one forward pass of the plan's full-size network and of the small one on one patch (torch,
-each in its own process) and checks the bound again with the difference added.
+measures one forward pass of the plan's full-size network and of the small one on one patch (same
+backend, each in its own process, peak of the forward pass alone) and checks the bound again with
+the difference added.
 
     OMP_NUM_THREADS=2 python benchmarks/large_volume.py [--work DIR] [--slices 600] [--backend auto]
 """
@@ -129,11 +130,20 @@ def make_model(work: Path) -> Path:
     return model
 
 
-def probe_network(plans_json: Path, small: bool) -> None:
-    """One forward pass (torch, CPU, no grad) of the plan's ``3d_fullres`` network on one patch: run in
-    its own measured process to compare the activation memory of the full and the small network."""
+def _hwm() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def probe_network(plans_json: Path, small: bool, backend: str) -> None:
+    """One forward pass on one patch of the plan's ``3d_fullres`` network (or the small one) with
+    ``backend`` on the CPU; prints the peak RSS of the forward pass alone (the high-water mark is
+    reset after the network is prepared, via ``/proc/self/clear_refs``)."""
     import torch
 
+    from autoseg.inference.backends import make_engine
     from autoseg.models import build_model
     from autoseg.planning.plans import Plans
 
@@ -141,21 +151,30 @@ def probe_network(plans_json: Path, small: bool) -> None:
     if small:
         cfg = dataclasses.replace(cfg, features=tuple(min(SMALL_FEATURES * 2 ** i, 16) for i in range(len(cfg.features))))
     net = build_model("unet", cfg, 1, len(LABELS), False).eval()
+    engine = make_engine([net], backend, "auto", torch.device("cpu"), (1, 1, *cfg.patch_size))
+    x = torch.zeros(1, 1, *cfg.patch_size)
     with torch.no_grad():
-        net(torch.zeros(1, 1, *cfg.patch_size))
+        engine.networks[0](x)  # first call may allocate lazily
+        before = _hwm()
+        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to the current RSS
+        engine.networks[0](x)
+    print(f"FORWARD_PEAK {_hwm()} (before reset {before}) {engine.describe()}")
 
 
-def network_overhead(work: Path) -> int:
-    """Peak memory of a forward pass of the plan's full network minus that of the benchmark's small one."""
+def network_overhead(work: Path, backend: str) -> int:
+    """Peak RSS of a forward pass of the plan's full network minus that of the benchmark's small one."""
     peaks = {}
     for small in (False, True):
-        cmd = [sys.executable, __file__, "--probe-network", str(work / "preprocessed" / DATASET / "plans.json")]
-        run = run_measured(cmd + (["--small"] if small else []), log=work / "probe.log")
-        if run.returncode != 0:
-            raise SystemExit(f"network probe failed; see {work / 'probe.log'}")
-        peaks[small] = max(run.peak_rss_sum, run.max_single_rss)
-    print(f"one forward pass on one patch (torch, CPU): plan's network {peaks[False] / 1e9:.2f} GB, small network "
-          f"{peaks[True] / 1e9:.2f} GB peak RSS")
+        log = work / f"probe_{'small' if small else 'full'}.log"
+        cmd = [sys.executable, __file__, "--probe-network", str(work / "preprocessed" / DATASET / "plans.json"),
+               "--backend", backend]
+        run = run_measured(cmd + (["--small"] if small else []), log=log)
+        found = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("FORWARD_PEAK")]
+        if run.returncode != 0 or not found:
+            raise SystemExit(f"network probe failed; see {log}")
+        peaks[small] = int(found[0])
+    print(f"one forward pass on one patch ({backend}, CPU), peak RSS: plan's network {peaks[False] / 1e9:.2f} GB, "
+          f"small network {peaks[True] / 1e9:.2f} GB")
     return peaks[False] - peaks[True]
 
 
@@ -185,11 +204,11 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.probe_network:
-        return probe_network(args.probe_network, args.small)
+        return probe_network(args.probe_network, args.small, args.backend)
     work = args.work or Path(tempfile.mkdtemp(prefix="large_volume_"))
     work.mkdir(parents=True, exist_ok=True)
     if args.network_only:
-        return print(f"activation overhead of the full network: {network_overhead(work) / 1e9:.2f} GB")
+        return print(f"activation overhead of the full network: {network_overhead(work, args.backend) / 1e9:.2f} GB")
     python = [sys.executable, "-m", "autoseg"]
     print(f"work folder {work}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"{os.cpu_count()} CPUs")
@@ -212,7 +231,7 @@ def main() -> None:
                                  str(work / "predicted"), "--model", str(model), "--device", "cpu", "--no-tta",
                                  "--backend", args.backend, "--overwrite", "--no-progress"], log=work / "predict.log")
     results.append(report("predict", run, PREDICT_BOUND, work / "predict.log"))
-    extra = network_overhead(work)
+    extra = network_overhead(work, args.backend)
     peak = max(run.peak_rss_sum, run.max_single_rss) + max(extra, 0)
     print(f"predict with the plan's full-size network (measured peak + {extra / 1e9:.2f} GB of activations): "
           f"{peak / 1e9:.2f} GB, bound {PREDICT_BOUND / 1e9:.0f} GB: {'PASS' if peak <= PREDICT_BOUND else 'FAIL'}")

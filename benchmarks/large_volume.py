@@ -106,6 +106,10 @@ def make_dataset(raw: Path, slices: int, seed: int) -> Path:
     return root
 
 
+def small_features(n_stages: int) -> tuple[int, ...]:
+    return tuple(min(SMALL_FEATURES * 2 ** i, 16) for i in range(n_stages))
+
+
 def make_model(work: Path) -> Path:
     """A model folder from the plan's ``3d_fullres`` configuration with few features and random weights."""
     import torch
@@ -116,7 +120,7 @@ def make_model(work: Path) -> Path:
 
     plans = Plans.load(work / "preprocessed" / DATASET / "plans.json")
     cfg = plans.configuration("3d_fullres")
-    features = tuple(min(SMALL_FEATURES * 2 ** i, 16) for i in range(len(cfg.features)))
+    features = small_features(len(cfg.features))
     cfg = dataclasses.replace(cfg, features=features)
     plans = dataclasses.replace(plans, configurations={**plans.configurations, "3d_fullres": cfg})
     torch.manual_seed(0)
@@ -149,7 +153,7 @@ def probe_network(plans_json: Path, small: bool, backend: str) -> None:
 
     cfg = Plans.load(plans_json).configuration("3d_fullres")
     if small:
-        cfg = dataclasses.replace(cfg, features=tuple(min(SMALL_FEATURES * 2 ** i, 16) for i in range(len(cfg.features))))
+        cfg = dataclasses.replace(cfg, features=small_features(len(cfg.features)))
     net = build_model("unet", cfg, 1, len(LABELS), False).eval()
     engine = make_engine([net], backend, "auto", torch.device("cpu"), (1, 1, *cfg.patch_size))
     x = torch.zeros(1, 1, *cfg.patch_size)

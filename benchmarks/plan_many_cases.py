@@ -74,13 +74,14 @@ def main() -> None:
             raise SystemExit(f"autoseg plan of {n} cases failed (exit {run.returncode}); see {log}")
         peaks[n] = run.peak_rss_sum
         pss = f"{run.peak_pss_sum / 1e6:.0f}" if run.peak_pss_sum is not None else "n/a"
-        print(f"{n:5d} cases ({SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, generated in {made:.0f} s): plan wall {run.wall_s:6.1f} s "
+        print(f"{n:5d} cases ({SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, generated in {made:.0f} s): "
+              f"plan wall {run.wall_s:6.1f} s "
               f"CPU {run.cpu_s:6.1f} s  peak RSS sum {run.peak_rss_sum / 1e6:6.0f} MB  PSS sum {pss} MB  largest "
               f"process {run.max_single_rss / 1e6:5.0f} MB  processes {run.max_processes}")
     capped = [n for n in peaks if n * FOREGROUND_SAMPLES_PER_CASE_MAX >= FOREGROUND_SAMPLES_TOTAL]
     if len(capped) < 2:
-        raise SystemExit(f"give at least two case counts >= {FOREGROUND_SAMPLES_TOTAL // FOREGROUND_SAMPLES_PER_CASE_MAX}"
-                         " (where the fingerprint sample is at its cap) to compare")
+        at_cap = FOREGROUND_SAMPLES_TOTAL // FOREGROUND_SAMPLES_PER_CASE_MAX
+        raise SystemExit(f"give at least two case counts >= {at_cap} (where the fingerprint sample is at its cap)")
     small, large = min(capped), max(capped)
     limit = peaks[small] * args.tolerance + args.slack_mb * 1e6
     ok = peaks[large] <= limit

@@ -245,6 +245,7 @@ def labels_at_crop(probs: np.ndarray, props, model: Predictor) -> np.ndarray:
             wins = p > best
             out[wins] = k
             np.maximum(best, p, out=best)
+        del p  # before the next class is resampled: two whole-volume channels alive, not three
     return out
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
-from autoseg.io import Geometry, ImageReadError, read_volume
+from autoseg.io.images import Geometry, ImageReadError, nonfinite_problem, read_volume
 
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
 _GZIP_CHUNK = 1 << 22  # bytes decompressed at a time when verifying a .gz file's checksum
@@ -284,12 +284,10 @@ def _check_voxels(path: Path, arr: np.ndarray, is_label: bool, spec: DatasetSpec
     if np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype.kind not in "biuf":
         result.problems.append(f"{path}: unsupported voxel type {arr.dtype}; store real numbers")
         return
-    if arr.dtype.kind == "f":
-        n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-        if n_bad:
-            result.problems.append(f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the "
-                                   "background value) and re-export")
-            return
+    problem = nonfinite_problem(path, arr)
+    if problem:
+        result.problems.append(problem)
+        return
     if is_label:
         _check_label_values(path, arr, spec, result)
 

@@ -191,6 +191,17 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
     return arr, geometry
 
 
+def nonfinite_problem(path: Path | str, arr: np.ndarray) -> str | None:
+    """The message for a float volume holding NaN or infinite voxels, else None."""
+    if arr.dtype.kind != "f":
+        return None
+    n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    if not n_bad:
+        return None
+    return (f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the background value) "
+            "and re-export")
+
+
 def read_image(paths: list[Path], force_itk: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read the channel files of one case into float32 ``(C, X, Y, Z)`` with the first file's geometry.
 
@@ -203,10 +214,9 @@ def read_image(paths: list[Path], force_itk: bool = False) -> tuple[np.ndarray, 
         if arr.ndim != 3:
             raise ImageReadError(f"{p}: expected a 3D image, got shape {arr.shape}; give one 3D volume per file "
                                  "(channels as {case}_0000, {case}_0001, ...)")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
-            raise ImageReadError(f"{p}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the "
-                                 "background value) and re-export")
+        problem = nonfinite_problem(p, arr)
+        if problem:
+            raise ImageReadError(problem)
         if geometry is None:
             geometry = g
         else:

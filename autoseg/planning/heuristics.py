@@ -180,8 +180,11 @@ def patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], dat
     est, features, enc, dec = _estimate(topo, n_classes, settings)
     while est * settings.shrink_until_batch(dims) / ref_bs > budget:
         patch = list(topo.patch_size)
-        can_shrink = [p - d >= (d if settings.architecture == "swin_unetr" else 1)
-                      for p, d in zip(patch, topo.divisible_by)]
+        if settings.architecture == "swin_unetr":  # keep every edge >= 32 and one >= 64 (see swin_topology)
+            can_shrink = [p - d >= d and sum(q > d for q in patch) - (p - d == d) >= 1
+                          for p, d in zip(patch, topo.divisible_by)]
+        else:
+            can_shrink = [p - d >= 1 for p, d in zip(patch, topo.divisible_by)]
         axis = _axis_to_shrink(patch, median_shape, can_shrink)
         if axis is None:
             break

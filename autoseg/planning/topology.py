@@ -87,11 +87,16 @@ def swin_topology(patch_size: Sequence[float], divisor: int = 2 ** SWIN_DOWNSAMP
     to the nearest multiple of ``divisor`` (halves round up), at least one ``divisor``.
 
     Rounding to the nearest multiple, not up, keeps e.g. a 35-voxel median edge at a 32 patch
-    instead of a 64 patch that would be half padding.
+    instead of a 64 patch that would be half padding. A patch of ``divisor`` on every axis would
+    leave a single-voxel bottleneck, which instance norm rejects, so then the largest requested
+    edge (the last one on ties) becomes ``2 * divisor``.
     """
     dims = len(patch_size)
     n = SWIN_DOWNSAMPLINGS
-    patch = tuple(max(divisor, int(math.floor(p / divisor + 0.5)) * divisor) for p in patch_size)
+    patch = [max(divisor, int(math.floor(p / divisor + 0.5)) * divisor) for p in patch_size]
+    if all(p == divisor for p in patch):
+        patch[max(range(dims), key=lambda a: (patch_size[a], a))] = 2 * divisor
+    patch = tuple(patch)
     strides = ((1,) * dims,) + ((2,) * dims,) * n
     return Topology(((3,) * dims,) * (n + 1), strides, (n,) * dims, patch, (divisor,) * dims)
 

@@ -44,6 +44,12 @@ def test_swin_topology_is_fixed_and_divisible_by_32():
     assert t.patch_size == (32, 64, 32)
     assert t.num_pools == (5, 5, 5) and t.n_stages == 6
     assert swin_topology((20, 200, 15)).patch_size == (32, 192, 32)
+
+
+def test_swin_topology_never_leaves_a_single_voxel_bottleneck():
+    assert swin_topology((30, 40, 33)).patch_size == (32, 64, 32)  # largest requested edge doubled
+    assert swin_topology((20, 20, 20)).patch_size == (32, 32, 64)  # ties: the last axis
+    assert swin_topology((40, 20)).patch_size == (64, 32)
     assert swin_features(48) == (48, 48, 96, 192, 384, 768)
 
 

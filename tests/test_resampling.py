@@ -185,3 +185,15 @@ def test_label_in_tiny_slabs_equals_whole_volume(cur, tgt, order_z):
     slabs = resample_label(seg, cur, tgt, order_z=order_z, slab_voxels=30)
     np.testing.assert_array_equal(slabs, whole)
     assert set(np.unique(slabs)) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("tgt", [(0.5, 1.2, 1.0), (1.0, 1.0, 4.0)])  # joint; separate along a thick axis
+def test_float16_probabilities_resample_like_their_float32_values(tgt):
+    """Large predictions hold float16 probabilities: converted slab by slab, the result is what the
+    same values give as float32."""
+    rng = np.random.default_rng(0)
+    probs = rng.random((2, 9, 11, 7)).astype(np.float16)
+    expected = resample_probabilities(probs.astype(np.float32), (1.0, 1.0, 1.0), tgt, slab_voxels=40)
+    out = resample_probabilities(probs, (1.0, 1.0, 1.0), tgt, slab_voxels=40)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)

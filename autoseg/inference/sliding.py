@@ -5,6 +5,8 @@ Shared by the end-of-training validation and ``autoseg predict``. Input: one pre
 (``step=0.5``, window positions as MONAI's ``sliding_window_inference``); each patch's prediction
 is weighted by MONAI's Gaussian importance map (sigma = patch/8, sigma_scale 0.125 as nnU-Net) and
 accumulated into one preallocated buffer, normalised row by row (no whole-volume weight map).
+That buffer is float32, or float16 (as nnU-Net v2 accumulates its logits) when a float32 one would
+exceed ``HALF_ACCUMULATION_BYTES``: a 900x512x512 CT with 3 classes then needs 1.4 GB instead of 2.8.
 Test-time mirroring flips every patch along each combination of ``mirror_axes`` (3 axes: 8 passes)
 and flips the prediction back. Several networks (folds) are averaged. 2D configurations predict slice by slice
 along axis 0 with a 2D window over axes 1 and 2.
@@ -21,6 +23,19 @@ from torch import nn
 GAUSSIAN_SIGMA_SCALE = 0.125  # nnU-Net: sigma = patch size / 8
 # Voxels per slab of the in-place softmax: its temporary is (K, slab) instead of the whole (K, *S).
 ACTIVATION_SLAB_VOXELS = 4_000_000
+# Above this size (float32 bytes of the (K, *S) logits buffer) the buffer is float16 instead: half
+# the memory for very large volumes; the mean logits differ by float16 rounding (about 1e-3 relative).
+HALF_ACCUMULATION_BYTES = 1 << 30
+
+
+def accumulation_dtype(shape: Sequence[int], limit: int | None = None) -> torch.dtype:
+    """float32 for a ``(K, *S)`` logits buffer up to ``limit`` bytes (default
+    ``HALF_ACCUMULATION_BYTES``) as float32, float16 beyond."""
+    limit = HALF_ACCUMULATION_BYTES if limit is None else limit
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return torch.float32 if 4 * n <= limit else torch.float16
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -87,8 +102,8 @@ def _weight_row(r: int, starts: list[list[int]], weight: torch.Tensor, plane: tu
 
 def _sliding(predictor, image: torch.Tensor, patch: Sequence[int], step: float, device: torch.device,
              batch: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Gaussian-weighted sliding window over ``image`` (C, *S) into ``out`` (K, *S) float32 (allocated
-    when None). The window grid is the product of per-axis starts and the Gaussian a product of
+    """Gaussian-weighted sliding window over ``image`` (C, *S) into ``out`` (K, *S) (allocated when
+    None, float32 or float16 by :func:`accumulation_dtype`). The window grid is the product of per-axis starts and the Gaussian a product of
     per-axis ones, so the sum of weights at a voxel is a product of per-axis sums: the result is
     normalised one row of axis 0 at a time without a whole-volume weight map."""
     spatial = tuple(image.shape[1:])
@@ -110,7 +125,7 @@ def _sliding(predictor, image: torch.Tensor, patch: Sequence[int], step: float, 
         x = torch.stack([image[(slice(None),) + b] for b in boxes]).to(device)
         y = predictor(x).float().to("cpu")
         if acc is None:
-            acc = torch.zeros((y.shape[1], *padded), dtype=torch.float32)
+            acc = torch.zeros((y.shape[1], *padded), dtype=accumulation_dtype((y.shape[1], *padded)))
         for b, yb in zip(boxes, y):
             acc[(slice(None),) + b] += yb * weight
     for r in range(padded[0]):  # one row of axis 0 at a time: no whole-volume weight map
@@ -128,7 +143,8 @@ def _sliding(predictor, image: torch.Tensor, patch: Sequence[int], step: float, 
 def predict_logits(networks: Sequence[nn.Module], image: torch.Tensor, patch_size: Sequence[int],
                    step: float = 0.5, mirror_axes: Sequence[int] = (0, 1, 2), device: torch.device | str = "cpu",
                    amp_dtype: torch.dtype | None = None, sw_batch_size: int = 1) -> torch.Tensor:
-    """Mean logits ``(K, *spatial)`` (float32, on CPU) of ``networks`` over a whole ``image`` (C, *spatial).
+    """Mean logits ``(K, *spatial)`` (on CPU; float32, or float16 for volumes whose float32 logits
+    would exceed ``HALF_ACCUMULATION_BYTES``) of ``networks`` over a whole ``image`` (C, *spatial).
 
     ``patch_size`` has 3 entries for 3D networks or 2 for 2D ones (then ``image`` is predicted slice
     by slice along axis 0 and ``mirror_axes`` index the 2 in-plane axes). ``mirror_axes`` are spatial
@@ -156,7 +172,7 @@ def predict_logits(networks: Sequence[nn.Module], image: torch.Tensor, patch_siz
     for x in range(spatial[0]):  # 2D: one (C, Y, Z) image per slice of axis 0
         first = _sliding(predictor, image[:, x], patch, step, device, sw_batch_size, None if out is None else out[:, x])
         if out is None:
-            out = torch.empty((first.shape[0], *spatial), dtype=torch.float32)
+            out = torch.empty((first.shape[0], *spatial), dtype=accumulation_dtype((first.shape[0], *spatial)))
             out[:, x] = first
     return out
 
@@ -164,14 +180,14 @@ def predict_logits(networks: Sequence[nn.Module], image: torch.Tensor, patch_siz
 def logits_to_probabilities(logits: torch.Tensor, regions: bool,
                             slab_voxels: int = ACTIVATION_SLAB_VOXELS) -> torch.Tensor:
     """Softmax over channel 0 (classes), or a per-channel sigmoid for region outputs, computed **in
-    place** (``logits`` is overwritten and returned): the softmax runs on slabs of about
-    ``slab_voxels`` voxels along the first spatial axis, so no second ``(K, *S)`` tensor is made."""
-    if regions:
-        return logits.sigmoid_()
+    place** (``logits`` is overwritten and returned, in its dtype): the activation runs in float32 on
+    slabs of about ``slab_voxels`` voxels along the first spatial axis, so no second ``(K, *S)``
+    tensor is made."""
     rows = max(1, slab_voxels // max(1, logits[:, :1].numel()))
     for i in range(0, logits.shape[1], rows):
         slab = logits[:, i:i + rows]
-        slab.copy_(torch.softmax(slab, dim=0))
+        x = slab.float()
+        slab.copy_(x.sigmoid_() if regions else torch.softmax(x, dim=0))
     return logits
 
 

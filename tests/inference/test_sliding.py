@@ -95,3 +95,34 @@ def test_preallocated_accumulation_equals_monai_sliding_window(shape):
         ref = sliding_window_inference(image[None], (8, 10, 6), 1, net, overlap=0.5, mode="gaussian",
                                        sigma_scale=0.125, padding_mode="constant", cval=0.0)[0]
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_accumulation_is_float16_only_above_the_size_limit():
+    from autoseg.inference.sliding import HALF_ACCUMULATION_BYTES, accumulation_dtype
+
+    assert accumulation_dtype((3, 64, 64, 64)) == torch.float32
+    assert accumulation_dtype((3, 900, 512, 512)) == torch.float16  # 2.8 GB as float32
+    assert accumulation_dtype((1, HALF_ACCUMULATION_BYTES // 4)) == torch.float32  # at the limit
+    assert accumulation_dtype((1, HALF_ACCUMULATION_BYTES // 4 + 1)) == torch.float16
+
+
+@pytest.mark.parametrize("patch", [(8, 10, 6), (10, 6)])  # 3D windows; 2D slice by slice
+def test_float16_accumulation_of_a_large_volume_matches_float32(monkeypatch, patch):
+    """Above the limit the logits buffer is float16: same mean logits up to float16 rounding, same
+    argmax except where two classes are within that rounding, activation stays in place."""
+    from autoseg.inference import sliding
+
+    torch.manual_seed(0)
+    net = (nn.Conv3d if len(patch) == 3 else nn.Conv2d)(1, 3, 3, padding=1)
+    image = torch.randn(1, 21, 18, 13)
+    full = predict_logits([net], image, patch, mirror_axes=())
+    monkeypatch.setattr(sliding, "HALF_ACCUMULATION_BYTES", 1000)  # every buffer counts as large
+    half = predict_logits([net], image, patch, mirror_axes=())
+    assert full.dtype == torch.float32 and half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), full, atol=5e-3, rtol=2e-3)
+    top2 = full.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-2
+    assert torch.equal(half.float().argmax(0)[clear], full.argmax(0)[clear])
+    probs = sliding.logits_to_probabilities(half, regions=False, slab_voxels=50)
+    assert probs.dtype == torch.float16 and probs.data_ptr() == half.data_ptr()
+    torch.testing.assert_close(probs.float(), torch.softmax(full, 0), atol=2e-3, rtol=2e-3)

@@ -5,8 +5,8 @@ finishes the previous one while the networks run; at most three cases are in mem
 
 1. read + preprocess exactly as for training (:func:`autoseg.preprocessing.load_case` and
    :func:`~autoseg.preprocessing.finish_case`: crop to non-zero, transpose, normalise, resample);
-2. sliding window with Gaussian weighting and mirroring test-time augmentation per fold, softmax (or
-   sigmoid for regions) per fold, averaged over folds;
+2. sliding window with Gaussian weighting and mirroring test-time augmentation, logits averaged over
+   windows, mirrorings and folds, then softmax (or sigmoid for regions);
 3. probabilities resampled back to the cropped shape (order 1, separate-z on thick slices), argmax
    (or regions painted in ``regions_class_order``), transposed back, pasted into the crop box,
    post-processed when a cross-validation decision exists, and written with the input file's exact
@@ -199,21 +199,19 @@ def prepare_case(case: InputCase, model: Predictor) -> Prepared:
 
 
 def case_probabilities(prepared: Prepared, model: Predictor, engine, step: float, tta: bool):
-    """Class (softmax) or region (sigmoid) probabilities ``(K, *S)`` float32 on the preprocessed grid:
-    logits averaged over windows and mirrorings per fold, activated per fold, averaged over folds."""
+    """Class (softmax) or region (sigmoid) probabilities ``(K, *S)`` on the preprocessed grid (float32;
+    float16 when the volume is very large, see ``sliding.HALF_ACCUMULATION_BYTES``): logits averaged
+    over windows, mirrorings and folds (every fold runs on each window, so one ``(K, *S)`` buffer
+    serves any number of folds; nnU-Net v2 averages fold logits too), then activated."""
     import torch
 
     from autoseg.inference.sliding import logits_to_probabilities, predict_logits
 
     image = torch.from_numpy(np.ascontiguousarray(prepared.data, dtype=np.float32))
     axes = model.mirror_axes if tta else ()
-    total = None
-    for net in engine.networks:
-        logits = predict_logits([net], image, model.config.patch_size, step=step, mirror_axes=axes,
-                                device=engine.device, amp_dtype=engine.amp_dtype)
-        probs = logits_to_probabilities(logits, model.spec.has_regions)
-        total = probs if total is None else total.add_(probs)
-    return total.div_(len(engine.networks)).numpy()
+    logits = predict_logits(list(engine.networks), image, model.config.patch_size, step=step, mirror_axes=axes,
+                            device=engine.device, amp_dtype=engine.amp_dtype)
+    return logits_to_probabilities(logits, model.spec.has_regions).numpy()
 
 
 def _regions_order(model: Predictor) -> tuple[int, ...] | None:

@@ -105,18 +105,25 @@ def test_inputs_are_checked(tmp_path):
         load_probabilities(tmp_path / "bad.npz")
 
 
-def test_ensembling_two_single_fold_predictions_equals_predicting_with_both_folds(tmp_path):
+def test_ensembling_two_single_fold_prediction_folders_averages_their_probabilities(tmp_path):
+    """``predict`` with several folds averages their logits (as nnU-Net v2); ``ensemble`` of prediction
+    folders averages their saved probabilities (as nnUNetv2_ensemble): end to end on real outputs."""
     img = blob_image()
     write_nifti(tmp_path / "in" / "c_0000.nii.gz", img)
     plans = tiny_plans(spacing=(1.5, 1.5, 2.0))
     nets = [PointwiseNet((1.0, 0.0, -1.0, -2.0)), PointwiseNet((2.0, -1.0, 0.5, 1.0))]
     run = dict(progress=False, device="cpu", backend="torch", precision="fp32", tta=False, save_probabilities=True)
-    for name, chosen in (("a", nets[:1]), ("b", nets[1:]), ("both", nets)):
+    for name, chosen in (("a", nets[:1]), ("b", nets[1:])):
         assert predict_folder(hand_predictor(plans, chosen), tmp_path / "in", tmp_path / name, **run).ok
-    assert ensemble_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "ens").ok
-    both = load_probabilities(tmp_path / "both" / "c.npz").probabilities
-    sorted_p = np.sort(both, axis=0)
+    assert ensemble_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "ens", save_probabilities=True).ok
+    a, b = (load_probabilities(tmp_path / n / "c.npz") for n in ("a", "b"))
+    assert a.bbox == b.bbox
+    mean = (a.probabilities + b.probabilities) / 2
+    ens = load_probabilities(tmp_path / "ens" / "c.npz")
+    np.testing.assert_allclose(ens.probabilities, mean, atol=1e-3)  # stored as float16
+    sorted_p = np.sort(mean, axis=0)
     clear = np.zeros(img.shape, bool)
-    clear[tuple(slice(*r) for r in load_probabilities(tmp_path / "both" / "c.npz").bbox)] = \
-        (sorted_p[-1] - sorted_p[-2]) > 5e-3  # linear resampling commutes with the mean; float16 rounding
-    np.testing.assert_array_equal(_read(tmp_path / "ens" / "c.nii.gz")[clear], _read(tmp_path / "both" / "c.nii.gz")[clear])
+    clear[tuple(slice(*r) for r in a.bbox)] = (sorted_p[-1] - sorted_p[-2]) > 2e-3
+    expected = np.zeros(img.shape, np.int16)
+    expected[tuple(slice(*r) for r in a.bbox)] = mean.argmax(0)
+    np.testing.assert_array_equal(_read(tmp_path / "ens" / "c.nii.gz")[clear], expected[clear])

@@ -115,7 +115,7 @@ def _softmax(logits):
     return e / e.sum(0)
 
 
-def test_labels_match_the_closed_form_and_folds_average_softmax(tmp_path):
+def test_labels_match_the_closed_form_and_folds_average_logits(tmp_path):
     img = blob_image(border=0)  # nothing to crop, model spacing = file spacing: no resampling
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     nets = [PointwiseNet((1.0, 0.0, -1.0, -2.0)), PointwiseNet((3.0, -4.0, 0.5, 1.0))]
@@ -123,8 +123,9 @@ def test_labels_match_the_closed_form_and_folds_average_softmax(tmp_path):
                       save_probabilities=True, tta=False)
     assert report.ok
     z = _zscore(img.astype(np.float64))
-    probs = np.mean([_softmax(np.stack([np.zeros_like(z), a * z + b, c * z + d]))
-                     for a, b, c, d in [(1.0, 0.0, -1.0, -2.0), (3.0, -4.0, 0.5, 1.0)]], axis=0)
+    logits = np.mean([np.stack([np.zeros_like(z), a * z + b, c * z + d])
+                      for a, b, c, d in [(1.0, 0.0, -1.0, -2.0), (3.0, -4.0, 0.5, 1.0)]], axis=0)
+    probs = _softmax(logits)  # folds average logits (as nnU-Net v2), then one softmax
     seg = np.asarray(nib.load(str(tmp_path / "out" / "c1.nii.gz")).dataobj)
     margin = np.sort(probs, axis=0)[-1] - np.sort(probs, axis=0)[-2]
     clear = margin > 1e-3  # leave out voxels where float32 vs float64 could flip the argmax

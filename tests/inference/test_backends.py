@@ -75,6 +75,21 @@ def test_openvino_f32_matches_pytorch(model):
         ov_net(torch.zeros(1, 1, 8, 16, 16))
 
 
+def test_several_openvino_folds_free_their_buffers_after_each_call(model):
+    """Folds run one after another on each window: each frees its intermediate buffers after its
+    call (one set in memory, not one per fold), and gives the same result call after call."""
+    pytest.importorskip("openvino")
+    net = model.networks[0]
+    one = make_engine([net], "openvino", "fp32", CPU, (1, 1, 16, 16, 16))
+    two = make_engine([net, net], "openvino", "fp32", CPU, (1, 1, 16, 16, 16))
+    assert [n.release_memory for n in one.networks] == [False]
+    assert [n.release_memory for n in two.networks] == [True, True]
+    x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(2))
+    first, again = two.networks[0](x), two.networks[0](x)
+    np.testing.assert_array_equal(first.numpy(), again.numpy())
+    np.testing.assert_allclose(first.numpy(), one.networks[0](x).numpy(), atol=1e-5)
+
+
 def test_openvino_prediction_equals_torch_prediction(model, tmp_path):
     pytest.importorskip("openvino")
     write_nifti(tmp_path / "in" / "c_0000.nii.gz", blob_image())

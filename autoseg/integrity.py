@@ -17,9 +17,7 @@ and control characters are refused, since they break shell scripts and nnU-Net-s
 
 from __future__ import annotations
 
-import gzip
 import warnings
-import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
-from autoseg.io.images import Geometry, ImageReadError, nonfinite_problem, read_volume
+from autoseg.io.images import Geometry, ImageReadError, gzip_problem, nonfinite_problem, read_volume
 
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
-_GZIP_CHUNK = 1 << 22  # bytes decompressed at a time when verifying a .gz file's checksum
 
 
 class DatasetWarning(UserWarning):
@@ -235,26 +232,6 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
                 result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
                                        f"{'; '.join(diff)}; resample or re-export it onto the image grid")
     return result
-
-
-def gzip_problem(path: Path) -> str | None:
-    """For a ``.gz`` file: decompress it to the end (in chunks) so gzip verifies its CRC and length.
-
-    Readers stop after the voxels they need, so a damaged gzip stream can otherwise decode to wrong
-    voxels without an error."""
-    if not str(path).lower().endswith(".gz"):
-        return None
-    with open(path, "rb") as f:
-        if f.read(2) != b"\x1f\x8b":  # not gzip at all: the image reader says what it is not
-            return None
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(_GZIP_CHUNK):
-                pass
-    except (OSError, EOFError, zlib.error) as e:
-        return (f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
-                "re-export it")
-    return None
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ from autoseg.evaluation.metrics import (
     mean_metrics,
 )
 from autoseg.io import ImageReadError, read_geometry, read_volume
+from autoseg.io.images import gzip_problem
 
 CONVENTIONS = (
     "Dice/IoU/HD95/NSD are null when reference and prediction are both empty and left out of means; "
@@ -96,7 +97,11 @@ def check_geometry(pairs: dict[str, tuple[Path, Path]], force_itk: bool = False)
 
 
 def read_label_map(path: Path, force_itk: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
-    """An integer label map ``(X, Y, Z)`` and its spacing; a float file with fractional values is an error."""
+    """An integer label map ``(X, Y, Z)`` and its spacing; a float file with fractional values or a
+    damaged ``.gz`` (checksum verified) is an error."""
+    problem = gzip_problem(path)
+    if problem:
+        raise EvaluationError(problem)
     arr, geometry = read_volume(path, force_itk)
     if arr.ndim != 3:
         raise EvaluationError(f"{path}: expected a 3D label map, got shape {arr.shape}")

@@ -190,8 +190,15 @@ class Prepared:
 
 
 def prepare_case(case: InputCase, model: Predictor) -> Prepared:
-    """Read and preprocess one case exactly as training data were (no label)."""
+    """Read and preprocess one case exactly as training data were (no label). ``.gz`` files are
+    decompressed to the end first so a damaged one fails here instead of decoding to wrong voxels."""
+    from autoseg.io.images import ImageReadError, gzip_problem
     from autoseg.preprocessing import finish_case, load_case
+
+    for path in case.files:
+        problem = gzip_problem(path)
+        if problem:
+            raise ImageReadError(problem)
 
     cropped = load_case(Case(case.case_id, case.files, None), model.spec, model.plans)
     data, _, props, _ = finish_case(cropped, model.spec, model.config.spacing, model.config.resampling)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from autoseg.artifacts import atomic_path
+
+_GZIP_CHUNK = 1 << 22  # bytes decompressed at a time when verifying a .gz file's checksum
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -200,6 +204,26 @@ def nonfinite_problem(path: Path | str, arr: np.ndarray) -> str | None:
         return None
     return (f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the background value) "
             "and re-export")
+
+
+def gzip_problem(path: Path | str) -> str | None:
+    """For a ``.gz`` file: decompress it to the end (in chunks) so gzip verifies its CRC and length.
+
+    Readers stop after the voxels they need, so a damaged gzip stream can otherwise decode to wrong
+    voxels without an error."""
+    if not str(path).lower().endswith(".gz"):
+        return None
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":  # not gzip at all: the image reader says what it is not
+            return None
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(_GZIP_CHUNK):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        return (f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
+                "re-export it")
+    return None
 
 
 def read_image(paths: list[Path], force_itk: bool = False) -> tuple[np.ndarray, Geometry]:

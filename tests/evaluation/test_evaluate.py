@@ -111,6 +111,16 @@ def test_fractional_prediction_is_rejected(folders):
         evaluate_folders(gt, pred, make_spec())
 
 
+def test_prediction_with_a_damaged_gzip_checksum_is_rejected(folders):
+    gt, pred = folders
+    path = pred / "case_a.nii.gz"
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF  # the voxels still decode; only the trailer's CRC is wrong
+    path.write_bytes(bytes(data))
+    with pytest.raises(EvaluationError, match=r"case_a\.nii\.gz: damaged gzip data"):
+        evaluate_folders(gt, pred, make_spec())
+
+
 def test_parallel_workers_give_the_same_result(folders, tmp_path):
     gt, pred = folders
     for i in range(6):  # enough cases for two workers (MIN_JOBS_PER_WORKER)

@@ -530,8 +530,17 @@ def _input_2d(in_dir):
     return "bad", ("bad_0000.nii.gz", "3D")
 
 
+def _input_bad_checksum(in_dir):
+    # voxels decode fine, only the gzip trailer's CRC is wrong: readers that stop after the voxels miss it
+    p = write_nifti(in_dir / "bad_0000.nii.gz", blob_image())
+    data = bytearray(p.read_bytes())
+    data[-8] ^= 0xFF
+    p.write_bytes(bytes(data))
+    return "bad", ("bad_0000.nii.gz", "damaged gzip data", "re-export")
+
+
 PREDICT_INPUTS = {"channel_count": _input_two_channels, "4d_input": _input_4d, "truncated_input": _input_truncated,
-                  "nan_input": _input_nan, "2d_input": _input_2d}
+                  "nan_input": _input_nan, "2d_input": _input_2d, "bad_checksum_input": _input_bad_checksum}
 
 
 @pytest.mark.parametrize("case", list(PREDICT_INPUTS))

@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoseg.workspace import Workspace
+from autoseg.workspace import Workspace, names_dataset
 
 
 def model_dir_for(workspace: Workspace, dataset: str | None = None, config: str | None = None,
@@ -57,6 +57,11 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | No
     from autoseg.inference.predictor import load_predictor
 
     predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model), folds, checkpoint)
+    if model is not None and dataset is not None and not names_dataset(dataset, predictor.spec.name):
+        from autoseg.inference.predictor import PredictorError
+
+        raise PredictorError(f"-d {dataset} does not match --model {model}, which was trained on {predictor.spec.name}; "
+                             "leave out -d (the model says its dataset) or give the right one")
     if Path(in_dir).is_dir():  # else predict_folder says the input is missing, before creating anything
         ensure_writable_dir(Path(out_dir), "output folder (-o)")
     return predict_folder(predictor, Path(in_dir), Path(out_dir), step=step, tta=tta,

@@ -13,6 +13,15 @@ from pathlib import Path
 _DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
 
 
+def names_dataset(text: str | Path, name: str) -> bool:
+    """Whether ``text`` (a dataset name, its number or a folder path) refers to dataset ``name``."""
+    text = Path(text).name if Path(text).is_dir() else str(text)
+    if text == name:
+        return True
+    m = _DATASET_RE.match(name)
+    return bool(text.isdigit() and m and int(m.group(1)) == int(text))
+
+
 class WorkspaceError(ValueError):
     pass
 

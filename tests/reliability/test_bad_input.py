@@ -566,6 +566,17 @@ def test_predict_refuses_a_checkpoint_from_another_dataset(model_ws, tmp_path, c
     assert "Traceback" not in text and not (tmp_path / "out").exists()
 
 
+def test_predict_refuses_a_dataset_that_does_not_match_the_model(model_ws, tmp_path, capsys):
+    model = model_ws / "results" / DATASET / MODEL_NAME
+    code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys, "--model", model, "-d", "902")
+    assert code == cli.EXIT_INPUT, text
+    assert f"-d 902 does not match --model {model}, which was trained on {DATASET}" in text
+    assert "Traceback" not in text and not (tmp_path / "out").exists()
+    number = str(int(DATASET[7:10]))  # the same dataset by number is fine
+    code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys, "--model", model, "-d", number)
+    assert code == cli.EXIT_OK and (tmp_path / "out" / "good.nii.gz").is_file(), text
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
 def test_predict_refuses_a_damaged_checkpoint(damage, model_ws, tmp_path, capsys):
     ckpt = model_ws / "results" / DATASET / MODEL_NAME / "fold_0" / "checkpoint_final.pt"

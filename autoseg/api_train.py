@@ -139,6 +139,10 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
     settings, ckpt = resolve_settings(given, run_dir, resume)
+    trained_on = (ckpt or {}).get("dataset", {}).get("name")
+    if ckpt is not None and trained_on not in (None, plans.dataset_name):
+        raise TrainError(f"--resume: {run_dir} holds a checkpoint of dataset {trained_on}, not {name}; move it to "
+                         f"results/{trained_on} or delete it to train {name} anew")
     if ckpt is not None and ckpt["plans"] != plans.to_dict():
         raise TrainError(f"--resume: plans.json of {name} changed since {run_dir} was started; train a new run "
                          f"(delete the folder) or restore the old plans")

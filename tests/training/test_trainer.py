@@ -253,6 +253,20 @@ def test_resume_refuses_changed_plans(trained):
         path.write_text(original)
 
 
+def test_resume_refuses_a_checkpoint_of_another_dataset(trained, tmp_path):
+    ws, unet, _ = trained
+    latest = unet / "checkpoint_latest.pt" if (unet / "checkpoint_latest.pt").is_file() else unet / FINAL
+    original = latest.read_bytes()
+    ckpt = torch.load(latest, weights_only=True)
+    ckpt["dataset"]["name"] = "Dataset902_Other"  # e.g. a run folder copied from another dataset
+    torch.save(ckpt, latest)
+    try:
+        with pytest.raises(api_train.TrainError, match=f"holds a checkpoint of dataset Dataset902_Other, not {DATASET}"):
+            api_train.train(ws, None, [0], settings={}, resume=True, progress=False)
+    finally:
+        latest.write_bytes(original)
+
+
 def test_pretrained_weights_are_loaded_and_output_heads_may_differ(trained):
     ws, unet, resenc = trained
     weights = load_checkpoint(unet / FINAL)["model"]

@@ -66,7 +66,7 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | No
         ensure_writable_dir(Path(out_dir), "output folder (-o)")
     return predict_folder(predictor, Path(in_dir), Path(out_dir), step=step, tta=tta,
                           save_probabilities=save_probabilities, overwrite=overwrite, device=device,
-                          backend=backend, precision=precision, progress=progress)
+                          backend=backend, precision=precision, progress=progress, release_networks=True)
 
 
 def ensemble(in_dirs: Sequence[Path], out_dir: Path, postprocessing: Path | None = None,

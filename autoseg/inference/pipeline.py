@@ -378,8 +378,13 @@ def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, st
 
 def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float = 0.5, tta: bool = True,
                    save_probabilities: bool = False, overwrite: bool = False, device: str = "auto",
-                   backend: str = "auto", precision: str = "auto", progress: bool = True) -> PredictReport:
-    """Predict every case of ``in_dir`` into ``out_dir`` with ``model``; see the module docstring."""
+                   backend: str = "auto", precision: str = "auto", progress: bool = True,
+                   release_networks: bool = False) -> PredictReport:
+    """Predict every case of ``in_dir`` into ``out_dir`` with ``model``; see the module docstring.
+
+    ``release_networks``: for a caller done with ``model``, drop its PyTorch networks once OpenVINO has
+    compiled its own copies (``model.networks`` becomes empty; 0.12 GB per fold of a 30 M-parameter
+    U-Net)."""
     started = time.perf_counter()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not 0 < step <= 1:
@@ -390,12 +395,12 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
     out_dir.mkdir(parents=True, exist_ok=True)
     with writing_into(out_dir, cases):
         return _predict_cases(model, cases, out_dir, step, tta, save_probabilities, overwrite, device, backend,
-                              precision, progress, started)
+                              precision, progress, started, release_networks)
 
 
 def _predict_cases(model: Predictor, cases: list[InputCase], out_dir: Path, step: float, tta: bool,
                    save_probabilities: bool, overwrite: bool, device: str, backend: str, precision: str,
-                   progress: bool, started: float) -> PredictReport:
+                   progress: bool, started: float, release_networks: bool = False) -> PredictReport:
     from autoseg.inference.backends import make_engine
     from autoseg.progress import progress_bar
     from autoseg.training.trainer import resolve_device
@@ -406,6 +411,8 @@ def _predict_cases(model: Predictor, cases: list[InputCase], out_dir: Path, step
     example = (1, model.num_channels, *model.config.patch_size)
     sources = model.checkpoint_paths or None
     engine = make_engine(model.networks, backend, precision, resolve_device(device), example, sources) if todo else None
+    if release_networks and engine is not None and engine.backend == "openvino":
+        model.networks = ()  # only the compiled copies run from here on
     results = _Results()
     for c in bad:
         results.fail(c, c.problem)

@@ -90,6 +90,18 @@ def test_several_openvino_folds_free_their_buffers_after_each_call(model):
     np.testing.assert_allclose(first.numpy(), one.networks[0](x).numpy(), atol=1e-5)
 
 
+def test_a_caller_done_with_the_model_may_release_its_pytorch_networks(model, tmp_path):
+    pytest.importorskip("openvino")
+    write_nifti(tmp_path / "in" / "c_0000.nii.gz", blob_image())
+    run = dict(progress=False, device="cpu", precision="fp32", tta=False)
+    assert predict_folder(model, tmp_path / "in", tmp_path / "keep", backend="openvino", **run).ok
+    assert len(model.networks) == 1  # by default the model stays usable
+    assert predict_folder(model, tmp_path / "in", tmp_path / "drop", backend="openvino", release_networks=True, **run).ok
+    assert model.networks == ()
+    same = [np.asarray(nib.load(str(tmp_path / d / "c.nii.gz")).dataobj) for d in ("keep", "drop")]
+    np.testing.assert_array_equal(*same)
+
+
 def test_openvino_prediction_equals_torch_prediction(model, tmp_path):
     pytest.importorskip("openvino")
     write_nifti(tmp_path / "in" / "c_0000.nii.gz", blob_image())

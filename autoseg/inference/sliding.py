@@ -15,6 +15,7 @@ along axis 0 with a 2D window over axes 1 and 2.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,10 +33,7 @@ def accumulation_dtype(shape: Sequence[int], limit: int | None = None) -> torch.
     """float32 for a ``(K, *S)`` logits buffer up to ``limit`` bytes (default
     ``HALF_ACCUMULATION_BYTES``) as float32, float16 beyond."""
     limit = HALF_ACCUMULATION_BYTES if limit is None else limit
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return torch.float32 if 4 * n <= limit else torch.float16
+    return torch.float32 if 4 * math.prod(int(d) for d in shape) <= limit else torch.float16
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -103,9 +101,10 @@ def _weight_row(r: int, starts: list[list[int]], weight: torch.Tensor, plane: tu
 def _sliding(predictor, image: torch.Tensor, patch: Sequence[int], step: float, device: torch.device,
              batch: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Gaussian-weighted sliding window over ``image`` (C, *S) into ``out`` (K, *S) (allocated when
-    None, float32 or float16 by :func:`accumulation_dtype`). The window grid is the product of per-axis starts and the Gaussian a product of
-    per-axis ones, so the sum of weights at a voxel is a product of per-axis sums: the result is
-    normalised one row of axis 0 at a time without a whole-volume weight map."""
+    None, float32 or float16 by :func:`accumulation_dtype`). The window grid is the product of
+    per-axis starts and the Gaussian a product of per-axis ones, so the sum of weights at a voxel is
+    a product of per-axis sums: the result is normalised one row of axis 0 at a time without a
+    whole-volume weight map."""
     spatial = tuple(image.shape[1:])
     padded = tuple(max(n, p) for n, p in zip(spatial, patch))
     before = [(p - n) // 2 for n, p in zip(spatial, padded)]

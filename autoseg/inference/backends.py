@@ -18,6 +18,7 @@ Every backend hands :func:`autoseg.inference.sliding.predict_logits` (and so MON
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -145,9 +146,25 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
     if cached is not None:
         try:
             _save_ir(model, cached)
+            _remove_stale_ir(cached, source)
         except OSError:  # a read-only model folder: convert again next time
             pass
     return model
+
+
+def _remove_stale_ir(current: Path, source: Path) -> None:
+    """Delete cached conversions of earlier versions of ``source`` (same name, input shape and
+    OpenVINO version, other size or modification time; see :func:`_ir_path`): a retrained fold would
+    otherwise leave one copy of its weights behind per training."""
+    head = f"{source.stem}-"
+    version = re.match(r"\d+-\d+", current.name[len(head):])
+    if not current.name.startswith(head) or version is None:
+        return
+    pattern = re.compile(re.escape(head) + r"\d+-\d+" + re.escape(current.name[len(head) + version.end():]))
+    for xml in current.parent.glob("*.xml"):
+        if xml != current and pattern.fullmatch(xml.name):
+            xml.with_suffix(".bin").unlink(missing_ok=True)
+            xml.unlink(missing_ok=True)
 
 
 def _compile_on_own_thread(ov, model, config):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -133,6 +135,15 @@ def test_openvino_conversion_is_cached_next_to_the_checkpoint(model, monkeypatch
     source.touch()  # a changed checkpoint is converted again
     with pytest.raises(AssertionError, match="converted again"):
         make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 16), model.checkpoint_paths)
+    monkeypatch.undo()
+    other_shape = make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 8), model.checkpoint_paths)
+    assert len(list((source.parent / OPENVINO_CACHE).glob("*.xml"))) == 2  # one per input shape
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))  # retrained
+    make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 16), model.checkpoint_paths)
+    cubes = [p.name for p in (source.parent / OPENVINO_CACHE).glob("*1x1x16x16x16*")]
+    assert len(cubes) == 2 and all(str(source.stat().st_mtime_ns) in n for n in cubes)  # the old copy is gone
+    assert len(list((source.parent / OPENVINO_CACHE).glob("*1x1x16x16x8*"))) == 2  # another shape is kept
+    assert other_shape.networks
 
 
 def _signal_stack():

@@ -6,7 +6,8 @@
 # torch.compile, Swin UNETR, torchrun; 3. NCCL + DistributedDataParallel around the deep-supervision
 # U-Net (no unused-parameter error); 4. predict on CUDA vs CPU (label agreement, time);
 # 5. with a Hippocampus raw folder (nnU-Net layout): plan, train fold 0 for HIPPO_EPOCHS x
-# HIPPO_ITERS iterations, print epoch time, data-wait fraction and the fold's validation Dice.
+# HIPPO_ITERS iterations, print epoch time, data-wait fraction and the fold's validation Dice, and
+# save the first seed's weights as float16 files of at most ~14 MB in OUT (to take the model home).
 # Environment: PYTHON (default python3), OUT (logs, default ./gpu_check_out), WORK (default /tmp/autoseg_gpu), DEVICE (cuda),
 # HIPPO_EPOCHS (10), HIPPO_ITERS (250), HIPPO_SEEDS (seeds run one after another, default "1"),
 # SKIP_STEPS (names of steps to skip, space-separated).

@@ -192,7 +192,7 @@ def _resample_volume(vol: np.ndarray, shape: Sequence[int], order: int, order_z:
     ranges = _value_ranges(vol, order, order_z, axis)
     for out_index, in_index, axes, block_shape in _blocks(vol.shape, shape, axis, order, slab_voxels):
         block = vol[in_index]
-        if block.dtype != np.float32:  # e.g. float16 probabilities: converted one slab at a time
+        if block.dtype != np.float32:  # e.g. float16 probabilities, integer images: one slab at a time
             block = block.astype(np.float32)
         out[out_index] = _resample_block(block, axes, block_shape, order, order_z, axis, ranges)
     return out
@@ -231,8 +231,7 @@ def resample_image(data: np.ndarray, current_spacing: Sequence[float], target_sp
     axis = _axis_for(current_spacing, target_spacing, data.shape[1:], shape, anisotropy_threshold)
     out = np.empty((data.shape[0],) + shape, dtype=np.float32)
     for c in range(data.shape[0]):
-        vol = data[c] if data.dtype == np.float16 else np.asarray(data[c], dtype=np.float32)  # float16: by slab
-        _resample_volume(vol, shape, order, order_z, axis, slab_voxels, out[c])
+        _resample_volume(data[c], shape, order, order_z, axis, slab_voxels, out[c])  # to float32 slab by slab
     return out
 
 

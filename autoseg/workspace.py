@@ -90,9 +90,4 @@ class Workspace:
         names = self._names(folder)
         if text in names:
             return text
-        if text.isdigit():
-            for n in names:
-                m = _DATASET_RE.match(n)
-                if m and int(m.group(1)) == int(text):
-                    return n
-        return None
+        return next((n for n in names if names_dataset(text, n)), None)

@@ -162,6 +162,16 @@ def _axis_to_shrink(patch, median_shape, can_shrink) -> int | None:
     return max(axes, key=lambda a: (patch[a] / median_shape[a], a))
 
 
+def _can_shrink(patch, steps, axis: int, architecture: str) -> bool:
+    """Whether ``patch[axis]`` may lose one step: it stays positive; for SwinUNETR every edge stays at
+    least one step (32) and one edge stays above it (see :func:`swin_topology`)."""
+    trial = list(patch)
+    trial[axis] -= steps[axis]
+    if architecture != "swin_unetr":
+        return trial[axis] >= 1
+    return trial[axis] >= steps[axis] and any(q > d for q, d in zip(trial, steps))
+
+
 def patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], dataset_voxels: float,
                     n_classes: int, settings: PlannerSettings) -> PatchPlan:
     """Largest patch (then batch) that fits the memory budget.
@@ -180,11 +190,7 @@ def patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], dat
     est, features, enc, dec = _estimate(topo, n_classes, settings)
     while est * settings.shrink_until_batch(dims) / ref_bs > budget:
         patch = list(topo.patch_size)
-        if settings.architecture == "swin_unetr":  # keep every edge >= 32 and one >= 64 (see swin_topology)
-            can_shrink = [p - d >= d and sum(q > d for q in patch) - (p - d == d) >= 1
-                          for p, d in zip(patch, topo.divisible_by)]
-        else:
-            can_shrink = [p - d >= 1 for p, d in zip(patch, topo.divisible_by)]
+        can_shrink = [_can_shrink(patch, topo.divisible_by, a, settings.architecture) for a in range(len(patch))]
         axis = _axis_to_shrink(patch, median_shape, can_shrink)
         if axis is None:
             break

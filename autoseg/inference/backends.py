@@ -11,8 +11,11 @@ Every backend hands :func:`autoseg.inference.sliding.predict_logits` (and so MON
   with ``ov.convert_model`` from an example patch, compiled with ``PERFORMANCE_HINT=LATENCY`` and
   ``INFERENCE_PRECISION_HINT`` ``f32`` (exact; OpenVINO's own default on bf16 CPUs is bf16) or
   ``bf16``;
+- ``--precision int8`` (OpenVINO only): the folds' int8 networks made and checked by
+  ``autoseg quantize`` (:mod:`autoseg.inference.quantize`); not exact;
 - ``auto`` (default): on CUDA torch with fp16 autocast (what nnU-Net predicts with); on the CPU
-  :func:`cpu_auto`: OpenVINO f32 when the package is installed, else torch fp32.
+  :func:`cpu_auto`: OpenVINO f32 when the package is installed, else torch fp32 -- or OpenVINO int8
+  when every fold has an int8 network that passed its Dice check against f32 for the current weights.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 from torch import nn
 
 BACKENDS = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # CPU default of --backend auto / --precision auto, decided with benchmarks/predict_backends.py on
 # trained weights (docs/benchmarks.md): OpenVINO f32 gave the same label in every voxel and the same
 # Dice as torch fp32 at 0.52x its time per case (toy CT, 6 cases with TTA, 2-core EPYC); REFERENCE.md
@@ -41,7 +44,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # emulated, hence slower, on CPUs without native bf16: it runs only when asked for.
 CPU_FALLBACK = ("torch", "fp32")
 CPU_FAST = ("openvino", "fp32")
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: quantized layers int8, the rest f32
 OPENVINO_CACHE = ".openvino"  # converted networks, in each fold folder next to the checkpoint
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,6 +82,8 @@ def resolve_choice(backend: str, precision: str, device: torch.device) -> tuple[
                            "or --backend torch")
     if backend == "openvino" and precision not in _OV_PRECISION:
         raise BackendError(f"--backend openvino supports --precision {' or '.join(_OV_PRECISION)}, not {precision}")
+    if precision == "int8" and backend != "openvino":
+        raise BackendError("--precision int8 runs with --backend openvino on the CPU (networks made by `autoseg quantize`)")
     if precision == "fp16" and device.type == "cpu":
         raise BackendError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
@@ -167,28 +172,32 @@ def _remove_stale_ir(current: Path, source: Path) -> None:
             xml.unlink(missing_ok=True)
 
 
-def _compile_on_own_thread(ov, model, config):
-    """``compile_model`` on a short-lived thread.
+def _compile_on_own_threads(ov, models: Sequence, config: dict) -> list:
+    """``compile_model`` of each model, each on its own short-lived thread, all at once (folds compile
+    in parallel: 5 Hippocampus folds in 0.8-1.0 s instead of 1.5-1.6 s on 2 cores).
 
     OpenVINO's CPU plugin installs an alternate signal stack on the thread that compiles and frees it
     when the compiled model is released, from whichever thread that happens on. Compiled on the main
     thread and released elsewhere (garbage collection, a worker thread), the main thread keeps a
     dangling signal stack and the process dies of SIGSEGV at its next Python signal handler (a
     DataLoader's SIGCHLD, say). A thread that exits right after compiling takes its stack with it."""
-    result: dict = {}
+    results: list[dict] = [{} for _ in models]
 
-    def compile_():
+    def compile_(model, result):
         try:
             result["compiled"] = ov.Core().compile_model(model, "CPU", config)
         except BaseException as e:  # re-raised on the calling thread
             result["error"] = e
 
-    thread = threading.Thread(target=compile_, name="openvino-compile")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["compiled"]
+    threads = [threading.Thread(target=compile_, args=(m, r), name="openvino-compile") for m, r in zip(models, results)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        if "error" in r:
+            raise r["error"]
+    return [r["compiled"] for r in results]
 
 
 class OpenVINONetwork(nn.Module):
@@ -196,27 +205,43 @@ class OpenVINONetwork(nn.Module):
 
     The model is compiled for batch 1; a batch of several patches runs patch by patch (the fixed
     shape is faster than a dynamic one, and the CPU time per patch does not depend on the batch).
-    ``source`` (the checkpoint file) enables the conversion cache of :func:`convert_to_openvino`.
+    :meth:`convert` makes one from a torch network (``source``, the checkpoint file, enables the
+    conversion cache of :func:`convert_to_openvino`); an int8 model (``autoseg quantize``) is read
+    from its file and compiled as is.
 
     A compiled model keeps its intermediate buffers between calls (1.15 GB for a 6-stage U-Net on a
     112x160x128 patch). With ``release_memory`` they are freed after every call, so several folds run
     one after another on each window hold one set of buffers, not one per fold; allocating them again
     costs a few percent of a forward pass of such a network."""
 
-    def __init__(self, network: nn.Module, example_shape: Sequence[int], precision: str = "fp32",
-                 source: Path | None = None, release_memory: bool = False):
+    def __init__(self, compiled, input_shape: Sequence[int], release_memory: bool = False):
         super().__init__()
-        try:
-            import openvino as ov
-        except ImportError:
-            raise BackendError("--backend openvino needs the openvino package: pip install openvino") from None
-        shape = (1, *example_shape[1:])
-        model = convert_to_openvino(network, shape, source)
-        config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled = _compile_on_own_thread(ov, model, config)
-        self._request = self._compiled.create_infer_request()
-        self.input_shape = tuple(shape)
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self.input_shape = tuple(input_shape)
         self.release_memory = release_memory
+
+    @classmethod
+    def compile_all(cls, models: Sequence, input_shape: Sequence[int], precision: str = "fp32",
+                    release_memory: bool = False) -> tuple["OpenVINONetwork", ...]:
+        """OpenVINO models (for inputs of ``input_shape``) compiled in parallel for ``precision``."""
+        ov = _require_openvino()
+        config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": "LATENCY"}
+        return tuple(cls(c, input_shape, release_memory) for c in _compile_on_own_threads(ov, models, config))
+
+    @classmethod
+    def convert(cls, network: nn.Module, example_shape: Sequence[int], precision: str = "fp32",
+                source: Path | None = None, release_memory: bool = False) -> "OpenVINONetwork":
+        """``network`` converted (or read from the cache) for patches of ``example_shape[1:]``."""
+        _require_openvino()
+        shape = (1, *example_shape[1:])
+        return cls.compile_all([convert_to_openvino(network, shape, source)], shape, precision, release_memory)[0]
+
+    @classmethod
+    def read(cls, xml: Path, input_shape: Sequence[int], release_memory: bool = False) -> "OpenVINONetwork":
+        """A saved OpenVINO model (the int8 network of a fold)."""
+        ov = _require_openvino()
+        return cls.compile_all([ov.Core().read_model(str(xml))], input_shape, "int8", release_memory)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_shape[1:]:
@@ -231,6 +256,41 @@ class OpenVINONetwork(nn.Module):
         return torch.from_numpy(np.concatenate(outs))
 
 
+def _require_openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendError("--backend openvino needs the openvino package: pip install openvino") from None
+    return ov
+
+
+def _int8_networks(networks: Sequence[nn.Module], sources: Sequence[Path | None], shape: Sequence[int],
+                   release: bool, required: bool) -> tuple[OpenVINONetwork, ...] | None:
+    """The folds' int8 networks (``autoseg quantize``), or None when one has none that passed its check
+    for the current weights; with ``required`` that is an error saying why."""
+    from autoseg.inference.quantize import QUANTIZATION_FILE, QuantizeError, int8_status, weights_digest
+
+    found = []
+    for network, source in zip(networks, sources):
+        if not required and (source is None or not (Path(source).parent / QUANTIZATION_FILE).is_file()):
+            return None
+        if source is None:
+            reason = "--precision int8 needs the networks' checkpoint files (their int8 networks lie next to them)"
+            xml = None
+        else:
+            try:
+                xml, reason = int8_status(source, weights_digest(network), shape)
+            except QuantizeError as e:
+                xml, reason = None, str(e)
+        if xml is None:
+            if required:
+                raise BackendError(f"--precision int8: {reason}")
+            return None
+        found.append(xml)
+    ov = _require_openvino()
+    return OpenVINONetwork.compile_all([ov.Core().read_model(str(x)) for x in found], shape, "int8", release)
+
+
 def make_engine(networks: Sequence[nn.Module], backend: str, precision: str, device: torch.device,
                 example_shape: Sequence[int], sources: Sequence[Path] | None = None) -> Engine:
     """Prepare ``networks`` (torch modules on the CPU, eval mode) to run with the chosen backend.
@@ -240,12 +300,18 @@ def make_engine(networks: Sequence[nn.Module], backend: str, precision: str, dev
     files ``sources`` when given). Several OpenVINO networks (folds) free their intermediate buffers
     after each call, so memory does not grow with the number of folds."""
     device = torch.device(device)
+    requested = precision
     backend, precision = resolve_choice(backend, precision, device)
     if backend == "openvino":
         sources = list(sources) if sources is not None else [None] * len(networks)
         release = len(networks) > 1
-        converted = tuple(OpenVINONetwork(n, example_shape, precision, src, release_memory=release)
-                          for n, src in zip(networks, sources))
-        return Engine(backend, precision, device, converted, None)
+        shape = (1, *example_shape[1:])
+        if precision == "int8" or (requested == "auto" and all(s is not None for s in sources)):
+            int8 = _int8_networks(networks, sources, shape, release, required=precision == "int8")
+            if int8 is not None:
+                return Engine(backend, "int8", device, int8, None)
+        _require_openvino()
+        models = [convert_to_openvino(n, shape, src) for n, src in zip(networks, sources)]
+        return Engine(backend, precision, device, OpenVINONetwork.compile_all(models, shape, precision, release), None)
     moved = tuple(n.to(device).eval() for n in networks)
     return Engine(backend, precision, device, moved, _AMP[precision])

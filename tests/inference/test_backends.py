@@ -47,7 +47,8 @@ def test_auto_is_the_fastest_exact_cpu_path_installed_and_fp16_on_cuda(native_bf
     ("torch", "fp16", CPU, "for GPUs"),
     ("openvino", "fp16", CPU, "supports --precision"),
     ("tensorrt", "fp32", CPU, "choices: auto, torch, openvino"),
-    ("torch", "int8", CPU, "choices: auto, fp32, bf16, fp16"),
+    ("torch", "int8", CPU, "runs with --backend openvino"),
+    ("torch", "fp64", CPU, "choices: auto, fp32, bf16, fp16, int8"),
 ])
 def test_impossible_combinations_say_what_to_use(backend, precision, device, message):
     with pytest.raises(BackendError, match=message):
@@ -69,7 +70,7 @@ def test_torch_engine_carries_the_autocast_dtype(model, native_bf16):
 def test_openvino_f32_matches_pytorch(model):
     pytest.importorskip("openvino")
     net = model.networks[0]
-    ov_net = OpenVINONetwork(net, (1, 1, 16, 16, 16), "fp32")
+    ov_net = OpenVINONetwork.convert(net, (1, 1, 16, 16, 16), "fp32")
     x = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         np.testing.assert_allclose(ov_net(x).numpy(), net(x).numpy(), atol=1e-4)
@@ -164,6 +165,6 @@ def test_openvino_leaves_the_callers_signal_stack_alone(model):
     # compiling thread: the process then died of SIGSEGV at its next Python signal handler.
     pytest.importorskip("openvino")
     before = _signal_stack()
-    network = OpenVINONetwork(model.networks[0], (1, 1, 16, 16, 16), "fp32")
+    network = OpenVINONetwork.convert(model.networks[0], (1, 1, 16, 16, 16), "fp32")
     assert _signal_stack() == before
     del network

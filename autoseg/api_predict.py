@@ -163,3 +163,31 @@ def find_best(workspace: Workspace, dataset: str | None = None, configs: Sequenc
     result.save(results / cv.FIND_BEST_FILE)
     cv.write_instructions(results / cv.INSTRUCTIONS, result)
     return result
+
+
+def quantize(workspace: Workspace, dataset: str | None = None, config: str | None = None, arch: str | None = None,
+             folds: Sequence | None = None, checkpoint: str = "final", model: Path | None = None, **options):
+    """Make and check the int8 network of each chosen fold (:func:`autoseg.inference.quantize.quantize_model`;
+    ``options``: ``patches``, ``check_cases``, ``tolerance``, ``seed``, ``progress``). Calibration and check
+    read the model's preprocessed training data, so the dataset must be planned in ``workspace`` with the
+    model's plans. Returns one :class:`~autoseg.inference.quantize.FoldResult` per fold."""
+    from autoseg.inference.predictor import load_predictor
+    from autoseg.inference.quantize import QuantizeError, quantize_model
+    from autoseg.planning.plans import Plans
+    from autoseg.preprocessing import data_folder
+    from autoseg.splits import Splits
+
+    predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model), folds, checkpoint)
+    name = predictor.spec.name or predictor.plans.dataset_name
+    pre = workspace.preprocessed_dir(name)
+    if not (pre / "plans.json").is_file() or not (pre / "splits.json").is_file():
+        raise QuantizeError(f"{pre}: no planned dataset; `autoseg quantize` calibrates on the preprocessed training "
+                            f"cases of {name}: run `autoseg plan {name}` in this workspace first")
+    if Plans.load(pre / "plans.json").to_dict() != predictor.plans.to_dict():
+        raise QuantizeError(f"{pre / 'plans.json'} differs from the plans the model was trained with; the "
+                            "preprocessed data do not fit it (planned again since?)")
+    folder = data_folder(pre, predictor.plans, predictor.config.name)
+    if not folder.is_dir():
+        raise QuantizeError(f"{folder}: preprocessed data of configuration {predictor.config.name} not found; run "
+                            f"`autoseg plan {name}` to preprocess it")
+    return quantize_model(predictor, folder, Splits.load(pre / "splits.json"), **options)

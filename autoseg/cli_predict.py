@@ -14,7 +14,7 @@ from pathlib import Path
 from autoseg.cli import EXIT_FAILURE, EXIT_OK, command, out, workspace_from
 
 BACKEND_CHOICES = ("auto", "torch", "openvino")  # autoseg.inference.backends.BACKENDS (not imported: torch)
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def _model_options(p: argparse.ArgumentParser, dataset_positional: bool = False) -> None:
@@ -52,7 +52,8 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (CPU: openvino when installed, else torch; GPU: torch), torch, or openvino "
                         "(CPU only; pip install openvino)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
-                   help="auto (fp16 on CUDA, fp32 elsewhere), fp32, bf16 or fp16 (GPU)")
+                   help="auto (fp16 on CUDA; on the CPU int8 when `autoseg quantize` made and passed it for every "
+                        "fold, else fp32), fp32, bf16, fp16 (GPU) or int8 (OpenVINO on the CPU; not exact)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -83,6 +84,51 @@ def run_predict(args: argparse.Namespace) -> int:
         save_probabilities=args.save_probabilities, device=args.device, backend=args.backend,
         precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
     return _report(report, "predicted")
+
+
+def _quantize_arguments(p: argparse.ArgumentParser) -> None:
+    _model_options(p, dataset_positional=True)
+    _folds_option(p)
+    p.add_argument("--model", type=Path, default=None, metavar="RUN_DIR",
+                   help="quantize this model folder or fold folder instead of DATASET's")
+    p.add_argument("--patches", type=int, default=64, help="calibration patches per fold (default 64)")
+    p.add_argument("--check-cases", type=int, default=10,
+                   help="validation cases per fold on which int8 is checked against f32 (default 10)")
+    p.add_argument("--tolerance", type=float, default=0.005,
+                   help="largest Dice loss per class that passes the check (default 0.005)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration patches (default 0)")
+
+
+@command("quantize", "make int8 networks for fast CPU prediction, checked against fp32", _quantize_arguments,
+         "Per fold: calibrate int8 quantization of the network (OpenVINO + NNCF; pip install 'autoseg[quantize]') "
+         "on patches of the fold's training cases, then predict the fold's validation cases with int8 and f32 and "
+         "compare their Dice. A network that passes is used by `autoseg predict` on the CPU (--precision auto or "
+         "int8); --precision fp32 keeps the exact path.")
+def run_quantize(args: argparse.Namespace) -> int:
+    from autoseg import api_predict
+
+    results = api_predict.quantize(workspace_from(args), args.dataset, config=args.config, arch=args.arch,
+                                   folds=args.folds, checkpoint=args.checkpoint, model=args.model,
+                                   patches=args.patches, check_cases=args.check_cases, tolerance=args.tolerance,
+                                   seed=args.seed, progress=out)
+    passed = True
+    for r in results:
+        c = r.record["check"]
+        dice = ", ".join(f"{k} {_fmt(c['dice_int8'][k])} (f32 {_fmt(c['dice_fp32'][k])})" for k in c["dice_int8"])
+        verdict = "passed" if c["passed"] else f"FAILED (tolerance {c['tolerance']})"
+        agreement = f"{100 * c['voxel_agreement']:.2f}%" if c["voxel_agreement"] is not None else "n/a"
+        out(f"fold {r.fold}: int8 Dice {dice}; labels agree on {agreement} of voxels; largest Dice loss "
+            f"{c['max_dice_drop']:.4f}: {verdict} -> {r.model}")
+        passed = passed and c["passed"]
+    if passed:
+        out("`autoseg predict` on the CPU now runs these int8 networks (--precision fp32 for the exact path)")
+        return EXIT_OK
+    out("some folds failed the check: `autoseg predict` keeps f32 for this model (--precision int8 is refused)")
+    return EXIT_FAILURE
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _ensemble_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,8 @@ Zip layout (the model folder of a training run, so ``predict --model`` reads bot
     <arch>__<plans>__<config>/postprocessing.json   (when decided)
     <arch>__<plans>__<config>/fold_<k>/checkpoint_<final|best>.pt   weights + self-description only
     <arch>__<plans>__<config>/fold_<k>/network.onnx (with --onnx; checked against PyTorch)
+    <arch>__<plans>__<config>/fold_<k>/quantization.json, checkpoint_<..>.int8.xml/.bin
+                                                    (when `autoseg quantize` made them for these weights)
 
 ``import_model`` refuses absolute paths, ``..``, links, files the manifest does not list and files
 whose checksum differs, then installs the folder under ``<workdir>/results/<Dataset>/`` atomically
@@ -155,6 +157,7 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
         entries[f"{folder}/fold_{fold}/{path.name}"] = _checkpoint_bytes(ckpt)
         if onnx:
             entries[f"{folder}/fold_{fold}/{ONNX_NAME}"], diffs[str(fold)] = export_onnx(net, example)
+        entries.update(_int8_entries(path, net, example, f"{folder}/fold_{fold}"))
     entries[f"{folder}/plans.json"] = (json.dumps(model.plans.to_dict(), indent=2) + "\n").encode()
     entries[f"{folder}/dataset.json"] = _dataset_json(root, ckpt)
     post = root / "postprocessing.json"
@@ -167,6 +170,23 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), onnx_max_abs_diff=diffs)
     _write_zip(Path(out_zip), {**entries, MANIFEST_NAME: (json.dumps(manifest.to_dict(), indent=2) + "\n").encode()})
     return Path(out_zip)
+
+
+def _int8_entries(checkpoint: Path, network, shape: Sequence[int], prefix: str) -> dict[str, bytes]:
+    """The fold's int8 network and its record, when one passed its check for these weights."""
+    from autoseg.inference.quantize import (QUANTIZATION_FILE, QuantizeError, int8_status, read_records,
+                                            records_document, weights_digest)
+
+    try:
+        xml, _ = int8_status(checkpoint, weights_digest(network), shape)
+    except QuantizeError:  # an unreadable record: exported without int8
+        return {}
+    if xml is None:
+        return {}
+    record = read_records(xml.parent)[checkpoint.resolve().name]
+    binary = xml.with_suffix(".bin")
+    return {f"{prefix}/{QUANTIZATION_FILE}": (json.dumps(records_document({checkpoint.name: record}), indent=2) + "\n").encode(),
+            f"{prefix}/{xml.name}": xml.read_bytes(), f"{prefix}/{binary.name}": binary.read_bytes()}
 
 
 def _write_zip(path: Path, entries: dict[str, bytes]) -> None:

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,24 @@ def _save_ir(model, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def no_telemetry():
+    """OpenVINO's model converter and NNCF send usage statistics unless they believe they run in CI
+    (their only switch besides a consent file in the user's home, ``opt_in_out --opt_out``); inside
+    this block they do, so autoseg sends nothing. Both decide once per process, on first use."""
+    keys = {"CI": "true", "NNCF_CI": "1"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path | None = None):
     """The OpenVINO model of ``network`` for inputs of ``shape``; read from (or stored in) the cache
     folder ``.openvino`` next to the checkpoint ``source`` when given (conversion traces the network,
@@ -145,7 +164,7 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
     cached = _ir_path(source.parent / OPENVINO_CACHE, source, shape) if source is not None else None
     if cached is not None and cached.is_file():
         return ov.Core().read_model(str(cached))
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), no_telemetry():
         warnings.simplefilter("ignore")  # tracing warnings about shape checks that hold for a fixed shape
         model = ov.convert_model(network.eval(), example_input=torch.zeros(tuple(shape)), input=[tuple(shape)])
     if cached is not None:

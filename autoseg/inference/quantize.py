@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,16 +168,17 @@ def check_against_f32(f32: nn.Module, int8: nn.Module, folder: Path, case_ids: S
 
 def quantize_network(model, patches: Sequence[np.ndarray]):
     """The int8 OpenVINO model of the f32 OpenVINO ``model``, calibrated on ``patches``."""
-    # NNCF sends usage telemetry unless it believes it runs in CI (its only switch): autoseg sends nothing.
-    os.environ.setdefault("NNCF_CI", "1")
-    try:
-        import nncf
-    except ImportError:
-        raise QuantizeError("`autoseg quantize` needs NNCF: pip install 'autoseg[quantize]' "
-                            "(or: pip install nncf openvino)") from None
-    nncf.set_log_level(logging.ERROR)
-    return nncf.quantize(model, nncf.Dataset(list(patches)), preset=nncf.QuantizationPreset.MIXED,
-                         subset_size=len(patches), fast_bias_correction=True)
+    from autoseg.inference.backends import no_telemetry
+
+    with no_telemetry():
+        try:
+            import nncf
+        except ImportError:
+            raise QuantizeError("`autoseg quantize` needs NNCF: pip install 'autoseg[quantize]' "
+                                "(or: pip install nncf openvino)") from None
+        nncf.set_log_level(logging.ERROR)
+        return nncf.quantize(model, nncf.Dataset(list(patches)), preset=nncf.QuantizationPreset.MIXED,
+                             subset_size=len(patches), fast_bias_correction=True)
 
 
 # --- a whole model ------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -204,3 +206,21 @@ def test_weights_digest_depends_on_values_only():
     with torch.no_grad():
         b.conv.bias[0] = 1e-6
     assert weights_digest(a) != weights_digest(b)
+
+
+def test_openvino_and_nncf_send_no_usage_statistics(tmp_path):
+    # Both send statistics by default when the user's home holds no consent file; autoseg switches
+    # them off around conversion and quantization (they decide once per process: a fresh one here).
+    script = (
+        "import numpy as np, torch\n"
+        "from autoseg.inference.backends import convert_to_openvino\n"
+        "from autoseg.inference.quantize import quantize_network\n"
+        "model = convert_to_openvino(torch.nn.Conv3d(1, 2, 3, padding=1), (1, 1, 8, 8, 8))\n"
+        "quantize_network(model, [np.random.default_rng(0).normal(size=(1, 1, 8, 8, 8)).astype(np.float32)])\n"
+        "import os, openvino_telemetry, nncf.telemetry.wrapper as w\n"
+        "print(openvino_telemetry.Telemetry().consent, isinstance(w.telemetry, w.NNCFTelemetryStub), os.environ.get('CI'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NNCF_CI", "NNCF_DEV")}
+    env["HOME"] = str(tmp_path)  # exists, holds no consent file: OpenVINO's converter would send (checked)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["False", "True", "None"]  # and the environment restored

@@ -9,13 +9,15 @@ the script prints wall time per case, peak memory (process tree, ``proctree.py``
 the Dice of each against the reference labels.
 
     OMP_NUM_THREADS=2 python benchmarks/predict_vs_nnunet.py --workdir WS --dataset Dataset004_Hippocampus \
-        --nnunet-root /tmp/nnunet_ref --nnunet-bin /work/nnunet_venv/bin [--cases 5] [--folds 5] [--large-ct]
+        --nnunet-root /tmp/nnunet_ref --nnunet-bin /work/nnunet_venv/bin [--cases 5] [--folds 5] [--large-ct] \
+        [--precisions fp32 int8]
 
 ``--workdir`` holds the trained autoseg model (results/<Dataset>/unet__autosegPlans__3d_fullres) and
 the planned dataset (splits: the cases come from fold 0's validation set); ``--nnunet-root`` holds
 nnU-Net's raw/ and preprocessed/ (nnUNetPlans.json of the same dataset; results/ is written).
 ``--folds 5`` runs five networks in both tools, copying the trained folds when fewer exist.
-``--large-ct`` also predicts one synthetic 512x512x400 CT with autoseg and reports its peak memory.
+``--precisions`` times autoseg once per ``--precision`` (int8: the trained folds are quantized
+first, ``autoseg quantize``, and their Dice check printed). ``--large-ct`` also predicts one synthetic 512x512x400 CT with autoseg and reports its peak memory.
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ def dice(labels: Path, pred: Path, cases: list[str], model_dir: Path) -> float:
     return mean_dice(labels, pred, cases, spec)[1]
 
 
-def warm_up(ours: Path) -> str:
+def warm_up(ours: Path, precision: str) -> str:
     """Resolve autoseg's default CPU backend and, for OpenVINO, convert the networks once (cached next
     to the checkpoints, as on any first use of a model), so the timed runs show steady-state speed."""
     import time
@@ -196,30 +198,45 @@ def warm_up(ours: Path) -> str:
 
     model = load_predictor(ours)
     started = time.perf_counter()
-    engine = make_engine(model.networks, "auto", "auto", torch.device("cpu"),
+    engine = make_engine(model.networks, "auto", precision, torch.device("cpu"),
                          (1, model.num_channels, *model.config.patch_size), model.checkpoint_paths)
     return f"{engine.describe()} (first-use preparation {time.perf_counter() - started:.1f} s, not timed below)"
 
 
+def quantize_trained(workdir: Path, dataset: str, model_dir: Path) -> None:
+    """``autoseg quantize`` on the trained folds (the benchmark's folds link to them, so they share the
+    int8 networks); prints the Dice check of each."""
+    from autoseg import api_predict
+    from autoseg.workspace import Workspace
+
+    for r in api_predict.quantize(Workspace(workdir), dataset, model=model_dir):
+        c = r.record["check"]
+        print(f"int8 fold {r.fold}: Dice {c['dice_int8']} vs f32 {c['dice_fp32']} on {len(c['cases'])} validation "
+              f"cases, voxel agreement {c['voxel_agreement']:.4%}, passed: {c['passed']}")
+
+
 def run_both(images: Path, ours: Path, dataset: str, n_folds: int, tta: bool, nnunet_root: Path, nnunet_bin: Path,
-             work: Path) -> dict[str, tuple]:
+             work: Path, precisions: list[str]) -> dict[str, tuple]:
+    """Both tools on the same cases; autoseg once per ``--precision`` (rows named ``autoseg <precision>``)."""
     tag = "tta" if tta else "notta"
     env = dict(os.environ, nnUNet_raw=str(nnunet_root / "raw"), nnUNet_preprocessed=str(nnunet_root / "preprocessed"),
                nnUNet_results=str(nnunet_root / "results"))
-    cmds = {
-        "autoseg": [sys.executable, "-m", "autoseg", "predict", "-i", str(images), "-o", str(work / f"autoseg_{tag}"),
-                    "--model", str(ours), "--device", "cpu", "--no-progress", "--overwrite"]
-                   + ([] if tta else ["--no-tta"]),
+    cmds = {f"autoseg {p}": [sys.executable, "-m", "autoseg", "predict", "-i", str(images), "-o",
+                             str(work / f"autoseg_{p}_{tag}"), "--model", str(ours), "--device", "cpu",
+                             "--precision", p, "--no-progress", "--overwrite"] + ([] if tta else ["--no-tta"])
+            for p in precisions}
+    cmds.update({
         "nnU-Net": [str(nnunet_bin / "nnUNetv2_predict"), "-i", str(images), "-o", str(work / f"nnunet_{tag}"),
                     "-d", dataset, "-c", CONFIG, "-f", *map(str, range(n_folds)), "-device", "cpu",
                     "--disable_progress_bar"] + ([] if tta else ["--disable_tta"]),
-    }
+    })
     out = {}
     for name, cmd in cmds.items():
-        run = run_measured(cmd, env=env, log=work / f"{name}_{tag}.log")
+        log = work / f"{name.replace(' ', '_')}_{tag}.log"
+        run = run_measured(cmd, env=env, log=log)
         if run.returncode != 0:
-            raise SystemExit(f"{name} failed; see {work / f'{name}_{tag}.log'}")
-        out[name] = (run, work / f"{'autoseg' if name == 'autoseg' else 'nnunet'}_{tag}")
+            raise SystemExit(f"{name} failed; see {log}")
+        out[name] = (run, Path(cmd[cmd.index("-o") + 1]))
     return out
 
 
@@ -267,24 +284,30 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=5)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--large-ct", action="store_true")
+    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "int8"],
+                    help="autoseg --precision values to time (int8: `autoseg quantize` runs first on the trained folds)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="predict_vs_nnunet_"))
     model_dir = args.workdir / "results" / args.dataset / "unet__autosegPlans__3d_fullres"
     ours, theirs, perm = benchmark_models(model_dir, args.nnunet_root, args.dataset, args.folds, work)
     diff = check_same_network(ours, theirs, perm, args.nnunet_bin / "python", work)
     images, labels, cases = case_folders(args.workdir, args.dataset, args.cases, work)
-    warm = warm_up(ours)
+    if "int8" in args.precisions:
+        quantize_trained(args.workdir, args.dataset, model_dir)
+    warm = "; ".join(f"{p}: {warm_up(ours, p)}" for p in args.precisions)
     print(f"{args.dataset}: {len(cases)} case(s), {args.folds} fold(s), same weights (max logit difference "
           f"{diff:.2e}), threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"autoseg backend: {warm}")
-    print(f"{'':8} {'tool':8} {'s/case':>8} {'peak GiB':>9} {'Dice':>7}")
+    print(f"{'':8} {'tool':13} {'s/case':>8} {'peak GiB':>9} {'Dice':>7}")
     for tta in (True, False):
-        runs = run_both(images, ours, args.dataset, args.folds, tta, args.nnunet_root, args.nnunet_bin, work)
+        runs = run_both(images, ours, args.dataset, args.folds, tta, args.nnunet_root, args.nnunet_bin, work,
+                        args.precisions)
         for name, (run, pred) in runs.items():
-            print(f"{'TTA' if tta else 'no TTA':8} {name:8} {run.wall_s / len(cases):>8.2f} "
+            print(f"{'TTA' if tta else 'no TTA':8} {name:13} {run.wall_s / len(cases):>8.2f} "
                   f"{(run.peak_pss_sum or run.peak_rss_sum) / 2**30:>9.2f} {dice(labels, pred, cases, ours):>7.4f}")
-        ratio = runs["autoseg"][0].wall_s / runs["nnU-Net"][0].wall_s
-        print(f"{'':8} autoseg / nnU-Net wall time: {ratio:.2f}")
+        for p in args.precisions:
+            ratio = runs[f"autoseg {p}"][0].wall_s / runs["nnU-Net"][0].wall_s
+            print(f"{'':8} autoseg {p} / nnU-Net wall time: {ratio:.2f}")
     if args.large_ct:
         large_ct(work)
     print(f"(work folder: {work})")

@@ -224,3 +224,13 @@ def test_openvino_and_nncf_send_no_usage_statistics(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-3:] == ["False", "True", "None"]  # and the environment restored
+
+
+def test_a_2d_model_is_quantized_slice_by_slice(tmp_path):
+    ws = tw.make_workspace(tmp_path, extra_plans=(tw.tiny_plan(patch=(16, 16), name="2d", batch_size=4),))
+    api_train.train(ws, None, [0], config="2d", settings=dict(tw.FAST, iters_per_epoch=20), progress=False)
+    [result] = api_predict.quantize(ws, config="2d", patches=4, check_cases=1, tolerance=1.0)
+    assert result.record["input_shape"] == [1, 1, 16, 16] and result.record["check"]["passed"]
+    report = api_predict.predict(ws, ws.raw / tw.DATASET / "imagesTr", tmp_path / "out", config="2d",
+                                 precision="int8", **FAST_PREDICT)
+    assert report.ok and report.engine == "openvino int8 on cpu" and len(report.written) == 4

@@ -17,7 +17,8 @@ the planned dataset (splits: the cases come from fold 0's validation set); ``--n
 nnU-Net's raw/ and preprocessed/ (nnUNetPlans.json of the same dataset; results/ is written).
 ``--folds 5`` runs five networks in both tools, copying the trained folds when fewer exist.
 ``--precisions`` times autoseg once per ``--precision`` (int8: the trained folds are quantized
-first, ``autoseg quantize``, and their Dice check printed). ``--large-ct`` also predicts one synthetic 512x512x400 CT with autoseg and reports its peak memory.
+first, ``autoseg quantize``, and their Dice check printed).
+``--large-ct`` also predicts one synthetic 512x512x400 CT with autoseg and reports its peak memory.
 """
 
 from __future__ import annotations
@@ -285,7 +286,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--large-ct", action="store_true")
     ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "int8"],
-                    help="autoseg --precision values to time (int8: `autoseg quantize` runs first on the trained folds)")
+                    help="autoseg --precision values to time (int8: `autoseg quantize` runs first on the "
+                         "trained folds)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="predict_vs_nnunet_"))
     model_dir = args.workdir / "results" / args.dataset / "unet__autosegPlans__3d_fullres"

@@ -84,7 +84,8 @@ def resolve_choice(backend: str, precision: str, device: torch.device) -> tuple[
     if backend == "openvino" and precision not in _OV_PRECISION:
         raise BackendError(f"--backend openvino supports --precision {' or '.join(_OV_PRECISION)}, not {precision}")
     if precision == "int8" and backend != "openvino":
-        raise BackendError("--precision int8 runs with --backend openvino on the CPU (networks made by `autoseg quantize`)")
+        raise BackendError("--precision int8 runs with --backend openvino on the CPU "
+                           "(networks made by `autoseg quantize`)")
     if precision == "fp16" and device.type == "cpu":
         raise BackendError("--precision fp16 is for GPUs; on the CPU use fp32 or bf16")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():

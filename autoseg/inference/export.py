@@ -185,8 +185,9 @@ def _int8_entries(checkpoint: Path, network, shape: Sequence[int], prefix: str) 
         return {}
     record = read_records(xml.parent)[checkpoint.resolve().name]
     binary = xml.with_suffix(".bin")
-    return {f"{prefix}/{QUANTIZATION_FILE}": (json.dumps(records_document({checkpoint.name: record}), indent=2) + "\n").encode(),
-            f"{prefix}/{xml.name}": xml.read_bytes(), f"{prefix}/{binary.name}": binary.read_bytes()}
+    doc = json.dumps(records_document({checkpoint.name: record}), indent=2) + "\n"
+    return {f"{prefix}/{QUANTIZATION_FILE}": doc.encode(), f"{prefix}/{xml.name}": xml.read_bytes(),
+            f"{prefix}/{binary.name}": binary.read_bytes()}
 
 
 def _write_zip(path: Path, entries: dict[str, bytes]) -> None:

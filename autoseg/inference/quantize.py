@@ -130,13 +130,15 @@ def _labels(network: nn.Module, image: torch.Tensor, patch_size, spec) -> np.nda
 
 
 def check_against_f32(f32: nn.Module, int8: nn.Module, folder: Path, case_ids: Sequence[str], config, spec,
-                      tolerance: float, progress: Callable[[], None] | None = None) -> dict[str, Any]:
+                      tolerance: float) -> dict[str, Any]:
     """Dice of both networks against the stored labels of ``case_ids`` (preprocessed volumes, sliding
     window without mirroring), averaged per class over the cases where it is defined, and the share
     of voxels where the two label maps agree."""
     from autoseg.evaluation.metrics import case_metrics, evaluation_targets
     from autoseg.storage import open_case
 
+    if not case_ids:
+        raise QuantizeError(f"{folder}: no cases to check the int8 network on")
     targets = evaluation_targets(spec.labels)
     dice: dict[str, dict[str, list[float]]] = {"fp32": {t: [] for t in targets}, "int8": {t: [] for t in targets}}
     same = total = 0
@@ -155,8 +157,6 @@ def check_against_f32(f32: nn.Module, int8: nn.Module, folder: Path, case_ids: S
                     dice[k][name].append(float(m.dice))
         same += int((maps["fp32"] == maps["int8"]).sum())
         total += maps["fp32"].size
-        if progress is not None:
-            progress()
     mean = {k: {t: (float(np.mean(v)) if v else None) for t, v in d.items()} for k, d in dice.items()}
     drops = [mean["fp32"][t] - mean["int8"][t] for t in targets
              if mean["fp32"][t] is not None and mean["int8"][t] is not None]
@@ -222,13 +222,13 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
     if tolerance < 0:
         raise QuantizeError(f"tolerance must be >= 0, got {tolerance}")
     shape = (1, model.num_channels, *model.config.patch_size)
+    say = progress or (lambda message: None)
     results = []
     for fold, network, checkpoint in zip(model.folds, model.networks, model.checkpoint_paths):
         checkpoint = Path(checkpoint).resolve()
         cases = splits.fold(fold)  # fold 'all': validation cases = training cases
         check = list(cases.val)[:check_cases]
         kind = "training" if fold == "all" else "validation"
-        say = progress or (lambda s: None)
         say(f"fold {fold}: calibrating on {patches} patches of {len(cases.train)} training cases")
         f32_model = convert_to_openvino(network, shape, checkpoint)
         int8_model = quantize_network(f32_model, calibration_patches(
@@ -239,8 +239,9 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
         f32_net = OpenVINONetwork.convert(network, shape, "fp32", checkpoint)
         int8_net = OpenVINONetwork.read(xml, shape)
         result = check_against_f32(f32_net, int8_net, data_folder, check, model.config, model.spec, tolerance)
-        record = {"model": xml.name, "check_cases": kind, "weights_sha256": weights_digest(network), "input_shape": list(shape),
+        record = {"model": xml.name, "weights_sha256": weights_digest(network), "input_shape": list(shape),
                   "checkpoint": next((k for k, v in CHECKPOINTS.items() if v == checkpoint.name), checkpoint.name),
+                  "check_cases": kind,
                   "calibration": {"patches": patches, "seed": seed, "training_cases": len(cases.train),
                                   "preset": "MIXED", "fast_bias_correction": True},
                   "check": result, "versions": {"openvino": ov.__version__, "nncf": _nncf_version()}}

@@ -292,7 +292,7 @@ def _int8_networks(networks: Sequence[nn.Module], sources: Sequence[Path | None]
 
     found = []
     for network, source in zip(networks, sources):
-        if not required and (source is None or not (Path(source).parent / QUANTIZATION_FILE).is_file()):
+        if not required and (source is None or not (Path(source).resolve().parent / QUANTIZATION_FILE).is_file()):
             return None
         if source is None:
             reason = "--precision int8 needs the networks' checkpoint files (their int8 networks lie next to them)"

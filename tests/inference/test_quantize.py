@@ -235,3 +235,14 @@ def test_a_2d_model_is_quantized_slice_by_slice(tmp_path):
     report = api_predict.predict(ws, ws.raw / tw.DATASET / "imagesTr", tmp_path / "out", config="2d",
                                  precision="int8", **FAST_PREDICT)
     assert report.ok and report.engine == "openvino int8 on cpu" and len(report.written) == 4
+
+
+def test_folds_linked_to_a_quantized_checkpoint_share_its_int8_network(quantized, tmp_path):
+    ws, _ = quantized
+    linked = tmp_path / "results" / tw.DATASET / "unet__autosegPlans__3d_fullres"
+    for fold in (0, 1):
+        (linked / f"fold_{fold}").mkdir(parents=True)
+        (linked / f"fold_{fold}" / FINAL).symlink_to(_fold_dir(ws) / FINAL)
+    report = api_predict.predict(type(ws)(tmp_path), ws.raw / tw.DATASET / "imagesTr", tmp_path / "out",
+                                 model=linked, **FAST_PREDICT)
+    assert report.ok and report.engine == "openvino int8 on cpu"

@@ -87,6 +87,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _quantize_arguments(p: argparse.ArgumentParser) -> None:
+    # defaults: autoseg.inference.quantize.DEFAULT_* (not imported here: it imports torch)
     _model_options(p, dataset_positional=True)
     _folds_option(p)
     p.add_argument("--model", type=Path, default=None, metavar="RUN_DIR",

@@ -236,7 +236,7 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
         xml = checkpoint.parent / int8_name(checkpoint)
         _save_ir(int8_model, xml)
         say(f"fold {fold}: checking int8 against f32 on {len(check)} {kind} cases")
-        f32_net = OpenVINONetwork.convert(network, shape, "fp32", checkpoint)
+        f32_net = OpenVINONetwork.compile_all([f32_model], shape, "fp32")[0]
         int8_net = OpenVINONetwork.read(xml, shape)
         result = check_against_f32(f32_net, int8_net, data_folder, check, model.config, model.spec, tolerance)
         record = {"model": xml.name, "weights_sha256": weights_digest(network), "input_shape": list(shape),

@@ -5,9 +5,10 @@
     integrity checks (nothing is written when they fail)
       -> preprocessed/<Dataset>/fingerprint.json, source.json
       -> preprocessed/<Dataset>/<plans_name>_<data_identifier>/   (preprocessed cases; disk space checked first)
-      -> preprocessed/<Dataset>/plans.json, splits.json, dataset.json (copy of the raw one)
+      -> preprocessed/<Dataset>/plans.json (plans_<preset>.json for other planner presets; several
+         plans of one dataset live side by side), splits.json, dataset.json (copy of the raw one)
 
-plans.json is written only once every case is preprocessed, so its presence means a finished plan.
+A plans file is written only once every case is preprocessed, so its presence means a finished plan.
 
 Every artifact is written atomically; rerunning with unchanged raw data reuses the fingerprint and
 skips finished cases. ``source.json`` records where the raw data lives (it may be outside
@@ -28,7 +29,6 @@ from autoseg.dataset import Case
 from autoseg.splits import Fold, Splits, make_splits
 from autoseg.workspace import Workspace, WorkspaceError
 
-DEFAULT_PLANS_NAME = "autosegPlans"
 FINGERPRINT_SEED = 1234  # nnU-Net seeds the foreground intensity sampling with 1234
 USER_SPLITS_NAMES = ("splits.json", "splits_final.json")  # looked up in the raw dataset folder
 
@@ -193,20 +193,22 @@ def resolve_splits(raw_dir: Path, dataset_dir: Path, case_ids: list[str]) -> Spl
 
 def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", gpu_memory_gb: float | None = None,
          configs: list[str] | None = None, check_only: bool = False, workers: int | None = None,
-         progress: bool = True, seed: int = FINGERPRINT_SEED, plans_name: str = DEFAULT_PLANS_NAME,
-         fresh: bool = False) -> PlanResult:
+         progress: bool = True, seed: int = FINGERPRINT_SEED, fresh: bool = False) -> PlanResult:
     """Check, fingerprint, plan and preprocess the raw dataset at ``raw_dir`` into ``workspace``.
 
     ``configs`` limits preprocessing to some configurations (plans.json always holds all);
     ``workers`` bounds the process pools (default: CPU count); ``fresh`` recomputes the
-    fingerprint even when the raw files look unchanged."""
+    fingerprint even when the raw files look unchanged. The plans are named after the preset
+    (:func:`~autoseg.planning.plans.plans_name_for`); plans of other presets are left as they are."""
     from autoseg.preprocessing import preprocess_dataset
     from autoseg.training.runlock import RunLock
 
     from autoseg.planning.planner import plan_experiment
+    from autoseg.planning.plans import plans_name_for, plans_path
 
     raw_dir = Path(raw_dir).resolve()
     settings = planner_settings(planner, gpu_memory_gb)  # a bad preset fails before any slow work
+    plans_name = plans_name_for(settings.preset)
     n_workers = max(1, workers or os.cpu_count() or 1)
     spec, cases, found_warnings = _check(raw_dir, n_workers, progress)
     name = spec.name
@@ -228,14 +230,14 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
         # check) leaves no plans.json a later `autoseg train` could take for a finished plan
         result = preprocess_dataset(spec, cases, plans, dataset_dir, configs=configs or None, workers=n_workers,
                                     progress=progress, fingerprint=fingerprint, source=signature)
-        plans_path = plans.save(dataset_dir / "plans.json")
+        plans_file = plans.save(plans_path(dataset_dir, plans.plans_name))
         splits = resolve_splits(raw_dir, dataset_dir, [c.case_id for c in cases])
         splits_path = splits.save(dataset_dir / "splits.json")
         dataset_json = dataset_dir / "dataset.json"
         atomic_write_bytes(dataset_json, (raw_dir / "dataset.json").read_bytes())
     return PlanResult(
         dataset_name=name, raw_dir=raw_dir, n_cases=len(cases), checked_only=False, warnings=found_warnings,
-        preprocessed_dir=dataset_dir, fingerprint=dataset_dir / "fingerprint.json", plans=plans_path,
+        preprocessed_dir=dataset_dir, fingerprint=dataset_dir / "fingerprint.json", plans=plans_file,
         splits=splits_path, dataset_json=dataset_json, source=source, data_folders=result.folders,
         computed=result.computed, skipped=result.skipped, fingerprint_reused=reused,
         user_splits=splits.user_provided)

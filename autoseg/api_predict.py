@@ -17,14 +17,14 @@ from autoseg.workspace import Workspace, names_dataset
 
 
 def model_dir_for(workspace: Workspace, dataset: str | None = None, config: str | None = None,
-                  arch: str | None = None, model: Path | None = None) -> Path:
+                  arch: str | None = None, model: Path | None = None, plans: str | None = None) -> Path:
     """The model folder to use: ``model`` (a folder, or a zip installed into ``workspace`` unless the
-    same export is installed already), else the trained model of ``dataset`` chosen by ``config``/``arch``."""
+    same export is installed already), else the trained model of ``dataset`` chosen by ``config``/``arch``/``plans``."""
     from autoseg.inference.export import ExportError, import_model, read_manifest
     from autoseg.inference.predictor import PredictorError, find_model_dir
 
     if model is None:
-        return find_model_dir(workspace, dataset, config, arch)
+        return find_model_dir(workspace, dataset, config, arch, plans)
     model = Path(model)
     if model.is_dir():
         return model
@@ -49,14 +49,14 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | No
             arch: str | None = None, folds: Sequence | None = None, checkpoint: str = "final",
             model: Path | None = None, step: float = 0.5, tta: bool = True, save_probabilities: bool = False,
             device: str = "auto", backend: str = "auto", precision: str = "auto", overwrite: bool = False,
-            progress: bool = True):
+            progress: bool = True, plans: str | None = None):
     """Predict every case of ``in_dir`` into ``out_dir``; returns the
     :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written)."""
     from autoseg.artifacts import ensure_writable_dir
     from autoseg.inference.pipeline import predict_folder
     from autoseg.inference.predictor import load_predictor
 
-    predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model), folds, checkpoint)
+    predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model, plans), folds, checkpoint)
     if model is not None and dataset is not None and not names_dataset(dataset, predictor.spec.name):
         from autoseg.inference.predictor import PredictorError
 
@@ -83,12 +83,13 @@ def ensemble(in_dirs: Sequence[Path], out_dir: Path, postprocessing: Path | None
 
 
 def export(workspace: Workspace, run: str | Path, out_zip: Path, config: str | None = None, arch: str | None = None,
-           folds: Sequence | None = None, checkpoint: str = "final", onnx: bool = False) -> Path:
+           folds: Sequence | None = None, checkpoint: str = "final", onnx: bool = False,
+           plans: str | None = None) -> Path:
     """Export a model folder (or fold folder), or the trained model of dataset ``run``, to ``out_zip``."""
     from autoseg.inference.export import export_model
 
     path = Path(run)
-    model_dir = path if path.is_dir() else model_dir_for(workspace, str(run), config, arch)
+    model_dir = path if path.is_dir() else model_dir_for(workspace, str(run), config, arch, plans=plans)
     return export_model(model_dir, Path(out_zip), folds=folds, checkpoint=checkpoint, onnx=onnx)
 
 
@@ -117,14 +118,14 @@ def _cv_inputs(workspace: Workspace, dataset: str | None):
 
 
 def postprocess(workspace: Workspace, dataset: str | None = None, config: str | None = None, arch: str | None = None,
-                workers: int = 1, progress: bool = True) -> Path:
+                workers: int = 1, progress: bool = True, plans: str | None = None) -> Path:
     """Decide post-processing on the merged cross-validation predictions of one trained model and
     save ``postprocessing.json`` in its folder (``predict`` applies it). Returns the file."""
     from autoseg.inference.crossval import decide_postprocessing, merge_folds
     from autoseg.inference.predictor import find_model_dir
 
     name, splits, spec, gt_dir = _cv_inputs(workspace, dataset)
-    model_dir = find_model_dir(workspace, name, config, arch)
+    model_dir = find_model_dir(workspace, name, config, arch, plans)
     merged, _ = merge_folds(model_dir, splits, spec.file_ending)
     return decide_postprocessing(model_dir, merged, gt_dir, spec, workers, progress)
 
@@ -166,25 +167,28 @@ def find_best(workspace: Workspace, dataset: str | None = None, configs: Sequenc
 
 
 def quantize(workspace: Workspace, dataset: str | None = None, config: str | None = None, arch: str | None = None,
-             folds: Sequence | None = None, checkpoint: str = "final", model: Path | None = None, **options):
+             folds: Sequence | None = None, checkpoint: str = "final", model: Path | None = None,
+             plans: str | None = None, **options):
     """Make and check the int8 network of each chosen fold (:func:`autoseg.inference.quantize.quantize_model`;
     ``options``: ``patches``, ``check_cases``, ``tolerance``, ``seed``, ``progress``). Calibration and check
     read the model's preprocessed training data, so the dataset must be planned in ``workspace`` with the
     model's plans. Returns one :class:`~autoseg.inference.quantize.FoldResult` per fold."""
     from autoseg.inference.predictor import load_predictor
     from autoseg.inference.quantize import QuantizeError, quantize_model
-    from autoseg.planning.plans import Plans
+    from autoseg.planning.plans import Plans, plans_path
     from autoseg.preprocessing import data_folder
     from autoseg.splits import Splits
 
-    predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model), folds, checkpoint)
+    predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model, plans), folds, checkpoint)
     name = predictor.spec.name or predictor.plans.dataset_name
     pre = workspace.preprocessed_dir(name)
-    if not (pre / "plans.json").is_file() or not (pre / "splits.json").is_file():
-        raise QuantizeError(f"{pre}: no planned dataset; `autoseg quantize` calibrates on the preprocessed training "
-                            f"cases of {name}: run `autoseg plan {name}` in this workspace first")
-    if Plans.load(pre / "plans.json").to_dict() != predictor.plans.to_dict():
-        raise QuantizeError(f"{pre / 'plans.json'} differs from the plans the model was trained with; the "
+    plans_file = plans_path(pre, predictor.plans.plans_name)
+    if not plans_file.is_file() or not (pre / "splits.json").is_file():
+        raise QuantizeError(f"{pre}: no planned dataset with the model's plans ({plans_file.name}); `autoseg "
+                            f"quantize` calibrates on the preprocessed training cases of {name}: run `autoseg plan "
+                            f"{name}` in this workspace first")
+    if Plans.load(plans_file).to_dict() != predictor.plans.to_dict():
+        raise QuantizeError(f"{plans_file} differs from the plans the model was trained with; the "
                             "preprocessed data do not fit it (planned again since?)")
     folder = data_folder(pre, predictor.plans, predictor.config.name)
     if not folder.is_dir():

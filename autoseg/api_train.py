@@ -54,21 +54,28 @@ def parse_folds(folds: Sequence[int | str], n_folds: int) -> list[int | str]:
 def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence[int | str] = (0,),
           config: str | None = None, arch: str | None = None, settings: Mapping[str, Any] | None = None,
           resume: bool = False, pretrained: Path | None = None, dist=None, progress: bool = True,
-          callbacks: Sequence = ()) -> list[Path]:
+          callbacks: Sequence = (), plans_name: str | None = None) -> list[Path]:
     """Train ``config`` (default: the plans') with ``arch`` (default: the plan's) on each fold.
+
+    ``plans_name`` picks the dataset's plans by plans name or planner preset (``resenc_m``); default:
+    the default preset's plans, or the only plans there (:func:`~autoseg.planning.plans.find_plans`).
 
     ``settings`` holds the :class:`~autoseg.training.trainer.TrainSettings` fields chosen
     explicitly; on ``resume`` the run's stored settings are used and only fields in
     :data:`RESUMABLE_CHANGES` may differ. Returns the run folders."""
     from autoseg.models import MODELS
-    from autoseg.planning.plans import Plans
+    from autoseg.planning.plans import Plans, find_plans
     from autoseg.splits import Splits
     from autoseg.training import ddp
 
     dist = dist or ddp.SINGLE
     name = workspace.resolve_planned(dataset_name)
     pre = workspace.preprocessed_dir(name)
-    plans = Plans.load(pre / "plans.json")
+    try:
+        plans_file = find_plans(pre, plans_name)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    plans = Plans.load(plans_file)
     config = config or plans.default_configuration
     if config not in plans.configurations:
         raise TrainError(f"configuration '{config}' is not planned for {name}; choices: "
@@ -144,8 +151,11 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         raise TrainError(f"--resume: {run_dir} holds a checkpoint of dataset {trained_on}, not {name}; move it to "
                          f"results/{trained_on} or delete it to train {name} anew")
     if ckpt is not None and ckpt["plans"] != plans.to_dict():
-        raise TrainError(f"--resume: plans.json of {name} changed since {run_dir} was started; train a new run "
-                         f"(delete the folder) or restore the old plans")
+        from autoseg.planning.plans import plans_path
+
+        raise TrainError(f"--resume: {plans_path(workspace.preprocessed_dir(name), plans.plans_name).name} of {name} "
+                         f"changed since {run_dir} was started; train a new run (delete the folder) or restore the "
+                         "old plans")
     lock = RunLock(run_dir).acquire() if dist.is_main else None
     try:
         if lock is not None:

@@ -110,7 +110,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _print_plan(result) -> None:
-    from autoseg.planning.plans import Plans
+    from autoseg.planning.plans import DEFAULT_PLANS_NAME, Plans
 
     plans = Plans.load(result.plans)
     done = f"{len(result.computed)} preprocessed now, {len(result.skipped)} already done"
@@ -127,6 +127,8 @@ def _print_plan(result) -> None:
     out("artifacts:")
     for key, value in rows:
         out(f"  {key:<{width}}  {value}")
+    if plans.plans_name != DEFAULT_PLANS_NAME:  # `train` takes the default preset's plans unless told
+        out(f"next: autoseg train {result.dataset_name} --fold 0 --plans {plans.plans_name}")
 
 
 # --- convert-msd, demo-data --------------------------------------------------------------------------

@@ -26,6 +26,8 @@ def _model_options(p: argparse.ArgumentParser, dataset_positional: bool = False)
                        help="trained dataset (name or number); may be left out when only one is trained")
     p.add_argument("--config", default=None, help="configuration (3d_fullres, 2d, ...) when several are trained")
     p.add_argument("--arch", default=None, help="architecture (unet, resenc_unet, ...) when several are trained")
+    p.add_argument("--plans", default=None, metavar="NAME",
+                   help="plans (planner preset such as resenc_m, or plans name) when several are trained")
 
 
 def _folds_option(p: argparse.ArgumentParser) -> None:
@@ -80,6 +82,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     report = api_predict.predict(
         workspace_from(args), args.in_dir, args.out_dir, dataset=args.dataset, config=args.config, arch=args.arch,
+        plans=args.plans,
         folds=args.folds, checkpoint=args.checkpoint, model=args.model, step=args.step, tta=not args.no_tta,
         save_probabilities=args.save_probabilities, device=args.device, backend=args.backend,
         precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
@@ -109,6 +112,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from autoseg import api_predict
 
     results = api_predict.quantize(workspace_from(args), args.dataset, config=args.config, arch=args.arch,
+                                   plans=args.plans,
                                    folds=args.folds, checkpoint=args.checkpoint, model=args.model,
                                    patches=args.patches, check_cases=args.check_cases, tolerance=args.tolerance,
                                    seed=args.seed, progress=out)
@@ -167,6 +171,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write")
     p.add_argument("--config", default=None, help="configuration, when RUN is a dataset with several")
     p.add_argument("--arch", default=None, help="architecture, when RUN is a dataset with several")
+    p.add_argument("--plans", default=None, metavar="NAME", help="plans (preset or plans name), when RUN is a "
+                                                                 "dataset with several")
     _folds_option(p)
     p.add_argument("--onnx", action="store_true",
                    help="also export each fold's network as ONNX, checked with onnxruntime (pip install 'autoseg[onnx]')")
@@ -177,7 +183,7 @@ def run_export(args: argparse.Namespace) -> int:
     from autoseg import api_predict
 
     path = api_predict.export(workspace_from(args), args.run, args.out_zip, config=args.config, arch=args.arch,
-                              folds=args.folds, checkpoint=args.checkpoint, onnx=args.onnx)
+                              folds=args.folds, checkpoint=args.checkpoint, onnx=args.onnx, plans=args.plans)
     out(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
     out(f"on another machine: autoseg import {path.name}  (or: autoseg predict --model {path.name} -i IN -o OUT)")
     return EXIT_OK
@@ -218,7 +224,7 @@ def run_postprocess(args: argparse.Namespace) -> int:
     from autoseg.postprocessing import PostprocessingDecision
 
     path = api_predict.postprocess(workspace_from(args), args.dataset, config=args.config, arch=args.arch,
-                                   workers=args.workers, progress=not args.no_progress)
+                                   workers=args.workers, progress=not args.no_progress, plans=args.plans)
     d = PostprocessingDecision.load(path)
     kept = [", ".join(map(str, g)) for g in d.keep_largest_per_target]
     out(f"largest foreground component: {'yes' if d.keep_largest_foreground else 'no'}; per class/region: "

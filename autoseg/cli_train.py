@@ -26,6 +26,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="fold(s) 0-4 trained one after another, or 'all' (every case); default 0")
     p.add_argument("--config", default=None, help="3d_fullres | 3d_lowres | 2d (default: the plans' default)")
     p.add_argument("--arch", default=None, help="unet | resenc_unet | swin_unetr (default: the plan's, unet)")
+    p.add_argument("--plans", default=None, metavar="NAME",
+                   help="which plans, when the dataset was planned with several presets: the preset (resenc_m) or "
+                        "plans name (autosegPlans_resenc_m); default: the default preset's, or the only ones")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 1000)")
     p.add_argument("--iters-per-epoch", type=int, default=None, help="training iterations per epoch (default 250)")
     p.add_argument("--val-iters", type=int, default=None, help="validation batches per epoch (default 50)")
@@ -66,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
                                settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
-                               progress=not args.no_progress and dist.is_main)
+                               progress=not args.no_progress and dist.is_main, plans_name=args.plans)
     finally:
         ddp.shutdown(dist)
     if dist.is_main:

@@ -64,11 +64,14 @@ class Workspace:
         return self.raw / name
 
     def resolve_planned(self, dataset: str | Path | None) -> str:
-        """The name of a planned dataset (one with plans.json under ``preprocessed/``).
+        """The name of a planned dataset (one with plans under ``preprocessed/``: ``plans.json`` or a
+        preset's ``plans_<preset>.json``).
 
         ``None`` picks the only planned dataset; with none or several, the error lists what exists.
         """
-        planned = [n for n in self._names(self.preprocessed) if (self.preprocessed / n / "plans.json").is_file()]
+        from autoseg.planning.plans import planned as plans_of
+
+        planned = [n for n in self._names(self.preprocessed) if plans_of(self.preprocessed / n)]
         if dataset is None:
             if len(planned) == 1:
                 return planned[0]

@@ -116,3 +116,38 @@ def test_gpu_memory_override_reaches_the_plans(raw, ws):
     assert Plans.load(result.plans).settings["gpu_memory_gb"] == 24
     with pytest.raises(ValueError, match="positive"):
         _plan(raw, ws, gpu_memory_gb=0)
+
+
+def test_plans_of_another_preset_live_beside_the_default_ones(raw, ws, tmp_path):
+    from autoseg.planning.plans import find_plans, planned
+
+    default = _plan(raw, ws)
+    d = ws.preprocessed_dir(raw.name)
+    before = (d / "plans.json").read_bytes()
+    preset = tmp_path / "small.toml"
+    preset.write_text("max_features_3d = 64\n")
+    other = _plan(raw, ws, planner=preset)
+    assert other.plans == d / "plans_small.json" and (d / "plans.json").read_bytes() == before
+    plans = Plans.load(other.plans)
+    assert plans.plans_name == "autosegPlans_small" and plans.planner == "small"
+    assert max(plans.configuration("3d_fullres").features) <= 64
+    assert other.data_folders["3d_fullres"].name.startswith("autosegPlans_small_")
+    assert other.data_folders["3d_fullres"] != default.data_folders["3d_fullres"]
+    assert list_done_cases(default.data_folders["3d_fullres"]) == ["toy_000", "toy_001", "toy_002"]
+    assert set(planned(d)) == {"autosegPlans", "autosegPlans_small"}
+    assert find_plans(d) == d / "plans.json"  # the default preset's plans unless told
+    assert find_plans(d, "small") == find_plans(d, "autosegPlans_small") == other.plans
+    assert find_plans(d, "default") == d / "plans.json"
+    with pytest.raises(ValueError, match="no plans named 'resenc_m'.*autosegPlans, autosegPlans_small"):
+        find_plans(d, "resenc_m")
+    (d / "plans.json").unlink()
+    assert find_plans(d) == other.plans  # the only plans left
+    assert ws.resolve_planned(raw.name) == raw.name
+
+
+def test_a_preset_name_that_would_break_run_folder_names_is_refused(raw, ws, tmp_path):
+    preset = tmp_path / "my__preset.toml"
+    preset.write_text("")
+    with pytest.raises(ValueError, match="my__preset"):
+        _plan(raw, ws, planner=preset)
+    assert not (ws.preprocessed_dir(raw.name) / "fingerprint.json").exists()

@@ -113,7 +113,13 @@ def test_demo_data_then_plan_end_to_end(tmp_path, capsys):
     assert "3d_fullres (default)" in out and str(pre / "autosegPlans_3d_fullres") in out
     assert json.loads((pre / "plans.json").read_text())["kind"] == "plans"
     code, out, _ = run(["--workdir", work, "plan", "Dataset999_ToyCT", "--no-progress", "-j", "1"], capsys)
-    assert code == 0 and "0 preprocessed now, 3 already done" in out
+    assert code == 0 and "0 preprocessed now, 3 already done" in out and "--plans" not in out
+    preset = tmp_path / "small.toml"
+    preset.write_text("max_features_3d = 64\n")
+    code, out, _ = run(["--workdir", work, "plan", "999", "--planner", str(preset), "--no-progress", "-j", "1"], capsys)
+    assert code == 0 and str(pre / "plans_small.json") in out and str(pre / "autosegPlans_small_3d_fullres") in out
+    assert "next: autoseg train Dataset999_ToyCT --fold 0 --plans autosegPlans_small" in out
+    assert json.loads((pre / "plans.json").read_text())["plans_name"] == "autosegPlans"
 
 
 def test_bad_worker_count_and_bad_planner(tmp_path, capsys):

@@ -185,13 +185,19 @@ def pick_best(scored: Sequence[CandidateScore]) -> CandidateScore:
 def predict_commands(dataset: str, best: CandidateScore, models: dict[str, ModelFolder],
                      postprocessing: Path) -> tuple[str, ...]:
     """The shell commands that predict with ``best`` (INPUT_FOLDER / OUTPUT_FOLDER to fill in)."""
+    from autoseg.planning.plans import DEFAULT_PLANS_NAME
+
+    def other_plans(m: ModelFolder) -> bool:
+        return m.plans_name != DEFAULT_PLANS_NAME
+
     def predict(m: ModelFolder, out: str, probs: bool) -> str:
         return (f"autoseg predict -i INPUT_FOLDER -o {out} -d {dataset} --config {m.config} --arch {m.arch}"
-                + (" --save-probabilities" if probs else ""))
+                + (f" --plans {m.plans_name}" if other_plans(m) else "") + (" --save-probabilities" if probs else ""))
 
     if len(best.members) == 1:
         return (predict(models[best.members[0]], "OUTPUT_FOLDER", False),)
-    outs = [f"OUTPUT_FOLDER_{models[n].config}_{models[n].arch}" for n in best.members]
+    outs = [f"OUTPUT_FOLDER_{m.config}_{m.arch}" + (f"_{m.plans_name}" if other_plans(m) else "")
+            for m in (models[n] for n in best.members)]
     return tuple(predict(models[n], o, True) for n, o in zip(best.members, outs)) + (
         f"autoseg ensemble {' '.join(outs)} -o OUTPUT_FOLDER --postprocessing {postprocessing}",)
 

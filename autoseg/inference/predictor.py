@@ -274,17 +274,21 @@ def resolve_trained(workspace: Workspace, dataset: str | None) -> str:
 
 
 def find_model_dir(workspace: Workspace, dataset: str | None = None, config: str | None = None,
-                   arch: str | None = None) -> Path:
-    """The configuration folder to predict with: the only trained one matching ``config``/``arch``."""
+                   arch: str | None = None, plans: str | None = None) -> Path:
+    """The configuration folder to predict with: the only trained one matching ``config``/``arch``/``plans``
+    (a plans name or planner preset, :func:`~autoseg.planning.plans.matches_plans`)."""
+    from autoseg.planning.plans import matches_plans
+
     name = resolve_trained(workspace, dataset)
     found = model_folders(workspace.results_dir(name))
-    matching = [m for m in found if (config is None or m.config == config) and (arch is None or m.arch == arch)]
+    matching = [m for m in found if (config is None or m.config == config) and (arch is None or m.arch == arch)
+                and (plans is None or matches_plans(m.plans_name, plans))]
     if len(matching) == 1:
         return matching[0].path
     listed = ", ".join(f"{m.config} ({m.arch}, {m.plans_name})" for m in found)
     if not matching:
         raise PredictorError(f"{name}: no trained model with"
                              + (f" --config {config}" if config else "") + (f" --arch {arch}" if arch else "")
-                             + f"; trained: {listed}")
-    raise PredictorError(f"{name}: several trained models ({listed}); choose one with --config and --arch "
+                             + (f" --plans {plans}" if plans else "") + f"; trained: {listed}")
+    raise PredictorError(f"{name}: several trained models ({listed}); choose one with --config, --arch and --plans "
                          "(`autoseg find-best` recommends one)")

@@ -123,3 +123,21 @@ def test_models_without_probabilities_are_scored_but_not_ensembled(workspace):
     result = api_predict.find_best(workspace, DATASET, progress=False)
     assert {c.name for c in result.candidates} == {A, B}
     assert any("not ensembled" in n for n in result.notes)
+
+
+def test_recommended_commands_name_plans_other_than_the_default(tmp_path):
+    from pathlib import Path
+
+    from autoseg.inference.crossval import CandidateScore, predict_commands
+    from autoseg.inference.predictor import ModelFolder
+
+    a = ModelFolder(Path("unet__autosegPlans__3d_fullres"), "unet", "autosegPlans", "3d_fullres")
+    b = ModelFolder(Path("unet__autosegPlans_resenc_m__3d_fullres"), "unet", "autosegPlans_resenc_m", "3d_fullres")
+    models = {a.name: a, b.name: b}
+    single = predict_commands(DATASET, CandidateScore(b.name, (b.name,), {}, 0.9), models, Path("pp.json"))
+    assert single == (f"autoseg predict -i INPUT_FOLDER -o OUTPUT_FOLDER -d {DATASET} --config 3d_fullres --arch unet "
+                      "--plans autosegPlans_resenc_m",)
+    both = predict_commands(DATASET, CandidateScore("x", (a.name, b.name), {}, 0.9), models, Path("pp.json"))
+    assert "--plans" not in both[0] and both[1].endswith("--plans autosegPlans_resenc_m --save-probabilities")
+    assert both[-1].startswith("autoseg ensemble OUTPUT_FOLDER_3d_fullres_unet "
+                               "OUTPUT_FOLDER_3d_fullres_unet_autosegPlans_resenc_m -o OUTPUT_FOLDER")

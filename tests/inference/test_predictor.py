@@ -56,3 +56,17 @@ def test_model_found_in_workspace_by_dataset_config_and_arch(tmp_path):
         find_model_dir(ws, DATASET, config="2d")
     with pytest.raises(PredictorError, match="has no trained model"):
         resolve_trained(ws, "Dataset002_Other")
+
+
+def test_model_found_by_plans_when_two_plans_trained_the_same_configuration(tmp_path):
+    ws = Workspace(tmp_path)
+    save_fold(ws.results_dir(DATASET) / MODEL_NAME, 0, tiny_plans())
+    other = ws.results_dir(DATASET) / "unet__autosegPlans_resenc_m__3d_fullres"
+    save_fold(other, 0, tiny_plans())
+    with pytest.raises(PredictorError, match="several trained models.*--plans"):
+        find_model_dir(ws, DATASET, arch="unet")
+    assert find_model_dir(ws, DATASET, plans="resenc_m") == other
+    assert find_model_dir(ws, DATASET, plans="autosegPlans_resenc_m") == other
+    assert find_model_dir(ws, DATASET, plans="default") == ws.results_dir(DATASET) / MODEL_NAME
+    with pytest.raises(PredictorError, match="no trained model with --plans resenc_l"):
+        find_model_dir(ws, DATASET, plans="resenc_l")

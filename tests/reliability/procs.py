@@ -24,7 +24,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DATASET = "Dataset999_ToyCT"
-RUN = Path("results") / DATASET / "unet__autosegPlans__3d_fullres"
+PLANS = "autosegPlans_tiny"  # plans name of the tiny preset written as tiny.toml (conftest)
+RUN = Path("results") / DATASET / f"unet__{PLANS}__3d_fullres"
 TINY_PRESET = """\
 base_features = 4
 max_features_3d = 16

@@ -12,12 +12,12 @@ import random
 
 import pytest
 
-from .procs import (DATASET, EPOCHS, RUN, assert_same_tree, cli, labels, losses,
+from .procs import (DATASET, EPOCHS, PLANS, RUN, assert_same_tree, cli, labels, losses,
                                   plan_args, predict_args, run_killed, same_weights, temporaries, train_args)
 from .killpoint import KillPoint, count_calls
 
 # artifacts every rerun of `plan` writes again, whatever it finds (kill points of a second kill)
-ALWAYS_WRITTEN = ("source.json", "plans.json", "splits.json", "dataset.json")
+ALWAYS_WRITTEN = ("source.json", "plans_tiny.json", "splits.json", "dataset.json")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_plan_killed_twice_then_rerun_equals_the_uninterrupted_plan(reference, p
     run_killed(args, tmp_path, first)
     second = KillPoint("os:replace", nth=1, when=rng.choice(["before", "after"]), match=rng.choice(ALWAYS_WRITTEN))
     run_killed(args, tmp_path, second)
-    data = workdir / "preprocessed" / DATASET / "autosegPlans_3d_fullres"
+    data = workdir / "preprocessed" / DATASET / f"{PLANS}_3d_fullres"
     finished = _finished_cases(data)
 
     code, out, err = cli(args)

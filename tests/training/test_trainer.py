@@ -298,6 +298,11 @@ def test_cli_missing_plans(tmp_path, capsys):
     assert code == 2 and "no planned dataset" in err and "autoseg plan" in err
 
 
+def test_cli_unknown_plans(trained, capsys):
+    code, err = _cli(capsys, trained[0], "--plans", "resenc_l")
+    assert code == 2 and "no plans named 'resenc_l' (planned: autosegPlans)" in err and "--planner resenc_l" in err
+
+
 def test_cli_unknown_arch(trained, capsys):
     code, err = _cli(capsys, trained[0], "--arch", "vnet")
     assert code == 2 and "unknown architecture 'vnet'; choices: unet, resenc_unet, swin_unetr" in err
@@ -342,3 +347,22 @@ def test_cli_trains_the_only_planned_dataset_on_several_folds(tmp_path, capsys):
     assert code == 0 and "fold_1, validation Dice" in out and "fold_all, validation Dice" in out
     summary = ws.results / DATASET / "unet__autosegPlans__3d_fullres" / "fold_all" / "validation" / "summary.json"
     assert json.loads(summary.read_text())["n_cases"] == 4  # fold 'all' validates on every case
+
+
+def test_train_picks_the_plans_named_by_preset_and_lists_them_when_unknown(tmp_path):
+    import dataclasses
+
+    from autoseg.planning.plans import Plans
+
+    ws = make_workspace(tmp_path / "ws")
+    pre = ws.preprocessed_dir(DATASET)
+    default = Plans.load(pre / "plans.json")
+    other = dataclasses.replace(default, plans_name="autosegPlans_small", planner="small")
+    other.save(pre / "plans_small.json")
+    shutil.copytree(pre / "autosegPlans_3d_fullres", pre / "autosegPlans_small_3d_fullres")
+    run_dir = api_train.train(ws, None, [0], settings=dict(FAST), plans_name="small", progress=False)[0]
+    assert run_dir.parent.name == "unet__autosegPlans_small__3d_fullres"
+    assert load_checkpoint(run_dir / FINAL)["plans"]["plans_name"] == "autosegPlans_small"
+    assert not (ws.results_dir(DATASET) / "unet__autosegPlans__3d_fullres").exists()
+    with pytest.raises(api_train.TrainError, match="no plans named 'resenc_m' .*autosegPlans, autosegPlans_small"):
+        api_train.train(ws, None, [0], settings=dict(FAST), plans_name="resenc_m", progress=False)

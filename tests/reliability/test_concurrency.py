@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,11 @@ def test_second_process_on_a_fold_is_refused_and_a_killed_holder_does_not_block(
     assert len(losses(run_dir)) == done + 1 and not (run_dir / ".lock").exists()
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of ``/proc/<pid>/stat`` (``Z`` for a zombie)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def test_lock_of_a_killed_but_unreaped_holder_is_stale(tmp_path):
     from autoseg.training.runlock import RunLock
 
@@ -80,7 +86,10 @@ def test_lock_of_a_killed_but_unreaped_holder_is_stale(tmp_path):
         with pytest.raises(ValueError, match=f"being trained by process {holder.pid}"):
             RunLock(tmp_path).acquire()
         holder.send_signal(signal.SIGKILL)
-        time.sleep(0.3)  # dead, but a zombie until reaped below: its pid still answers kill(pid, 0)
+        deadline = time.monotonic() + 30  # a loaded machine may take a while to finish the kill
+        while _process_state(holder.pid) != "Z" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _process_state(holder.pid) == "Z"  # dead, but unreaped: its pid still answers kill(pid, 0)
         with RunLock(tmp_path) as lock:
             assert lock.held
     finally:

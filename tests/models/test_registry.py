@@ -106,3 +106,38 @@ def test_group_norm_swap_computes_instance_norm_and_keeps_the_parameter_names(di
     assert list(swapped.state_dict()) == keys
     swapped.load_state_dict(state)  # ...loads into the swapped network
     assert torch.allclose(swapped(x), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_concat_free_up_blocks_compute_the_same_outputs_and_gradients_with_the_same_parameter_names(dims):
+    import copy
+
+    from monai.networks.nets import DynUNet
+
+    from autoseg.models.registry import ConcatFreeUpBlock, concat_free_up_blocks
+
+    torch.manual_seed(0)
+    net = DynUNet(dims, 2, 3, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2],
+                  filters=[4, 8, 16, 16], norm_name=("INSTANCE", {"affine": True, "eps": 1e-5}))
+    changed = concat_free_up_blocks(copy.deepcopy(net))
+    assert len({id(m) for m in changed.modules() if isinstance(m, ConcatFreeUpBlock)}) == 3
+    assert list(changed.state_dict()) == list(net.state_dict())
+    x = torch.randn(2, 2, *(16,) * dims)
+    for mode in (True, False):
+        net.train(mode), changed.train(mode)
+        net.zero_grad(), changed.zero_grad()
+        a, b = net(x), changed(x)
+        assert torch.allclose(a, b, atol=1e-5), mode
+        if not mode:  # eval runs MONAI's own forward: bit-identical
+            assert torch.equal(a, b)
+            continue
+        (a * a).sum().backward(), (b * b).sum().backward()
+        for (name, p), q in zip(net.named_parameters(), changed.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-4 * float(p.grad.abs().max())), name
+
+
+def test_unet_and_resenc_unet_decoders_are_concat_free():
+    from autoseg.models.registry import ConcatFreeUpBlock
+
+    for arch in ("unet", "resenc_unet"):  # DynUNet's decoder is plain in both (res_block is encoder-only)
+        assert any(isinstance(m, ConcatFreeUpBlock) for m in build_model(arch, plan(), 1, 3).modules()), arch

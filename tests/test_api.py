@@ -140,6 +140,8 @@ def test_plans_of_another_preset_live_beside_the_default_ones(raw, ws, tmp_path)
     assert find_plans(d, "default") == d / "plans.json"
     with pytest.raises(ValueError, match="no plans named 'resenc_m'.*autosegPlans, autosegPlans_small"):
         find_plans(d, "resenc_m")
+    with pytest.raises(ValueError, match="no plans named 'autosegPlans_resenc_l'.* --planner resenc_l`"):
+        find_plans(d, "autosegPlans_resenc_l")
     (d / "plans.json").unlink()
     assert find_plans(d) == other.plans  # the only plans left
     assert ws.resolve_planned(raw.name) == raw.name

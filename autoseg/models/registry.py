@@ -80,7 +80,8 @@ class ConcatFreeUpBlock(nn.Module):
     halves of the same weight, and the two results are summed -- ``conv(cat(u, s), W) = conv(u, W_u) +
     conv(s, W_s)``, the same function up to float rounding (~1e-5). On the CPU that is cheaper than
     one convolution over the concatenated copy (full-resolution 64->32 layer, forward + backward:
-    0.77x the time; a whole Hippocampus training step 7% less CPU time, docs/benchmarks.md). Same
+    0.77x the time; a whole Hippocampus training step ~5% less CPU time, in-process A/Bs from -7% to
+    +2%; throughput against nnU-Net 1.14x -> 1.20x per CPU-second, docs/benchmarks.md). Same
     submodules and parameter names as the block it replaces, so checkpoints load either way; in eval
     mode it runs MONAI's own forward, so predictions and exported graphs are unchanged."""
 

@@ -161,5 +161,6 @@ def find_plans(dataset_dir: Path, wanted: str | None = None) -> Path:
     for name, path in found.items():
         if matches_plans(name, wanted):
             return path
+    preset = wanted.removeprefix(DEFAULT_PLANS_NAME + "_")
     raise ValueError(f"{dataset_dir}: no plans named '{wanted}' (planned: {listed}); plan them with "
-                     f"`autoseg plan DATASET --planner {wanted}`")
+                     f"`autoseg plan DATASET --planner {preset}`")

@@ -1,7 +1,6 @@
 """How the networks run: PyTorch eager (fp32, or bf16/fp16 autocast) or OpenVINO on the CPU.
 
-Every backend hands :func:`autoseg.inference.sliding.predict_logits` (and so MONAI's
-``sliding_window_inference``) plain ``nn.Module`` s that map a float32 batch of patches
+Every backend hands :func:`autoseg.inference.sliding.predict_logits` plain ``nn.Module`` s that map a float32 batch of patches
 ``(B, C, *patch)`` to float32 logits ``(B, K, *patch)``; precision is either an autocast dtype
 (torch) or compiled into the OpenVINO model. Choices:
 
@@ -155,20 +154,36 @@ def no_telemetry():
                 os.environ[k] = v
 
 
+def _cache_file(source: Path, shape: Sequence[int]) -> Path:
+    source = Path(source).resolve()  # folds linked to one file share it
+    return _ir_path(source.parent / OPENVINO_CACHE, source, shape)
+
+
+def cached_openvino(source: Path | None, shape: Sequence[int]):
+    """The cached OpenVINO model of checkpoint ``source`` for inputs of ``shape`` (see
+    :func:`convert_to_openvino`), or None when there is none yet."""
+    import openvino as ov
+
+    if source is None:
+        return None
+    cached = _cache_file(source, shape)
+    return ov.Core().read_model(str(cached)) if cached.is_file() else None
+
+
 def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path | None = None):
     """The OpenVINO model of ``network`` for inputs of ``shape``; read from (or stored in) the cache
     folder ``.openvino`` next to the checkpoint ``source`` when given (conversion traces the network,
     which takes seconds to a minute per fold; reading the cache takes well under a second)."""
     import openvino as ov
 
-    source = Path(source).resolve() if source is not None else None  # folds linked to one file share it
-    cached = _ir_path(source.parent / OPENVINO_CACHE, source, shape) if source is not None else None
-    if cached is not None and cached.is_file():
-        return ov.Core().read_model(str(cached))
+    found = cached_openvino(source, shape)
+    if found is not None:
+        return found
     with warnings.catch_warnings(), torch.no_grad(), no_telemetry():
         warnings.simplefilter("ignore")  # tracing warnings about shape checks that hold for a fixed shape
         model = ov.convert_model(network.eval(), example_input=torch.zeros(tuple(shape)), input=[tuple(shape)])
-    if cached is not None:
+    if source is not None:
+        cached, source = _cache_file(source, shape), Path(source).resolve()
         try:
             _save_ir(model, cached)
             _remove_stale_ir(cached, source)
@@ -288,10 +303,10 @@ def _int8_networks(networks: Sequence[nn.Module], sources: Sequence[Path | None]
                    release: bool, required: bool) -> tuple[OpenVINONetwork, ...] | None:
     """The folds' int8 networks (``autoseg quantize``), or None when one has none that passed its check
     for the current weights; with ``required`` that is an error saying why."""
-    from autoseg.inference.quantize import QUANTIZATION_FILE, QuantizeError, int8_status, weights_digest
+    from autoseg.inference.quantize import QUANTIZATION_FILE, QuantizeError, int8_status
 
     found = []
-    for network, source in zip(networks, sources):
+    for i, source in enumerate(sources):
         if not required and (source is None or not (Path(source).resolve().parent / QUANTIZATION_FILE).is_file()):
             return None
         if source is None:
@@ -299,7 +314,7 @@ def _int8_networks(networks: Sequence[nn.Module], sources: Sequence[Path | None]
             xml = None
         else:
             try:
-                xml, reason = int8_status(source, weights_digest(network), shape)
+                xml, reason = int8_status(source, _digest(networks, i), shape)
             except QuantizeError as e:
                 xml, reason = None, str(e)
         if xml is None:
@@ -311,14 +326,24 @@ def _int8_networks(networks: Sequence[nn.Module], sources: Sequence[Path | None]
     return OpenVINONetwork.compile_all([ov.Core().read_model(str(x)) for x in found], shape, "int8", release)
 
 
+def _digest(networks: Sequence[nn.Module], index: int) -> str:
+    """Weights digest of ``networks[index]``, without building it when ``networks`` builds lazily
+    (:class:`~autoseg.inference.predictor.FoldNetworks`)."""
+    from autoseg.inference.quantize import weights_digest
+
+    digest = getattr(networks, "digest", None)
+    return digest(index) if digest is not None else weights_digest(networks[index])
+
+
 def make_engine(networks: Sequence[nn.Module], backend: str, precision: str, device: torch.device,
                 example_shape: Sequence[int], sources: Sequence[Path] | None = None) -> Engine:
     """Prepare ``networks`` (torch modules on the CPU, eval mode) to run with the chosen backend.
 
     ``example_shape`` is one batch of patches ``(B, C, *patch)``. torch networks are moved to
     ``device`` in place; OpenVINO networks are converted copies (cached next to their checkpoint
-    files ``sources`` when given). Several OpenVINO networks (folds) free their intermediate buffers
-    after each call, so memory does not grow with the number of folds."""
+    files ``sources`` when given; a cached or int8 network is read without touching ``networks[i]``,
+    so lazily built ones stay unbuilt). Several OpenVINO networks (folds) free their intermediate
+    buffers after each call, so memory does not grow with the number of folds."""
     device = torch.device(device)
     requested = precision
     backend, precision = resolve_choice(backend, precision, device)
@@ -331,7 +356,9 @@ def make_engine(networks: Sequence[nn.Module], backend: str, precision: str, dev
             if int8 is not None:
                 return Engine(backend, "int8", device, int8, None)
         _require_openvino()
-        models = [convert_to_openvino(n, shape, src) for n, src in zip(networks, sources)]
+        models = [cached_openvino(src, shape) for src in sources]
+        models = [m if m is not None else convert_to_openvino(networks[i], shape, sources[i])
+                  for i, m in enumerate(models)]
         return Engine(backend, precision, device, OpenVINONetwork.compile_all(models, shape, precision, release), None)
     moved = tuple(n.to(device).eval() for n in networks)
     return Engine(backend, precision, device, moved, _AMP[precision])

@@ -8,14 +8,16 @@ A *model folder* is a configuration folder of a training run or of an imported m
 
 Checkpoints describe themselves (weights, plans, configuration, architecture, dataset labels), so
 nothing else is read: every fold must agree on plans, configuration, architecture and labels. The
-networks are built once, on the CPU, in eval mode; :mod:`autoseg.inference.backends` moves or
-converts them for the device and backend that runs them.
+networks are built on the CPU, in eval mode, when first used (:class:`FoldNetworks`: OpenVINO
+prediction from conversions cached next to the checkpoints never builds them, which spares the 2-4 s
+that importing MONAI takes); :mod:`autoseg.inference.backends` moves or converts them for the
+device and backend that runs them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,45 @@ def parse_fold(text: str | int) -> Fold:
         raise PredictorError(f"unknown fold '{text}': use a fold number (0, 1, ...) or 'all'") from None
 
 
+class FoldNetworks(Sequence):
+    """The folds' torch networks, each built from its checkpoint weights when first asked for.
+
+    Building a network imports MONAI (DynUNet, SwinUNETR): 2-4 s per process. OpenVINO prediction
+    reads the folds' converted (or int8) networks from the cache next to their checkpoints and needs
+    only the weights' digest (:meth:`digest`), so ``autoseg predict`` never pays for it there. Indexing
+    or iterating builds (once; the weights then live in the network only)."""
+
+    def __init__(self, states: Sequence[dict[str, Any]], build: Callable[[dict[str, Any]], Any]):
+        """``states``: per fold, the checkpoint entries ``build`` needs, the weights under ``"model"``."""
+        self._states: list[dict[str, Any] | None] = list(states)
+        self._built: list[Any] = [None] * len(self._states)
+        self._build = build
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(len(self))[index])
+        index = range(len(self))[index]  # negative indices; IndexError past the end
+        if self._built[index] is None:
+            self._built[index] = self._build(self._states[index])
+            self._states[index] = None
+        return self._built[index]
+
+    def is_built(self, index: int) -> bool:
+        return self._built[index] is not None
+
+    def digest(self, index: int) -> str:
+        """The weights digest of network ``index`` (:func:`~autoseg.inference.quantize.weights_digest`),
+        from its checkpoint weights when it is not built yet."""
+        from autoseg.inference.quantize import state_digest, weights_digest
+
+        if self._built[index] is not None:
+            return weights_digest(self._built[index])
+        return state_digest(self._states[index]["model"])
+
+
 @dataclass
 class Predictor:
     """The networks of the chosen folds of one trained configuration (CPU, eval mode) and their context.
@@ -61,7 +102,7 @@ class Predictor:
     arch: str
     folds: tuple[Fold, ...]
     checkpoint: str
-    networks: tuple[Any, ...]
+    networks: Sequence[Any]  # a tuple of modules, or FoldNetworks (built on first use)
     postprocessing: PostprocessingDecision | None = None
     checkpoint_paths: tuple[Path, ...] = ()  # one per network (empty for hand-built predictors)
 
@@ -171,12 +212,13 @@ def build_network(ckpt: dict[str, Any], plans: Plans, config: ConfigurationPlan,
 
 
 def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpoint: str = "final") -> Predictor:
-    """Load the chosen folds' checkpoints of a model folder (or one fold folder) and build the networks."""
+    """Load the chosen folds' checkpoints of a model folder (or one fold folder); their networks are
+    built when first used (:class:`FoldNetworks`)."""
     from autoseg.training.checkpoint import load_checkpoint
 
     paths = choose_checkpoints(model_dir, folds, checkpoint)
     first_path = next(iter(paths.values()))
-    networks, reference = [], None
+    states, reference = [], None
     plans = config = spec = arch = None
     for fold, path in paths.items():
         ckpt = load_checkpoint(path)
@@ -195,11 +237,16 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
         elif _describe(ckpt) != reference:
             raise PredictorError(f"{path}: fold {fold} was trained with other plans, configuration, architecture or "
                                  f"labels than {first_path}; predict with the folds of one training only (--folds)")
-        networks.append(build_network(ckpt, plans, config, spec, path))
-        del ckpt
+        states.append({"model": ckpt["model"], "settings": ckpt.get("settings"), "arch": ckpt["arch"],
+                       "source": path})
+        del ckpt  # the optimiser state and the rest are not needed
+
+    def build(state: dict[str, Any]):
+        return build_network(state, plans, config, spec, state["source"])
+
     model_root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
-                     checkpoint=checkpoint, networks=tuple(networks),
+                     checkpoint=checkpoint, networks=FoldNetworks(states, build),
                      postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()))
 
 

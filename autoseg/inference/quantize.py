@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,9 +48,16 @@ class QuantizeError(ValueError):
 def weights_digest(network: nn.Module) -> str:
     """sha256 over the network's parameters and buffers (names, dtypes, shapes, values): equal for the
     same weights whatever file holds them (a run's checkpoint, an exported slim copy)."""
+    return state_digest(network.state_dict())
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """:func:`weights_digest` of a float32 network from its state dict, without building the network:
+    floating-point tensors are taken as float32 (what loading them into the network makes of them)."""
     h = hashlib.sha256()
-    for name, t in sorted(network.state_dict().items()):
+    for name, t in sorted(state.items()):
         t = t.detach().cpu().contiguous()
+        t = t.float() if t.is_floating_point() else t
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

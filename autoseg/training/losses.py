@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 from torch import nn
 
 SMOOTH = 1e-5  # nnU-Net MemoryEfficientSoftDiceLoss smooth (numerator and denominator)
@@ -60,6 +59,8 @@ class DiceCELoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, batch_dice: bool, ignore_label: int | None = None):
+        from monai.losses import DiceLoss  # here, not at the top: importing MONAI takes seconds
+
         super().__init__()
         self.num_classes = num_classes
         self.ignore_label = ignore_label
@@ -87,6 +88,8 @@ class RegionDiceBCELoss(nn.Module):
     """Sigmoid training on regions (label-value sets): soft Dice over every region + BCE, 1:1."""
 
     def __init__(self, regions: Sequence[Sequence[int]], batch_dice: bool, ignore_label: int | None = None):
+        from monai.losses import DiceLoss
+
         super().__init__()
         self.regions = [tuple(r) for r in regions]
         self.ignore_label = ignore_label

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -115,6 +117,28 @@ def test_openvino_prediction_equals_torch_prediction(model, tmp_path):
     seg_a = np.asarray(nib.load(str(tmp_path / "torch" / "c.nii.gz")).dataobj)
     seg_b = np.asarray(nib.load(str(tmp_path / "ov" / "c.nii.gz")).dataobj)
     assert (seg_a == seg_b).mean() > 0.999
+
+
+def test_openvino_prediction_from_cached_conversions_builds_no_network_and_does_not_import_monai(model, tmp_path):
+    """`autoseg predict` on OpenVINO with the folds' conversions cached needs only their weights'
+    digests: the torch networks are not built and MONAI (seconds to import) is not imported."""
+    pytest.importorskip("openvino")
+    write_nifti(tmp_path / "in" / "c_0000.nii.gz", blob_image())
+    run = dict(progress=False, device="cpu", precision="fp32", tta=False)
+    assert predict_folder(model, tmp_path / "in", tmp_path / "first", backend="openvino", **run).ok  # converts
+    script = (
+        "import sys\n"
+        "from autoseg.cli import main\n"
+        f"code = main(['predict', '-i', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'again')!r}, '--model', "
+        f"{str(model.model_dir)!r}, '--device', 'cpu', '--backend', 'openvino', '--precision', 'fp32', '--no-tta', "
+        "'--no-progress'])\n"
+        "print(code, sorted({m.split('.')[0] for m in sys.modules} & {'monai', 'matplotlib'}))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    same = [np.asarray(nib.load(str(tmp_path / d / "c.nii.gz")).dataobj) for d in ("first", "again")]
+    np.testing.assert_array_equal(*same)
 
 
 def test_openvino_conversion_is_cached_next_to_the_checkpoint(model, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from autoseg.inference.predictor import PredictorError, find_model_dir, load_predictor, resolve_trained
 from autoseg.workspace import Workspace
@@ -22,6 +23,49 @@ def test_all_finished_numbered_folds_are_loaded_by_default(tmp_path):
     assert load_predictor(tmp_path / "m", folds=["all"]).folds == ("all",)
     assert load_predictor(tmp_path / "m", folds=[2], checkpoint="best").folds == (2,)
     assert load_predictor(tmp_path / "m" / "fold_1").folds == (1,)
+
+
+def test_networks_are_built_when_first_used_and_their_digest_needs_no_build(tmp_path):
+    from autoseg.inference.quantize import weights_digest
+
+    for fold in (0, 1):
+        save_fold(tmp_path / "m", fold, tiny_plans(), seed=fold)
+    model = load_predictor(tmp_path / "m")
+    nets = model.networks
+    assert len(nets) == 2 and not nets.is_built(0) and not nets.is_built(1)
+    digests = [nets.digest(0), nets.digest(1)]
+    assert not nets.is_built(0) and digests[0] != digests[1]
+    first = nets[0]
+    assert nets.is_built(0) and not nets.is_built(1) and nets[0] is first and nets[-2] is first
+    assert [weights_digest(n) for n in nets] == digests == [nets.digest(0), nets.digest(1)]
+    with pytest.raises(IndexError):
+        nets[2]
+
+
+def test_digest_of_half_precision_checkpoint_weights_is_that_of_the_network_they_make(tmp_path):
+    """Weights stored as float16 become float32 in the network; the digest without building says so."""
+    from autoseg.inference.quantize import weights_digest
+    from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_fold(tmp_path / "m", 0, tiny_plans())
+    ckpt = load_checkpoint(path)
+    ckpt["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    save_checkpoint(ckpt, path)
+    nets = load_predictor(tmp_path / "m").networks
+    assert nets.digest(0) == weights_digest(nets[0])
+    assert next(iter(nets[0].parameters())).dtype == torch.float32
+
+
+def test_weights_that_do_not_fit_the_network_are_reported_when_it_is_built(tmp_path):
+    from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_fold(tmp_path / "m", 0, tiny_plans())
+    ckpt = load_checkpoint(path)
+    ckpt["model"].pop(next(iter(ckpt["model"])))
+    save_checkpoint(ckpt, path)
+    model = load_predictor(tmp_path / "m")
+    with pytest.raises(PredictorError, match="weights do not fit the unet network"):
+        model.networks[0]
 
 
 def test_unfinished_or_untrained_folds_say_what_to_do(tmp_path):

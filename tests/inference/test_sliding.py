@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from autoseg.inference.sliding import mirror_combinations, predict_logits, predict_probabilities
+from autoseg.inference.sliding import (GAUSSIAN_SIGMA_SCALE, importance_map, mirror_combinations, predict_logits,
+                                      predict_probabilities)
 
 
 def _pointwise(cin=1, k=3, dims=3, seed=0):
@@ -95,6 +96,18 @@ def test_preallocated_accumulation_equals_monai_sliding_window(shape):
         ref = sliding_window_inference(image[None], (8, 10, 6), 1, net, overlap=0.5, mode="gaussian",
                                        sigma_scale=0.125, padding_mode="constant", cval=0.0)[0]
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("patch", [(40, 56, 40), (16, 16, 16), (5, 7, 9), (128, 128), (3, 200, 1)])
+def test_gaussian_window_is_monais_importance_map(patch):
+    """The window weights built here equal MONAI's gaussian importance map (exactly, also where the
+    Gaussian falls below MONAI's 1e-3 floor at the edges of long axes)."""
+    from monai.data.utils import compute_importance_map
+
+    ref = compute_importance_map(patch, mode="gaussian", sigma_scale=GAUSSIAN_SIGMA_SCALE, device="cpu")
+    ours = importance_map(patch)
+    assert ours.dtype == torch.float32 and ours.shape == ref.shape
+    assert torch.equal(ours, ref.float())
 
 
 def test_accumulation_is_float16_only_above_the_size_limit():

@@ -6,11 +6,12 @@ upsampling, skip concatenation), so its weights are converted into an nnU-Net mo
 (conv biases 0: they sit before instance norms) and checked to give the same logits. Both tools
 then predict the same cases from the raw files (5 folds with mirroring TTA, then without TTA) and
 the script prints wall time per case, peak memory (process tree, ``proctree.py``), the ratio and
-the Dice of each against the reference labels.
+the Dice of each against the reference labels. ``--repeats N`` runs the tools N times in turn and
+prints medians, and the ratio of each repeat's two adjacent runs (their median as the ratio).
 
     OMP_NUM_THREADS=2 python benchmarks/predict_vs_nnunet.py --workdir WS --dataset Dataset004_Hippocampus \
         --nnunet-root /tmp/nnunet_ref --nnunet-bin /work/nnunet_venv/bin [--cases 5] [--folds 5] [--large-ct] \
-        [--precisions fp32 int8]
+        [--precisions fp32 int8] [--repeats 3] [--tta-only]
 
 ``--workdir`` holds the trained autoseg model (results/<Dataset>/unet__autosegPlans__3d_fullres) and
 the planned dataset (splits: the cases come from fold 0's validation set); ``--nnunet-root`` holds
@@ -288,6 +289,10 @@ def main() -> None:
     ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "int8"],
                     help="autoseg --precision values to time (int8: `autoseg quantize` runs first on the "
                          "trained folds)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the tools this many times in turn (autoseg, nnU-Net, autoseg, ...): medians and "
+                         "the ratio of each repeat's adjacent runs are printed (a shared machine's load drifts)")
+    ap.add_argument("--tta-only", action="store_true", help="time only the runs with TTA")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="predict_vs_nnunet_"))
     model_dir = args.workdir / "results" / args.dataset / "unet__autosegPlans__3d_fullres"
@@ -301,15 +306,19 @@ def main() -> None:
           f"{diff:.2e}), threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"autoseg backend: {warm}")
     print(f"{'':8} {'tool':13} {'s/case':>8} {'peak GiB':>9} {'Dice':>7}")
-    for tta in (True, False):
-        runs = run_both(images, ours, args.dataset, args.folds, tta, args.nnunet_root, args.nnunet_bin, work,
-                        args.precisions)
-        for name, (run, pred) in runs.items():
-            print(f"{'TTA' if tta else 'no TTA':8} {name:13} {run.wall_s / len(cases):>8.2f} "
-                  f"{(run.peak_pss_sum or run.peak_rss_sum) / 2**30:>9.2f} {dice(labels, pred, cases, ours):>7.4f}")
+    for tta in (True,) if args.tta_only else (True, False):
+        repeats = [run_both(images, ours, args.dataset, args.folds, tta, args.nnunet_root, args.nnunet_bin, work,
+                            args.precisions) for _ in range(args.repeats)]
+        for name, (run, pred) in repeats[-1].items():
+            walls = [r[name][0].wall_s / len(cases) for r in repeats]
+            spread = f"  ({', '.join(f'{w:.2f}' for w in walls)})" if len(walls) > 1 else ""
+            peak = max((r[name][0].peak_pss_sum or r[name][0].peak_rss_sum) for r in repeats)
+            print(f"{'TTA' if tta else 'no TTA':8} {name:13} {float(np.median(walls)):>8.2f} "
+                  f"{peak / 2**30:>9.2f} {dice(labels, pred, cases, ours):>7.4f}{spread}")
         for p in args.precisions:
-            ratio = runs[f"autoseg {p}"][0].wall_s / runs["nnU-Net"][0].wall_s
-            print(f"{'':8} autoseg {p} / nnU-Net wall time: {ratio:.2f}")
+            ratios = [r[f"autoseg {p}"][0].wall_s / r["nnU-Net"][0].wall_s for r in repeats]
+            each = f" (each repeat: {', '.join(f'{x:.3f}' for x in ratios)})" if len(ratios) > 1 else ""
+            print(f"{'':8} autoseg {p} / nnU-Net wall time: {float(np.median(ratios)):.3f}{each}")
     if args.large_ct:
         large_ct(work)
     print(f"(work folder: {work})")

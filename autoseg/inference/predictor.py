@@ -221,7 +221,7 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     states, reference = [], None
     plans = config = spec = arch = None
     for fold, path in paths.items():
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, mmap=True)
         if reference is None:
             reference = _describe(ckpt)
             try:

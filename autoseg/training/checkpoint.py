@@ -92,13 +92,17 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:
     return atomic_write_with(path, lambda f: torch.save(checkpoint, f))
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint (``torch.load(weights_only=True)``: tensors and primitives only)."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Read and validate a checkpoint (``torch.load(weights_only=True)``: tensors and primitives only).
+
+    ``mmap``: map the file instead of reading it; tensors are read from it when first used, so a
+    caller that needs only the weights never reads the optimiser state (prediction: 5 folds load in
+    0.2 s instead of 0.5-0.65 s). Safe because checkpoints are only ever replaced by renaming."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"{path}: cannot be read as an autoseg checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); it may be truncated or foreign") from None

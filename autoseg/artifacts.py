@@ -9,9 +9,11 @@ stale or foreign file gives a clear message instead of a ``KeyError`` deep insid
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import types
 import typing
@@ -78,8 +80,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write_with(path, lambda f: f.write(data))
 
 
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``, same file
+    system); False where the system or file system cannot, so the caller falls back to renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without the wrapper (glibc < 2.28, some musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # old kernel, or a file system without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def replace_folder(new: Path, target: Path) -> None:
-    """Move the finished folder ``new`` to ``target``, replacing an existing one."""
+    """Move the finished folder ``new`` to ``target``, replacing an existing one.
+
+    An existing ``target`` is swapped with ``new`` atomically where the system can
+    (:func:`exchange_paths`): at every instant ``target`` is the whole old or the whole new folder,
+    even if the process is killed; the old one (then at ``new``) is deleted afterwards. Elsewhere the
+    old folder is renamed aside first, which leaves a short window without ``target``."""
+    if target.exists() and exchange_paths(new, target):
+        shutil.rmtree(new, ignore_errors=True)
+        return
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -13,7 +13,9 @@ Zip layout (the model folder of a training run, so ``predict --model`` reads bot
 
 ``import_model`` refuses absolute paths, ``..``, links, files the manifest does not list and files
 whose checksum differs, then installs the folder under ``<workdir>/results/<Dataset>/`` atomically
-(written to a temporary folder, then renamed).
+(written to a temporary folder, then renamed; with ``--overwrite`` swapped with the installed one in
+one step, so a killed import leaves the old or the new model, whole; the temporary folders of
+killed imports are removed by the next one).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with
+from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, replace_folder
 from autoseg.workspace import Workspace
 
 MANIFEST_NAME = "manifest.json"
@@ -271,16 +274,31 @@ def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) 
     if target.exists() and not overwrite:
         raise ExportError(f"{target}: a model is already installed there; pass --overwrite to replace it")
     results.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=results))
+    _remove_dead_staging(results)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-{socket.gethostname()}-", dir=results))
     try:
         for name, data in files.items():
             dest = staging.joinpath(*name.split("/"))
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
         (staging / manifest.model_folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging / manifest.model_folder, target)
+        replace_folder(staging / manifest.model_folder, target)  # an installed model is replaced in one step
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+_STAGING = ".import-"  # + "<pid>-<host>-" of the importing process + random
+
+
+def _remove_dead_staging(results: Path) -> None:
+    """Delete the staging folders that imports on this machine left when they were killed (their
+    process no longer runs); a live import's folder, another machine's, or one whose process id is in
+    use again is left alone."""
+    from autoseg.training.runlock import process_alive
+
+    for p in results.glob(f"{_STAGING}*"):
+        pid, _, rest = p.name[len(_STAGING):].partition("-")
+        if (pid.isdigit() and rest.startswith(f"{socket.gethostname()}-") and p.is_dir()
+                and not process_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)

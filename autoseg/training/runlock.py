@@ -22,7 +22,7 @@ class RunLockedError(ValueError):
     """Another live process holds the run folder."""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a running process (a killed but not yet reaped zombie is not)."""
     try:
         os.kill(pid, 0)
@@ -80,7 +80,7 @@ class RunLock:
         if pid == os.getpid() and host == socket.gethostname():
             live = self.path.resolve() in _HELD
         else:
-            live = host != socket.gethostname() or _alive(pid)
+            live = host != socket.gethostname() or process_alive(pid)
         if live:
             raise RunLockedError(
                 f"{self.path.parent} is being {self.doing} by process {holder[1]} on {holder[0]}; wait for it "

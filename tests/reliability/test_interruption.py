@@ -144,3 +144,82 @@ def test_predict_killed_between_probabilities_and_labels_redoes_that_case(refere
         f"toy_00{i}{ext}" for i in (4, 5, 6) for ext in (".nii.gz", ".npz"))
     got, want = labels(out_dir), labels(reference.predictions)
     assert got.keys() == want.keys()
+
+
+# --- import, export, evaluate ---------------------------------------------------------------------------
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_import_overwrite_killed_as_it_swaps_leaves_a_whole_model_and_rerun_installs(reference, tmp_path, when):
+    """`autoseg import --overwrite` killed just before or just after the new model takes the installed
+    one's place: the folder is the whole old or the whole new model; the rerun installs it, removes
+    the killed run's staging folder, and the model predicts as the reference."""
+    src = reference.trained_copy(tmp_path / "src")
+    zip_path = tmp_path / "model.zip"
+    assert cli(["export", str(src / RUN), "-o", str(zip_path), "--workdir", str(src)])[0] == 0
+    for ws in (tmp_path / "ws", tmp_path / "fresh"):
+        code, _, err = cli(["import", str(zip_path), "--workdir", str(ws)])
+        assert code == 0, err
+    installed, fresh = tmp_path / "ws" / RUN, tmp_path / "fresh" / RUN
+    (installed / "old.txt").write_text("the model installed before")  # tells the old from the new one
+    args = ["import", str(zip_path), "--workdir", str(tmp_path / "ws"), "--overwrite"]
+
+    run_killed(args, tmp_path, KillPoint("autoseg.artifacts:exchange_paths", nth=1, when=when))
+
+    got = _files(installed)
+    assert ("old.txt" in got) == (when == "before")
+    got.pop("old.txt", None)
+    assert got == _files(fresh)  # whole: every file of the model, byte for byte
+    assert len(list(installed.parent.glob(".import-*"))) == 1  # the killed run's staging folder
+    code, out, err = cli(args)
+    assert code == 0, err
+    assert _files(installed) == _files(fresh) and list(installed.parent.glob(".import-*")) == []
+    code, out, err = cli(predict_args(tmp_path / "ws", reference.images_ts, tmp_path / "pred"))
+    assert code == 0, err
+    got, want = labels(tmp_path / "pred"), labels(reference.predictions)
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
+
+
+@pytest.mark.slow
+def test_export_killed_before_its_zip_is_renamed_into_place_keeps_the_earlier_zip(reference, tmp_path):
+    src = reference.trained_copy(tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    zip_path = out / "model.zip"
+    args = ["export", str(src / RUN), "-o", str(zip_path), "--workdir", str(src)]
+    assert cli(args)[0] == 0
+    earlier = zip_path.read_bytes()
+
+    run_killed(args, tmp_path, KillPoint("os:replace", nth=1, match="model.zip"))
+
+    assert zip_path.read_bytes() == earlier  # never a half-written zip under the name
+    assert [p.name.endswith(".tmp") for p in temporaries(out)] == [True]  # the killed run's, hidden
+    code, _, err = cli(args)
+    assert code == 0, err
+    code, _, err = cli(["import", str(zip_path), "--workdir", str(tmp_path / "ws")])
+    assert code == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_evaluate_killed_while_writing_its_summaries_leaves_them_whole(reference, tmp_path, when):
+    """Killed before or after the first summary file is renamed into place: each summary file is whole
+    (the earlier run's or the new one, equal here), and the rerun writes both."""
+    out = tmp_path / "eval"
+    args = ["evaluate", str(reference.raw / "labelsTs"), str(reference.predictions), "-d",
+            str(reference.raw / "dataset.json"), "-o", str(out), "-j", "1", "--no-progress"]
+    code, _, err = cli(args)
+    assert code == 0, err
+    earlier = {k: v for k, v in _files(out).items() if not k.startswith(".")}
+    assert sorted(earlier) == ["summary.csv", "summary.json"]
+
+    run_killed(args, tmp_path, KillPoint("os:replace", nth=1, when=when, match="summary.*"))
+
+    assert {k: v for k, v in _files(out).items() if not k.startswith(".")} == earlier
+    code, _, err = cli(args)
+    assert code == 0, err
+    assert {k: v for k, v in _files(out).items() if not k.startswith(".")} == earlier

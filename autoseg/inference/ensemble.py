@@ -5,6 +5,8 @@ by ``autoseg predict --save-probabilities`` or by training with ``--save-probabi
 ``fold_k/validation``) next to the ``{case}{ending}`` segmentation whose geometry the ensemble's
 label map copies. Cases are averaged over every folder that has them; a case missing from some
 folder is reported as failed (an ensemble of fewer models would silently be another model).
+As with ``predict``, finished cases are skipped unless ``overwrite`` and a killed run's temporary
+files are removed by the next one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.cropping import uncrop
-from autoseg.inference.pipeline import PredictError, PredictReport
+from autoseg.inference.pipeline import PredictError, PredictReport, writing_into
 from autoseg.inference.probabilities import (
     ProbabilitiesError,
     SavedProbabilities,
@@ -110,7 +112,9 @@ def ensemble_folders(in_dirs: Sequence[Path], out_dir: Path, *, regions_class_or
     out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped, failed = [], [], []
     rco = tuple(regions_class_order) if regions_class_order is not None else None
-    with progress_bar("ensembling", len(cases), progress) as advance:
+    endings = {file_ending(segs[c]) for _, segs in indexes for c in cases if c in segs}
+    outputs = [f"{c}{e}" for c in cases for e in endings | {".npz"}]
+    with writing_into(out_dir, outputs), progress_bar("ensembling", len(cases), progress) as advance:
         for case in cases:
             missing = [str(d) for d, (npz, _) in zip(in_dirs, indexes) if case not in npz]
             refs = [segs[case] for _, segs in indexes if case in segs]

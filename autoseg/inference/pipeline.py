@@ -142,16 +142,22 @@ def is_done(case: InputCase, out_dir: Path, save_probabilities: bool) -> bool:
     return seg.is_file() and (not save_probabilities or (Path(out_dir) / f"{case.case_id}.npz").is_file())
 
 
-def _is_temporary(name: str, cases: list[InputCase]) -> bool:
-    """Whether ``name`` is a temporary file of an output of ``cases`` (``.{output}.XXXXXXXX...``)."""
-    return name.startswith(".") and any(name.startswith((f".{c.output_name()}.", f".{c.case_id}.npz."))
-                                        for c in cases)
+def output_names(cases: list[InputCase]) -> list[str]:
+    """The files ``predict`` may write for ``cases``: label maps and probabilities."""
+    return [n for c in cases for n in (c.output_name(), f"{c.case_id}.npz")]
+
+
+def _is_temporary(name: str, outputs: set[str]) -> bool:
+    """Whether ``name`` is a temporary file of one of ``outputs`` (``.{output}.XXXXXXXX...``)."""
+    if not name.startswith("."):
+        return False
+    return any(name[1:].startswith(f"{o}.") for o in outputs)
 
 
 @contextlib.contextmanager
-def writing_into(out_dir: Path, cases: list[InputCase]):
+def writing_into(out_dir: Path, outputs: list[str]):
     """Hold a shared lock on ``out_dir`` while writing into it; when no other run holds one, first
-    delete the temporaries a killed run left for ``cases`` (no live writer can own them then).
+    delete the temporaries a killed run left for the files ``outputs`` (no live writer can own them then).
     The lock is the kernel's (``flock`` on the folder): it goes with its process, even on SIGKILL."""
     try:
         import fcntl
@@ -169,8 +175,9 @@ def writing_into(out_dir: Path, cases: list[InputCase]):
             yield
             return
         if sole:
+            names = set(outputs)
             for p in out_dir.iterdir():
-                if _is_temporary(p.name, cases) and p.is_file():
+                if _is_temporary(p.name, names) and p.is_file():
                     p.unlink(missing_ok=True)
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield
@@ -393,7 +400,7 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
         raise PredictError(f"{out_dir}: write predictions to another folder than the input images")
     cases = find_inputs(in_dir, model.spec.channel_names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with writing_into(out_dir, cases):
+    with writing_into(out_dir, output_names(cases)):
         return _predict_cases(model, cases, out_dir, step, tta, save_probabilities, overwrite, device, backend,
                               precision, progress, started, release_networks)
 

@@ -223,3 +223,32 @@ def test_evaluate_killed_while_writing_its_summaries_leaves_them_whole(reference
     code, _, err = cli(args)
     assert code == 0, err
     assert {k: v for k, v in _files(out).items() if not k.startswith(".")} == earlier
+
+
+@pytest.mark.slow
+def test_ensemble_killed_mid_folder_rerun_skips_finished_cases_and_removes_its_temporary(reference, tmp_path):
+    workdir = reference.trained_copy(tmp_path / "w")
+    for name, extra in (("a", ()), ("b", ("--step", "0.75"))):  # two predictions that differ a little
+        code, _, err = cli(predict_args(workdir, reference.images_ts, tmp_path / name, "--save-probabilities", *extra))
+        assert code == 0, err
+
+    def args(out):
+        return ["ensemble", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out), "--save-probabilities",
+                "--no-progress"]
+
+    assert cli(args(tmp_path / "whole"))[0] == 0  # the uninterrupted ensemble
+    out = tmp_path / "ens"
+    run_killed(args(out), tmp_path, KillPoint("os:replace", nth=2, match="*.nii.gz"))
+    done = {p.name.split(".")[0] for p in out.glob("*.nii.gz") if not p.name.startswith(".")}
+    before = {k: v for k, v in _case_mtimes(out).items() if k.split(".")[0] in done}
+    assert len(done) == 1 and len(before) == 2  # one case whole (label map and .npz)
+    assert len(temporaries(out)) == 1  # the next one's label map half written
+
+    code, text, err = cli(args(out))
+
+    assert code == 0, err
+    assert "2 written, 1 skipped" in text
+    assert {k: v for k, v in _case_mtimes(out).items() if k in before} == before  # not recomputed
+    got, want = labels(out), labels(tmp_path / "whole")
+    assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
+    assert temporaries(out) == []

@@ -1,8 +1,8 @@
 """How the networks run: PyTorch eager (fp32, or bf16/fp16 autocast) or OpenVINO on the CPU.
 
-Every backend hands :func:`autoseg.inference.sliding.predict_logits` plain ``nn.Module`` s that map a float32 batch of patches
-``(B, C, *patch)`` to float32 logits ``(B, K, *patch)``; precision is either an autocast dtype
-(torch) or compiled into the OpenVINO model. Choices:
+Every backend hands :func:`autoseg.inference.sliding.predict_logits` plain ``nn.Module`` s that
+map a float32 batch of patches ``(B, C, *patch)`` to float32 logits ``(B, K, *patch)``; precision
+is either an autocast dtype (torch) or compiled into the OpenVINO model. Choices:
 
 - ``--backend torch`` (PyTorch eager) on cpu, cuda or mps; ``--precision fp32``, ``bf16`` or ``fp16``
   (fp16 on GPUs only);

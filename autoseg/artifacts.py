@@ -101,6 +101,47 @@ def exchange_paths(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _is_temporary(name: str, outputs: set[str]) -> bool:
+    """Whether ``name`` is a temporary file of one of ``outputs`` (``.{output}.XXXXXXXX...``)."""
+    if not name.startswith("."):
+        return False
+    return any(name[1:].startswith(f"{o}.") for o in outputs)
+
+
+@contextmanager
+def writing_into(out_dir: Path, outputs: list[str]):
+    """Hold a shared lock on ``out_dir`` while writing the files ``outputs`` into it (atomically, with
+    :func:`atomic_path`); when no other run holds one, first delete the temporaries a killed run left
+    for them (no live writer can own them then). The lock is the kernel's (``flock`` on the folder):
+    it goes with its process, even on SIGKILL. ``out_dir`` is created when missing."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): leftovers stay, hidden and never taken for outputs
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            sole = True
+        except BlockingIOError:  # another run is writing here: its temporaries are live
+            sole = False
+        except OSError:  # no flock on this file system (some network mounts): leave leftovers alone
+            yield
+            return
+        if sole:
+            names = set(outputs)
+            for p in out_dir.iterdir():
+                if _is_temporary(p.name, names) and p.is_file():
+                    p.unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 def replace_folder(new: Path, target: Path) -> None:
     """Move the finished folder ``new`` to ``target``, replacing an existing one.
 

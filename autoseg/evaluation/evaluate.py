@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from autoseg.artifacts import Artifact, atomic_write_bytes
+from autoseg.artifacts import Artifact, atomic_write_bytes, writing_into
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -188,8 +188,9 @@ def evaluate_folders(gt_dir: Path, pred_dir: Path, spec: DatasetSpec, tolerance_
         missing_predictions=tuple(missing),
     )
     out = Path(output_dir) if output_dir is not None else pred_dir
-    summary.save(out / "summary.json")
-    write_csv(summary, out / "summary.csv")
+    with writing_into(out, ["summary.json", "summary.csv"]):  # removes what a killed run left half written
+        summary.save(out / "summary.json")
+        write_csv(summary, out / "summary.csv")
     return summary
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, replace_folder
+from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, replace_folder, writing_into
 from autoseg.workspace import Workspace
 
 MANIFEST_NAME = "manifest.json"
@@ -201,7 +201,8 @@ def _write_zip(path: Path, entries: dict[str, bytes]) -> None:
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 zf.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
 
-    atomic_write_with(path, write)
+    with writing_into(path.parent, [path.name]):  # removes what a killed export left half written
+        atomic_write_with(path, write)
 
 
 # --- import ----------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ run is writing there) first deletes the temporary files a killed run left for it
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
 import re
 import threading
@@ -34,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.artifacts import writing_into
 from autoseg.dataset import Case
 from autoseg.inference.predictor import Predictor
 from autoseg.inference import probabilities as probability_files
@@ -145,44 +144,6 @@ def is_done(case: InputCase, out_dir: Path, save_probabilities: bool) -> bool:
 def output_names(cases: list[InputCase]) -> list[str]:
     """The files ``predict`` may write for ``cases``: label maps and probabilities."""
     return [n for c in cases for n in (c.output_name(), f"{c.case_id}.npz")]
-
-
-def _is_temporary(name: str, outputs: set[str]) -> bool:
-    """Whether ``name`` is a temporary file of one of ``outputs`` (``.{output}.XXXXXXXX...``)."""
-    if not name.startswith("."):
-        return False
-    return any(name[1:].startswith(f"{o}.") for o in outputs)
-
-
-@contextlib.contextmanager
-def writing_into(out_dir: Path, outputs: list[str]):
-    """Hold a shared lock on ``out_dir`` while writing into it; when no other run holds one, first
-    delete the temporaries a killed run left for the files ``outputs`` (no live writer can own them then).
-    The lock is the kernel's (``flock`` on the folder): it goes with its process, even on SIGKILL."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): leftovers stay, hidden and never taken for outputs
-        yield
-        return
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            sole = True
-        except BlockingIOError:  # another run is writing here: its temporaries are live
-            sole = False
-        except OSError:  # no flock on this file system (some network mounts): leave leftovers alone
-            yield
-            return
-        if sole:
-            names = set(outputs)
-            for p in out_dir.iterdir():
-                if _is_temporary(p.name, names) and p.is_file():
-                    p.unlink(missing_ok=True)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
 
 
 # --- the three stages of one case -------------------------------------------------------------------

@@ -200,6 +200,7 @@ def test_export_killed_before_its_zip_is_renamed_into_place_keeps_the_earlier_zi
     assert [p.name.endswith(".tmp") for p in temporaries(out)] == [True]  # the killed run's, hidden
     code, _, err = cli(args)
     assert code == 0, err
+    assert temporaries(out) == []  # the rerun removed it
     code, _, err = cli(["import", str(zip_path), "--workdir", str(tmp_path / "ws")])
     assert code == 0, err
 
@@ -208,7 +209,8 @@ def test_export_killed_before_its_zip_is_renamed_into_place_keeps_the_earlier_zi
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_evaluate_killed_while_writing_its_summaries_leaves_them_whole(reference, tmp_path, when):
     """Killed before or after the first summary file is renamed into place: each summary file is whole
-    (the earlier run's or the new one, equal here), and the rerun writes both."""
+    (the earlier run's or the new one, equal here); the rerun writes both and removes the killed run's
+    temporary."""
     out = tmp_path / "eval"
     args = ["evaluate", str(reference.raw / "labelsTs"), str(reference.predictions), "-d",
             str(reference.raw / "dataset.json"), "-o", str(out), "-j", "1", "--no-progress"]
@@ -220,9 +222,10 @@ def test_evaluate_killed_while_writing_its_summaries_leaves_them_whole(reference
     run_killed(args, tmp_path, KillPoint("os:replace", nth=1, when=when, match="summary.*"))
 
     assert {k: v for k, v in _files(out).items() if not k.startswith(".")} == earlier
+    assert len(temporaries(out)) == (1 if when == "before" else 0)
     code, _, err = cli(args)
     assert code == 0, err
-    assert {k: v for k, v in _files(out).items() if not k.startswith(".")} == earlier
+    assert _files(out) == earlier  # and the killed run's temporary is gone
 
 
 @pytest.mark.slow

@@ -197,7 +197,8 @@ class FoldResult:
     record: dict[str, Any]
 
 
-def _save_record(fold_dir: Path, checkpoint: Path, record: dict[str, Any]) -> None:
+def _save_record(fold_dir: Path, checkpoint: Path, record: dict[str, Any] | None) -> None:
+    """Set (or, with None, remove) the record of ``checkpoint`` in the fold's ``quantization.json``."""
     from autoseg.artifacts import atomic_write_json
 
     records = {}
@@ -205,7 +206,12 @@ def _save_record(fold_dir: Path, checkpoint: Path, record: dict[str, Any]) -> No
         records = read_records(fold_dir)
     except QuantizeError:  # an unreadable file is replaced
         pass
-    records[checkpoint.name] = record
+    if record is None and checkpoint.name not in records:
+        return
+    if record is None:
+        del records[checkpoint.name]
+    else:
+        records[checkpoint.name] = record
     atomic_write_json(fold_dir / QUANTIZATION_FILE, records_document(records))
 
 
@@ -241,6 +247,8 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
         int8_model = quantize_network(f32_model, calibration_patches(
             data_folder, list(cases.train), model.config.patch_size, patches, seed))
         xml = checkpoint.parent / int8_name(checkpoint)
+        # the earlier record goes first: killed before the new one is written, no unchecked network is used
+        _save_record(checkpoint.parent, checkpoint, None)
         _save_ir(int8_model, xml)
         say(f"fold {fold}: checking int8 against f32 on {len(check)} {kind} cases")
         f32_net = OpenVINONetwork.compile_all([f32_model], shape, "fp32")[0]

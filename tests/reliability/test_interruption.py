@@ -255,3 +255,39 @@ def test_ensemble_killed_mid_folder_rerun_skips_finished_cases_and_removes_its_t
     got, want = labels(out), labels(tmp_path / "whole")
     assert got.keys() == want.keys() and all((got[k] == want[k]).all() for k in want)
     assert temporaries(out) == []
+
+
+@pytest.mark.slow
+def test_quantize_killed_before_checking_its_new_int8_network_never_lets_predict_use_it(reference, tmp_path):
+    """Quantizing again replaces the fold's int8 network; killed before the new one is checked, the
+    earlier passing record must not vouch for it: predict falls back to f32 until a rerun checks it."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from autoseg.inference.quantize import QUANTIZATION_FILE
+
+    workdir = reference.trained_copy(tmp_path / "w")
+    fold = workdir / RUN / "fold_0"
+    args = ["quantize", DATASET, "--workdir", str(workdir), "--plans", "tiny", "--patches", "4", "--check-cases", "1",
+            "--tolerance", "1"]  # the mechanics, not the tiny model's Dice, are under test
+
+    def predict(out, precision):
+        return cli(["predict", "-i", str(reference.images_ts), "-o", str(tmp_path / out), "-d", DATASET, "--workdir",
+                    str(workdir), "--device", "cpu", "--backend", "openvino", "--precision", precision, "--no-tta",
+                    "--no-progress"])
+
+    def records():
+        return json.loads((fold / QUANTIZATION_FILE).read_text())["checkpoints"]
+
+    assert cli(args)[0] == 0 and records()["checkpoint_final.pt"]["check"]["passed"]
+    assert "with openvino int8 on cpu" in predict("first", "auto")[1]
+
+    run_killed(args + ["--seed", "1"], tmp_path, KillPoint("autoseg.inference.quantize:check_against_f32", nth=1))
+
+    assert records() == {}  # the new network is on disk, unchecked: no record vouches for it
+    code, out, err = predict("after_kill", "auto")
+    assert code == 0 and "with openvino fp32 on cpu" in out, out + err
+    code, out, err = predict("int8_after_kill", "int8")
+    assert code != 0 and "run `autoseg quantize`" in err
+    assert cli(args + ["--seed", "1"])[0] == 0
+    assert records()["checkpoint_final.pt"]["calibration"]["seed"] == 1
+    assert "with openvino int8 on cpu" in predict("again", "auto")[1]

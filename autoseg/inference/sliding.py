@@ -3,7 +3,8 @@
 Shared by the end-of-training validation and ``autoseg predict``. Input: one preprocessed case
 ``(C, X, Y, Z)`` (transposed axes of the plans). Patches of ``patch_size`` overlap by half a patch
 (``step=0.5``, window positions as MONAI's ``sliding_window_inference``); each patch's prediction
-is weighted by MONAI's Gaussian importance map (sigma = patch/8, sigma_scale 0.125 as nnU-Net) and
+is weighted by the Gaussian importance map of MONAI's ``sliding_window_inference`` (sigma = patch/8,
+sigma_scale 0.125 as nnU-Net; computed here, :func:`importance_map`, to spare MONAI's import) and
 accumulated into one preallocated buffer, normalised row by row (no whole-volume weight map).
 That buffer is float32, or float16 (as nnU-Net v2 accumulates its logits) when a float32 one would
 exceed ``HALF_ACCUMULATION_BYTES``: a 900x512x512 CT with 3 classes then needs 1.4 GB instead of 2.8.
@@ -43,8 +44,8 @@ def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
 
 
 class _Ensemble:
-    """Predictor for ``sliding_window_inference``: mean over networks and mirrorings of the logits
-    of a batch of patches ``(B, C, *patch)``."""
+    """Predictor of :func:`_sliding`: mean over networks and mirrorings of the logits of a batch of
+    patches ``(B, C, *patch)``."""
 
     def __init__(self, networks: Sequence[nn.Module], mirror_axes: Sequence[int], device: torch.device,
                  amp_dtype: torch.dtype | None):

@@ -104,6 +104,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
+        if mmap:  # a file system that cannot map files, or a damaged file: read it plainly (says which)
+            return load_checkpoint(path, map_location)
         raise CheckpointError(f"{path}: cannot be read as an autoseg checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}); it may be truncated or foreign") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -81,6 +81,26 @@ def test_missing_foreign_and_truncated_files_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "cut.pt")
 
 
+def test_memory_mapped_loading_gives_the_same_weights_and_the_same_errors(tmp_path, monkeypatch):
+    good = save_checkpoint(make_checkpoint(_run(tmp_path)), tmp_path / "good.pt")
+    plain, mapped = load_checkpoint(good), load_checkpoint(good, mmap=True)
+    assert plain["model"].keys() == mapped["model"].keys()
+    assert all(torch.equal(plain["model"][k], mapped["model"][k]) for k in plain["model"])
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(tmp_path / "cut.pt", mmap=True)
+    real_load = torch.load
+
+    def no_mapping(*args, mmap=None, **kwargs):  # a file system that cannot map files
+        if mmap:
+            raise OSError("mmap: operation not supported")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", no_mapping)
+    assert torch.equal(load_checkpoint(good, mmap=True)["model"][next(iter(plain["model"]))],
+                       plain["model"][next(iter(plain["model"]))])
+
+
 def test_pickled_objects_are_refused(tmp_path):
     torch.save({"format": "autoseg-checkpoint", "format_version": 1, "settings": TrainSettings()}, tmp_path / "obj.pt")
     with pytest.raises(CheckpointError, match="cannot be read"):

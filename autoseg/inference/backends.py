@@ -46,6 +46,7 @@ CPU_FALLBACK = ("torch", "fp32")
 CPU_FAST = ("openvino", "fp32")
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: quantized layers int8, the rest f32
 OPENVINO_CACHE = ".openvino"  # converted networks, in each fold folder next to the checkpoint
+GRAPH_VERSION = 2  # of what _convert makes (2: norms as one MVN each); part of the cache file names
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -113,12 +114,16 @@ def cpu_has_bf16() -> bool:
 
 def _ir_path(cache: Path, source: Path, shape: Sequence[int]) -> Path:
     """Cache file of the converted network: named after the checkpoint's name, size and modification
-    time, the input shape and the OpenVINO version, so a changed checkpoint is converted again."""
+    time, the input shape, the OpenVINO version and :data:`GRAPH_VERSION`, so a changed checkpoint,
+    or a conversion made by an earlier autoseg, is converted again."""
+    st = source.stat()
+    return cache / f"{source.stem}-{st.st_size}-{st.st_mtime_ns}{_ir_suffix(shape)}.xml"
+
+
+def _ir_suffix(shape: Sequence[int]) -> str:
     import openvino as ov
 
-    st = source.stat()
-    key = f"{source.stem}-{st.st_size}-{st.st_mtime_ns}-{'x'.join(map(str, shape))}-ov{ov.__version__.split('-')[0]}"
-    return cache / f"{key}.xml"
+    return f"-{'x'.join(map(str, shape))}-ov{ov.__version__.split('-')[0]}-g{GRAPH_VERSION}"
 
 
 def _save_ir(model, path: Path) -> None:
@@ -174,14 +179,10 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
     """The OpenVINO model of ``network`` for inputs of ``shape``; read from (or stored in) the cache
     folder ``.openvino`` next to the checkpoint ``source`` when given (conversion traces the network,
     which takes seconds to a minute per fold; reading the cache takes well under a second)."""
-    import openvino as ov
-
     found = cached_openvino(source, shape)
     if found is not None:
         return found
-    with warnings.catch_warnings(), torch.no_grad(), no_telemetry():
-        warnings.simplefilter("ignore")  # tracing warnings about shape checks that hold for a fixed shape
-        model = ov.convert_model(network.eval(), example_input=torch.zeros(tuple(shape)), input=[tuple(shape)])
+    model = _convert(network, shape)
     if source is not None:
         cached, source = _cache_file(source, shape), Path(source).resolve()
         try:
@@ -192,15 +193,34 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
     return model
 
 
+def _convert(network: nn.Module, shape: Sequence[int]):
+    """``ov.convert_model`` of a copy of ``network`` whose per-channel norms are written out for
+    OpenVINO (:func:`~autoseg.models.registry.spatial_instance_norms`: one MVN each instead of
+    reshape -> MVN -> reshape and two layout conversions)."""
+    import copy
+
+    import openvino as ov
+
+    from autoseg.models.registry import spatial_instance_norms
+
+    deployed = spatial_instance_norms(copy.deepcopy(network).eval())
+    with warnings.catch_warnings(), torch.no_grad(), no_telemetry():
+        warnings.simplefilter("ignore")  # tracing warnings about shape checks that hold for a fixed shape
+        return ov.convert_model(deployed, example_input=torch.zeros(tuple(shape)), input=[tuple(shape)])
+
+
 def _remove_stale_ir(current: Path, source: Path) -> None:
-    """Delete cached conversions of earlier versions of ``source`` (same name, input shape and
-    OpenVINO version, other size or modification time; see :func:`_ir_path`): a retrained fold would
-    otherwise leave one copy of its weights behind per training."""
+    """Delete cached conversions of earlier versions of ``source`` for the same input shape and
+    OpenVINO version (other size or modification time, or an earlier :data:`GRAPH_VERSION`, or none;
+    see :func:`_ir_path`): a retrained fold would otherwise leave one copy of its weights behind per
+    training."""
     head = f"{source.stem}-"
     version = re.match(r"\d+-\d+", current.name[len(head):])
-    if not current.name.startswith(head) or version is None:
+    graph = re.search(r"-g\d+\.xml$", current.name)
+    if not current.name.startswith(head) or version is None or graph is None:
         return
-    pattern = re.compile(re.escape(head) + r"\d+-\d+" + re.escape(current.name[len(head) + version.end():]))
+    rest = current.name[len(head) + version.end():graph.start()]
+    pattern = re.compile(re.escape(head) + r"\d+-\d+" + re.escape(rest) + r"(-g\d+)?\.xml")
     for xml in current.parent.glob("*.xml"):
         if xml != current and pattern.fullmatch(xml.name):
             xml.with_suffix(".bin").unlink(missing_ok=True)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from monai.networks.blocks.dynunet_block import UnetResBlock
@@ -106,6 +107,28 @@ def test_group_norm_swap_computes_instance_norm_and_keeps_the_parameter_names(di
     assert list(swapped.state_dict()) == keys
     swapped.load_state_dict(state)  # ...loads into the swapped network
     assert torch.allclose(swapped(x), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_spatial_instance_norm_is_the_same_function_as_the_norms_it_replaces(dims):
+    from autoseg.models.registry import SpatialInstanceNorm, spatial_instance_norms
+
+    torch.manual_seed(0)
+    group = torch.nn.GroupNorm(4, 4, eps=1e-5)
+    torch.nn.init.uniform_(group.weight, 0.5, 1.5)
+    torch.nn.init.uniform_(group.bias, -0.5, 0.5)
+    instance = {2: torch.nn.InstanceNorm2d, 3: torch.nn.InstanceNorm3d}[dims]
+    norms = [group, instance(4, affine=True), instance(4, affine=False), instance(4, eps=1e-3)]
+    x = 3 * torch.randn(2, 4, *(6,) * dims) + 1
+    for norm in norms:
+        np.testing.assert_allclose(SpatialInstanceNorm(norm)(x).detach(), norm(x).detach(), atol=2e-5)
+    wrapped = torch.nn.Sequential(*norms, torch.nn.GroupNorm(2, 4), torch.nn.BatchNorm1d(4),
+                                  instance(4, track_running_stats=True))
+    spatial_instance_norms(wrapped)
+    # the per-channel norms are replaced; grouped, batch and running-statistics norms are not
+    assert [type(m).__name__ for m in wrapped] == ["SpatialInstanceNorm"] * 4 + [
+        "GroupNorm", "BatchNorm1d", instance.__name__]
+    assert wrapped[0].weight is group.weight  # shares the parameters
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -161,6 +161,47 @@ def replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_STAGING = ".staging-"  # ".{target}.staging-<pid>-<host>-<random>": where staged_folder builds a folder
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """A new, empty folder to fill in place of ``target``: when the block ends normally it replaces
+    ``target`` (:func:`replace_folder`, in one step where the system can); when it raises, or the
+    process is killed, ``target`` is left as it was. The folder is built under
+    ``.{target name}.staging-<pid>-<host>-*/`` next to ``target``; such staging folders of processes
+    on this machine that no longer run (killed) are removed on the next call."""
+    import socket
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}{_STAGING}"
+    _remove_dead_staging(target.parent, prefix)
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{socket.gethostname()}-", dir=target.parent))
+    try:
+        new = staging / target.name  # made by mkdir (the umask's permissions; mkdtemp gives 0700)
+        new.mkdir()
+        yield new
+        replace_folder(new, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_dead_staging(parent: Path, prefix: str) -> None:
+    """Delete staging folders ``{prefix}<pid>-<host>-*`` in ``parent`` left by killed processes of this
+    machine; a live process's folder, another machine's, or one whose process id is in use again is
+    left alone."""
+    import socket
+
+    from autoseg.training.runlock import process_alive
+
+    for p in parent.glob(f"{prefix}*"):
+        pid, _, rest = p.name[len(prefix):].partition("-")
+        if (pid.isdigit() and rest.startswith(f"{socket.gethostname()}-") and p.is_dir()
+                and not process_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class OutputFolderError(ValueError):
     """A folder that outputs should go to cannot be created or written to."""
 

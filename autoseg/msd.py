@@ -22,13 +22,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from autoseg.artifacts import atomic_write_json, replace_folder
+from autoseg.artifacts import atomic_write_json, staged_folder
 from autoseg.dataset import DatasetError, DatasetSpec
 
 FILE_ENDING = ".nii.gz"
@@ -55,9 +54,7 @@ def convert_msd(task_dir: Path, out_dir: Path, dataset_id: int | None = None, ov
     _verify_files(task_dir, training, test, n_channels)
     out_json = nnunet_dataset_json(meta, len(training), task_dir.name)
     DatasetSpec.from_json(out_json, target / "dataset.json", target.name)  # validate before writing
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out_dir))
-    try:
+    with staged_folder(target) as tmp:  # in place in one step; a killed run's staging folder goes next time
         for sub in ("imagesTr", "labelsTr") + (("imagesTs",) if test else ()):
             (tmp / sub).mkdir()
         for entry in training:
@@ -67,10 +64,6 @@ def convert_msd(task_dir: Path, out_dir: Path, dataset_id: int | None = None, ov
         for rel in test:
             split_channels(task_dir / rel, tmp / "imagesTs", _case_id(rel))
         atomic_write_json(tmp / "dataset.json", out_json)
-        replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

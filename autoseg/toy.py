@@ -25,15 +25,13 @@ What the volumes look like (arrays ``(X, Y, Z)``, spacing in mm, RAS+ affine):
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from autoseg.artifacts import atomic_write_json, replace_folder
+from autoseg.artifacts import atomic_write_json, staged_folder
 
 FILE_ENDING = ".nii.gz"
 MODALITIES = ("CT", "MR")
@@ -229,9 +227,7 @@ def make_toy_dataset(out_dir: Path, n_cases: int = 8, seed: int = 0, modality: s
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{target}: already exists and is not empty; pass overwrite=True "
                               "(--overwrite) or choose another name")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-    try:
+    with staged_folder(target) as tmp:  # in place in one step; a killed run's staging folder goes next time
         for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if n_test else ()):
             (tmp / sub).mkdir()
         for i in range(n_cases + n_test):
@@ -241,8 +237,4 @@ def make_toy_dataset(out_dir: Path, n_cases: int = 8, seed: int = 0, modality: s
             _write_case(tmp, f"toy_{i:03d}", case, *split)
         atomic_write_json(tmp / "dataset.json",
                           dataset_json(modality, n_channels, n_cases, regions, n_labels, seed))
-        replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

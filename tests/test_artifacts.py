@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from autoseg.artifacts import atomic_path, atomic_write_bytes, exchange_paths, replace_folder
+from autoseg.artifacts import atomic_path, atomic_write_bytes, exchange_paths, replace_folder, staged_folder
 
 
 def _mode(path):
@@ -57,3 +57,34 @@ def test_exchange_paths_swaps_two_folders_in_one_step(tmp_path):
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["from_a"]
     with pytest.raises(FileNotFoundError):
         exchange_paths(tmp_path / "a", tmp_path / "missing")
+
+
+def test_staged_folder_replaces_the_target_on_success_only_with_plain_folder_permissions(tmp_path):
+    (tmp_path / "plain").mkdir()  # what mkdir gives under this umask
+    target = tmp_path / "out" / "model"  # parents are made
+    with staged_folder(target) as new:
+        assert new.name == "model" and new.parent.name.startswith(".model.staging-") and not target.exists()
+        (new / "a").write_text("first")
+    assert [p.name for p in target.iterdir()] == ["a"] and _mode(target) == _mode(tmp_path / "plain")  # not 0700
+    with pytest.raises(RuntimeError):
+        with staged_folder(target) as new:
+            (new / "b").write_text("half")
+            raise RuntimeError("writer died")
+    assert [p.name for p in target.iterdir()] == ["a"] and [p.name for p in target.parent.iterdir()] == ["model"]
+
+
+def test_staged_folder_removes_the_staging_folders_of_dead_processes_only(tmp_path):
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid no longer runs
+    host = socket.gethostname()
+    leftovers = {"dead": f".model.staging-{dead.pid}-{host}-x1", "live": f".model.staging-{os.getpid()}-{host}-x2",
+                 "elsewhere": f".model.staging-{dead.pid}-another-host-x3", "other": f".other.staging-{dead.pid}-{host}-x4"}
+    for name in leftovers.values():
+        (tmp_path / name).mkdir()
+    with staged_folder(tmp_path / "model") as new:
+        (new / "a").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", leftovers["live"], leftovers["elsewhere"],
+                                                                 leftovers["other"]])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import Artifact, atomic_write_bytes
+from autoseg.artifacts import Artifact, atomic_write_bytes, staged_folder
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.predictor import ModelFolder, fold_dirs
 from autoseg.splits import Splits
@@ -41,7 +41,6 @@ class CrossvalError(ValueError):
 
 
 def _link(src: Path, dst: Path) -> None:
-    dst.unlink(missing_ok=True)
     try:
         os.link(src, dst)
     except OSError:
@@ -52,14 +51,13 @@ def merge_folds(model_dir: Path, splits: Splits, file_ending: str) -> tuple[Path
     """Collect the validation predictions of every fold of ``splits`` into ``model_dir/crossval_results``.
 
     Every fold must have finished (``validation/summary.json``) with a prediction for each of its
-    validation cases. Returns the folder and whether every case also has ``.npz`` probabilities."""
+    validation cases; if one has not, nothing is touched. The folder is built aside and replaces the
+    earlier one in one step (:func:`~autoseg.artifacts.staged_folder`), so a kill or an error leaves
+    the earlier merge whole. Returns the folder and whether every case also has ``.npz``
+    probabilities."""
     model_dir = Path(model_dir)
     folds = fold_dirs(model_dir)
-    out = model_dir / CROSSVAL_DIR
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    probabilities = True
+    sources, probabilities = [], True
     for k, fold in enumerate(splits.folds):
         val = folds[k] / "validation" if k in folds else None
         if val is None or not (val / "summary.json").is_file():
@@ -70,11 +68,15 @@ def merge_folds(model_dir: Path, splits: Splits, file_ending: str) -> tuple[Path
             if not seg.is_file():
                 raise CrossvalError(f"{seg}: missing; rerun the validation of fold {k} (`autoseg train --fold {k} "
                                     "--resume`)")
-            _link(seg, out / seg.name)
+            sources.append(seg)
             if (val / f"{case}.npz").is_file():
-                _link(val / f"{case}.npz", out / f"{case}.npz")
+                sources.append(val / f"{case}.npz")
             else:
                 probabilities = False
+    out = model_dir / CROSSVAL_DIR
+    with staged_folder(out) as new:
+        for src in sources:
+            _link(src, new / src.name)
     return out, probabilities
 
 

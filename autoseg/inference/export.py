@@ -23,13 +23,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import shutil
-import socket
 import stat
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
@@ -37,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, replace_folder, writing_into
+from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, staged_folder, writing_into
 from autoseg.workspace import Workspace
 
 MANIFEST_NAME = "manifest.json"
@@ -274,32 +270,10 @@ def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) 
     target = results / manifest.model_folder
     if target.exists() and not overwrite:
         raise ExportError(f"{target}: a model is already installed there; pass --overwrite to replace it")
-    results.mkdir(parents=True, exist_ok=True)
-    _remove_dead_staging(results)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{os.getpid()}-{socket.gethostname()}-", dir=results))
-    try:
+    with staged_folder(target) as new:  # an installed model is replaced in one step
         for name, data in files.items():
-            dest = staging.joinpath(*name.split("/"))
+            dest = new.parent.joinpath(*name.split("/"))  # names start with the model folder's
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-        (staging / manifest.model_folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-        replace_folder(staging / manifest.model_folder, target)  # an installed model is replaced in one step
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (new / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
     return target
-
-
-_STAGING = ".import-"  # + "<pid>-<host>-" of the importing process + random
-
-
-def _remove_dead_staging(results: Path) -> None:
-    """Delete the staging folders that imports on this machine left when they were killed (their
-    process no longer runs); a live import's folder, another machine's, or one whose process id is in
-    use again is left alone."""
-    from autoseg.training.runlock import process_alive
-
-    for p in results.glob(f"{_STAGING}*"):
-        pid, _, rest = p.name[len(_STAGING):].partition("-")
-        if (pid.isdigit() and rest.startswith(f"{socket.gethostname()}-") and p.is_dir()
-                and not process_alive(int(pid))):
-            shutil.rmtree(p, ignore_errors=True)

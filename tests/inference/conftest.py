@@ -3,6 +3,7 @@ patches; random weights)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -14,6 +15,9 @@ from torch import nn
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.predictor import Predictor
 from autoseg.planning.plans import ConfigurationPlan, NormalizationPlan, Plans
+from autoseg.inference.probabilities import SavedProbabilities, save_probabilities
+from autoseg.splits import Fold, Splits
+from autoseg.workspace import Workspace
 
 DATASET = "Dataset901_Tiny"
 MODEL_NAME = "unet__autosegPlans__3d_fullres"
@@ -115,6 +119,66 @@ class PointwiseNet(nn.Module):
     def forward(self, x):
         self.calls += 1
         return self.conv(x[:, :1])
+
+
+# --- cross-validation results (postprocess, find-best) -------------------------------------------
+
+CASES = ["c0", "c1", "c2", "c3"]
+SPLITS = Splits(folds=(Fold(train=("c2", "c3"), val=("c0", "c1")), Fold(train=("c0", "c1"), val=("c2", "c3"))),
+                seed=0)
+AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
+A, B = "unet__autosegPlans__3d_fullres", "unet__autosegPlans__2d"
+
+
+def cube(shift=0):
+    seg = np.zeros((12, 12, 12), np.uint8)
+    seg[4 + shift:8 + shift, 4:8, 4:8] = 1
+    return seg
+
+
+def save_label_map(path, seg):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(seg, AFFINE), str(path))
+
+
+def validation(model_dir, make_seg, probabilities=True, folds=(0, 1)):
+    """Fold folders with a checkpoint and validation predictions made by ``make_seg()``."""
+    for k in folds:
+        save_fold(model_dir, k, tiny_plans())
+        val = model_dir / f"fold_{k}" / "validation"
+        for case in SPLITS.folds[k].val:
+            seg = make_seg()
+            save_label_map(val / f"{case}.nii.gz", seg)
+            if probabilities:
+                probs = np.stack([np.where(seg == 0, 0.9, 0.1), np.where(seg == 1, 0.9, 0.1)]).astype(np.float32)
+                save_probabilities(val / f"{case}.npz", SavedProbabilities(probs, ((0, 12),) * 3, seg.shape))
+        (val / "summary.json").write_text("{}")
+
+
+def crossval_workspace(root: Path) -> Workspace:
+    """A workspace whose dataset has two trained models (A: 3d_fullres, B: 2d), each with 2 folds of
+    finished validation predictions (A's with a small false-positive island, B's shifted by a voxel)
+    and probabilities, for `postprocess` and `find-best`."""
+    ws = Workspace(root)
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "numTraining": 4,
+                    "file_ending": ".nii.gz"}
+    for folder in (ws.raw / DATASET, ws.preprocessed_dir(DATASET)):
+        folder.mkdir(parents=True)
+        (folder / "dataset.json").write_text(json.dumps(dataset_json))
+    for case in CASES:
+        save_label_map(ws.raw / DATASET / "labelsTr" / f"{case}.nii.gz", cube())
+    SPLITS.save(ws.preprocessed_dir(DATASET) / "splits.json")
+
+    def with_island():
+        seg = cube()
+        seg[0, 0, :2] = 1  # a small false positive far from the organ
+        return seg
+
+    results = ws.results_dir(DATASET)
+    validation(results / A, with_island)
+    validation(results / B, lambda: cube(shift=1))
+    return ws
+
 
 
 def hand_predictor(plans: Plans, networks, postprocessing=None) -> Predictor:

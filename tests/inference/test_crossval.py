@@ -2,82 +2,48 @@
 
 from __future__ import annotations
 
-import json
-
-import nibabel as nib
-import numpy as np
 import pytest
 
 from autoseg import api_predict
 from autoseg.inference.crossval import CROSSVAL_DIR, CrossvalError, merge_folds
-from autoseg.inference.probabilities import SavedProbabilities, save_probabilities
 from autoseg.postprocessing import PostprocessingDecision
-from autoseg.splits import Fold, Splits
-from autoseg.workspace import Workspace
 
-from .conftest import DATASET, save_fold, tiny_plans
-
-CASES = ["c0", "c1", "c2", "c3"]
-SPLITS = Splits(folds=(Fold(train=("c2", "c3"), val=("c0", "c1")), Fold(train=("c0", "c1"), val=("c2", "c3"))),
-                seed=0)
-AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
-A, B = "unet__autosegPlans__3d_fullres", "unet__autosegPlans__2d"
-
-
-def _cube(shift=0):
-    seg = np.zeros((12, 12, 12), np.uint8)
-    seg[4 + shift:8 + shift, 4:8, 4:8] = 1
-    return seg
-
-
-def _save_seg(path, seg):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(seg, AFFINE), str(path))
-
-
-def _validation(model_dir, make_seg, probabilities=True, folds=(0, 1)):
-    """Fold folders with a checkpoint and validation predictions made by ``make_seg()``."""
-    for k in folds:
-        save_fold(model_dir, k, tiny_plans())
-        val = model_dir / f"fold_{k}" / "validation"
-        for case in SPLITS.folds[k].val:
-            seg = make_seg()
-            _save_seg(val / f"{case}.nii.gz", seg)
-            if probabilities:
-                probs = np.stack([np.where(seg == 0, 0.9, 0.1), np.where(seg == 1, 0.9, 0.1)]).astype(np.float32)
-                save_probabilities(val / f"{case}.npz", SavedProbabilities(probs, ((0, 12),) * 3, seg.shape))
-        (val / "summary.json").write_text("{}")
+from .conftest import A, B, CASES, DATASET, SPLITS, crossval_workspace, cube, save_label_map, validation
 
 
 @pytest.fixture
 def workspace(tmp_path):
-    ws = Workspace(tmp_path / "ws")
-    dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1}, "numTraining": 4,
-                    "file_ending": ".nii.gz"}
-    for folder in (ws.raw / DATASET, ws.preprocessed_dir(DATASET)):
-        folder.mkdir(parents=True)
-        (folder / "dataset.json").write_text(json.dumps(dataset_json))
-    for case in CASES:
-        _save_seg(ws.raw / DATASET / "labelsTr" / f"{case}.nii.gz", _cube())
-    SPLITS.save(ws.preprocessed_dir(DATASET) / "splits.json")
-
-    def with_island():
-        seg = _cube()
-        seg[0, 0, :2] = 1  # a small false positive far from the organ
-        return seg
-
-    results = ws.results_dir(DATASET)
-    _validation(results / A, with_island)
-    _validation(results / B, lambda: _cube(shift=1))
-    return ws
+    return crossval_workspace(tmp_path / "ws")
 
 
 def test_folds_are_merged_and_an_unfinished_fold_is_named(workspace, tmp_path):
     merged, probs = merge_folds(workspace.results_dir(DATASET) / A, SPLITS, ".nii.gz")
     assert probs and sorted(p.name for p in merged.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in CASES]
-    _validation(tmp_path / "m", _cube, folds=(0,))
+    validation(tmp_path / "m", cube, folds=(0,))
     with pytest.raises(CrossvalError, match="fold 1 has no finished validation"):
         merge_folds(tmp_path / "m", SPLITS, ".nii.gz")
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_merge_that_fails_keeps_the_earlier_merge_and_one_that_succeeds_replaces_it_whole(workspace):
+    model = workspace.results_dir(DATASET) / A
+    merged, _ = merge_folds(model, SPLITS, ".nii.gz")
+    earlier = _contents(merged)
+    assert len(earlier) == 8  # 4 label maps, 4 probabilities
+    (model / "fold_1" / "validation" / "c3.nii.gz").unlink()
+    with pytest.raises(CrossvalError, match="c3.nii.gz: missing"):
+        merge_folds(model, SPLITS, ".nii.gz")
+    assert _contents(merged) == earlier  # untouched, not emptied
+
+    save_label_map(model / "fold_1" / "validation" / "c3.nii.gz", cube(shift=2))  # fold 1 validated again
+    (merged / "c9.nii.gz").write_bytes(b"a case the splits no longer have")
+    merge_folds(model, SPLITS, ".nii.gz")
+    now = _contents(merged)
+    assert sorted(now) == sorted(earlier) and now["c3.nii.gz"] != earlier["c3.nii.gz"]
+    assert [p.name for p in model.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
 def test_postprocess_saves_the_decision_with_the_model(workspace):
@@ -104,11 +70,11 @@ def test_find_best_ranks_models_and_their_ensemble(workspace):
 def test_ensemble_winner_gets_ensemble_commands(workspace):
     results = workspace.results_dir(DATASET)
     def other_island():
-        seg = _cube()
+        seg = cube()
         seg[11, 11, :2] = 1
         return seg
 
-    _validation(results / B, other_island)  # A and B now make different mistakes, which average out
+    validation(results / B, other_island)  # A and B now make different mistakes, which average out
     result = api_predict.find_best(workspace, DATASET, progress=False)
     assert result.best == f"{B}--{A}" and result.candidates[-1].foreground_dice == pytest.approx(1.0)
     assert result.commands[0].endswith("--config 2d --arch unet --save-probabilities")

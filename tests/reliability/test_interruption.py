@@ -15,6 +15,8 @@ import pytest
 from .procs import (DATASET, EPOCHS, PLANS, RUN, assert_same_tree, cli, labels, losses,
                                   plan_args, predict_args, run_killed, same_weights, temporaries, train_args)
 from .killpoint import KillPoint, count_calls
+from inference.conftest import DATASET as CV_DATASET, crossval_workspace  # tests/ on sys.path
+from inference.conftest import A as CV_MODEL
 
 # artifacts every rerun of `plan` writes again, whatever it finds (kill points of a second kill)
 ALWAYS_WRITTEN = ("source.json", "plans_tiny.json", "splits.json", "dataset.json")
@@ -174,10 +176,10 @@ def test_import_overwrite_killed_as_it_swaps_leaves_a_whole_model_and_rerun_inst
     assert ("old.txt" in got) == (when == "before")
     got.pop("old.txt", None)
     assert got == _files(fresh)  # whole: every file of the model, byte for byte
-    assert len(list(installed.parent.glob(".import-*"))) == 1  # the killed run's staging folder
+    assert len(list(installed.parent.glob(".*.staging-*"))) == 1  # the killed run's staging folder
     code, out, err = cli(args)
     assert code == 0, err
-    assert _files(installed) == _files(fresh) and list(installed.parent.glob(".import-*")) == []
+    assert _files(installed) == _files(fresh) and list(installed.parent.glob(".*.staging-*")) == []
     code, out, err = cli(predict_args(tmp_path / "ws", reference.images_ts, tmp_path / "pred"))
     assert code == 0, err
     got, want = labels(tmp_path / "pred"), labels(reference.predictions)
@@ -291,3 +293,32 @@ def test_quantize_killed_before_checking_its_new_int8_network_never_lets_predict
     assert cli(args + ["--seed", "1"])[0] == 0
     assert records()["checkpoint_final.pt"]["calibration"]["seed"] == 1
     assert "with openvino int8 on cpu" in predict("again", "auto")[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["postprocess", "find-best"])
+def test_crossval_commands_killed_while_merging_the_folds_keep_the_earlier_merge(tmp_path, command):
+    """`postprocess` / `find-best` merge the folds' validation predictions into crossval_results/;
+    killed halfway through that, the earlier merge is still there whole (it is replaced in one step);
+    the rerun finishes, removes the killed run's staging folder and merges the same files."""
+    ws = crossval_workspace(tmp_path / "ws")
+    results = ws.results_dir(CV_DATASET)
+    args = [command, CV_DATASET, "--workdir", str(ws.root), "--no-progress"] + (
+        ["--config", "3d_fullres"] if command == "postprocess" else [])
+
+    def merges():
+        found = (p for p in results.rglob("crossval_results") if ".staging-" not in str(p.relative_to(results)))
+        return {str(p.parent.relative_to(results)): _files(p) for p in found}
+
+    code, _, err = cli(args)
+    assert code == 0, err
+    earlier = merges()
+    assert len(earlier[CV_MODEL]) == 8 and len(earlier) == (1 if command == "postprocess" else 3)  # + B, A+B
+
+    run_killed(args, tmp_path, KillPoint("autoseg.inference.crossval:_link", nth=3))
+
+    assert merges() == earlier
+    assert len(list(results.glob("*/.crossval_results.staging-*"))) == 1  # the killed run's
+    code, _, err = cli(args)
+    assert code == 0, err
+    assert merges() == earlier and list(results.glob("*/.crossval_results.staging-*")) == []

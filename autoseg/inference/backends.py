@@ -116,14 +116,12 @@ def _ir_path(cache: Path, source: Path, shape: Sequence[int]) -> Path:
     """Cache file of the converted network: named after the checkpoint's name, size and modification
     time, the input shape, the OpenVINO version and :data:`GRAPH_VERSION`, so a changed checkpoint,
     or a conversion made by an earlier autoseg, is converted again."""
-    st = source.stat()
-    return cache / f"{source.stem}-{st.st_size}-{st.st_mtime_ns}{_ir_suffix(shape)}.xml"
-
-
-def _ir_suffix(shape: Sequence[int]) -> str:
     import openvino as ov
 
-    return f"-{'x'.join(map(str, shape))}-ov{ov.__version__.split('-')[0]}-g{GRAPH_VERSION}"
+    st = source.stat()
+    key = (f"{source.stem}-{st.st_size}-{st.st_mtime_ns}-{'x'.join(map(str, shape))}"
+           f"-ov{ov.__version__.split('-')[0]}-g{GRAPH_VERSION}")
+    return cache / f"{key}.xml"
 
 
 def _save_ir(model, path: Path) -> None:

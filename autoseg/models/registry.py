@@ -79,8 +79,8 @@ class SpatialInstanceNorm(nn.Module):
 
     OpenVINO turns ``GroupNorm`` into reshape -> MVN -> reshape, and each reshape forces the CPU
     plugin to convert the channels-last tensor to the plain layout and back; this form becomes one
-    MVN on the channels-last tensor. On the Hippocampus U-Net (int8, 40x56x40) that removes 24 layout
-    conversions, ~5% of a forward pass (docs/benchmarks.md)."""
+    MVN on the channels-last tensor. On the Hippocampus U-Net (40x56x40) that removes 24 layout
+    conversions: 3-5% of an int8 forward pass, 4-9% of an f32 one (docs/benchmarks.md)."""
 
     def __init__(self, source: nn.Module):
         super().__init__()

@@ -14,8 +14,8 @@ from torch import nn
 
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.predictor import Predictor
-from autoseg.planning.plans import ConfigurationPlan, NormalizationPlan, Plans
 from autoseg.inference.probabilities import SavedProbabilities, save_probabilities
+from autoseg.planning.plans import ConfigurationPlan, NormalizationPlan, Plans
 from autoseg.splits import Fold, Splits
 from autoseg.workspace import Workspace
 
@@ -178,7 +178,6 @@ def crossval_workspace(root: Path) -> Workspace:
     validation(results / A, with_island)
     validation(results / B, lambda: cube(shift=1))
     return ws
-
 
 
 def hand_predictor(plans: Plans, networks, postprocessing=None) -> Predictor:

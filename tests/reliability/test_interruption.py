@@ -15,8 +15,7 @@ import pytest
 from .procs import (DATASET, EPOCHS, PLANS, RUN, assert_same_tree, cli, labels, losses,
                                   plan_args, predict_args, run_killed, same_weights, temporaries, train_args)
 from .killpoint import KillPoint, count_calls
-from inference.conftest import DATASET as CV_DATASET, crossval_workspace  # tests/ on sys.path
-from inference.conftest import A as CV_MODEL
+from inference.conftest import A as CV_MODEL, DATASET as CV_DATASET, crossval_workspace  # tests/ on sys.path
 
 # artifacts every rerun of `plan` writes again, whatever it finds (kill points of a second kill)
 ALWAYS_WRITTEN = ("source.json", "plans_tiny.json", "splits.json", "dataset.json")

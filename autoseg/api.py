@@ -24,7 +24,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg.artifacts import Artifact, ArtifactError, atomic_write_bytes, ensure_writable_dir
+from autoseg.artifacts import Artifact, ArtifactError
+from autoseg.core.fileops import atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case
 from autoseg.splits import Fold, Splits, make_splits
 from autoseg.workspace import Workspace, WorkspaceError
@@ -201,7 +202,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     fingerprint even when the raw files look unchanged. The plans are named after the preset
     (:func:`~autoseg.planning.plans.plans_name_for`); plans of other presets are left as they are."""
     from autoseg.preprocessing import preprocess_dataset
-    from autoseg.training.runlock import RunLock
+    from autoseg.core.runlock import RunLock
 
     from autoseg.planning.planner import plan_experiment
     from autoseg.planning.plans import plans_name_for, plans_path

@@ -52,7 +52,7 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | No
             progress: bool = True, plans: str | None = None):
     """Predict every case of ``in_dir`` into ``out_dir``; returns the
     :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written)."""
-    from autoseg.artifacts import ensure_writable_dir
+    from autoseg.core.fileops import ensure_writable_dir
     from autoseg.inference.pipeline import predict_folder
     from autoseg.inference.predictor import load_predictor
 

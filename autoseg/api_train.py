@@ -141,7 +141,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
                callbacks: Sequence) -> Path:
     """Build, (resume,) fit and validate one fold; returns its run folder."""
     from autoseg.training import ddp
-    from autoseg.training.runlock import RunLock
+    from autoseg.core.runlock import RunLock
 
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
@@ -187,7 +187,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
 def remove_temporaries(run_dir: Path) -> None:
     """Delete the temporary files (``.name.XXXX.tmp``, ``.case.nii.gz.XXXX.nii.gz``) a killed run left in
     its folder and ``validation/``; only while holding the run's lock, so no live writer owns them."""
-    from autoseg.training.runlock import LOCK_NAME
+    from autoseg.core.runlock import LOCK_NAME
 
     for folder in (run_dir, run_dir / "validation"):
         if folder.is_dir():

@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from autoseg.artifacts import Artifact, atomic_write_bytes, writing_into
+from autoseg.artifacts import Artifact
+from autoseg.core.fileops import atomic_write_bytes, writing_into
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,

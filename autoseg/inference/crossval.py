@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import Artifact, atomic_write_bytes, staged_folder
+from autoseg.artifacts import Artifact
+from autoseg.core.fileops import atomic_write_bytes, staged_folder
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.predictor import ModelFolder, fold_dirs
 from autoseg.splits import Splits
@@ -52,7 +53,7 @@ def merge_folds(model_dir: Path, splits: Splits, file_ending: str) -> tuple[Path
 
     Every fold must have finished (``validation/summary.json``) with a prediction for each of its
     validation cases; if one has not, nothing is touched. The folder is built aside and replaces the
-    earlier one in one step (:func:`~autoseg.artifacts.staged_folder`), so a kill or an error leaves
+    earlier one in one step (:func:`~autoseg.core.fileops.staged_folder`), so a kill or an error leaves
     the earlier merge whole. Returns the folder and whether every case also has ``.npz``
     probabilities."""
     model_dir = Path(model_dir)

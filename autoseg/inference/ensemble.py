@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.cropping import uncrop
-from autoseg.artifacts import writing_into
+from autoseg.core.fileops import writing_into
 from autoseg.inference.pipeline import PredictError, PredictReport
 from autoseg.inference.probabilities import (
     ProbabilitiesError,

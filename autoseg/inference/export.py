@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, staged_folder, writing_into
+from autoseg.artifacts import Artifact, ArtifactError
+from autoseg.core.fileops import atomic_write_with, staged_folder, writing_into
 from autoseg.workspace import Workspace
 
 MANIFEST_NAME = "manifest.json"

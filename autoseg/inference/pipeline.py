@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import writing_into
+from autoseg.core.fileops import writing_into
 from autoseg.dataset import Case
 from autoseg.inference.predictor import Predictor
 from autoseg.inference import probabilities as probability_files

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import atomic_write_bytes
+from autoseg.core.fileops import atomic_write_bytes
 
 
 class ProbabilitiesError(ValueError):

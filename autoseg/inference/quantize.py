@@ -199,7 +199,7 @@ class FoldResult:
 
 def _save_record(fold_dir: Path, checkpoint: Path, record: dict[str, Any] | None) -> None:
     """Set (or, with None, remove) the record of ``checkpoint`` in the fold's ``quantization.json``."""
-    from autoseg.artifacts import atomic_write_json
+    from autoseg.core.fileops import atomic_write_json
 
     records = {}
     try:

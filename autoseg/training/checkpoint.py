@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from autoseg import __version__
-from autoseg.artifacts import atomic_write_with
+from autoseg.core.fileops import atomic_write_with
 from autoseg.training.trainer import Callback, Run, TrainState
 
 FORMAT = "autoseg-checkpoint"

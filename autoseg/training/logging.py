@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoseg.artifacts import atomic_write_bytes
+from autoseg.core.fileops import atomic_write_bytes
 from autoseg.training.trainer import Callback, Run
 
 LOG_JSONL, LOG_TXT, PROGRESS_PNG = "log.jsonl", "training_log.txt", "progress.png"

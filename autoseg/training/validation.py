@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.artifacts import atomic_write_bytes, atomic_write_json
+from autoseg.core.fileops import atomic_write_bytes, atomic_write_json
 from autoseg.cropping import uncrop
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import case_metrics, evaluation_targets

@@ -76,9 +76,9 @@ def _process_state(pid: int) -> str:
 
 
 def test_lock_of_a_killed_but_unreaped_holder_is_stale(tmp_path):
-    from autoseg.training.runlock import RunLock
+    from autoseg.core.runlock import RunLock
 
-    code = ("import sys, time\nfrom autoseg.training.runlock import RunLock\n"
+    code = ("import sys, time\nfrom autoseg.core.runlock import RunLock\n"
             "RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(300)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoseg.core.checkpoint import DatasetRecord, ModelRecord
 from autoseg.workspace import Workspace
 
 # Settings that may change when resuming; any other difference would make the resumed run differ
@@ -100,7 +101,7 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
     """Fresh run: the given settings over the defaults. Resume: the checkpoint's settings with the
     allowed changes, plus the checkpoint to continue from; a run folder without a checkpoint yet
     starts anew (checkpoint None)."""
-    from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
+    from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint
     from autoseg.training.trainer import TrainSettings
 
     unknown = set(given) - {f.name for f in dataclasses.fields(TrainSettings)}
@@ -115,7 +116,7 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
     if not path.is_file():  # killed before its first checkpoint (or never started): start it anew, so
         return TrainSettings(**given), None  # a scheduler can resubmit the same command at any time
     ckpt = load_checkpoint(path)
-    stored = TrainSettings.from_dict(ckpt["settings"])
+    stored = TrainSettings.from_dict(ModelRecord.of(ckpt, path).settings)
     changed = {k for k, v in given.items() if getattr(stored, k) != v}
     refused = changed - RESUMABLE_CHANGES
     if refused:
@@ -126,14 +127,13 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
     return settings, ckpt
 
 
-def _meta(plans, config: str, arch: str, fold, spec) -> dict[str, Any]:
-    """What a checkpoint needs to describe itself (primitives only)."""
-    return {
-        "plans": plans.to_dict(), "configuration": config, "arch": arch, "fold": fold,
-        "dataset": {"name": plans.dataset_name, "labels": dict(spec.labels), "channel_names": list(spec.channel_names),
-                    "regions_class_order": list(spec.regions_class_order) if spec.regions_class_order else None,
-                    "ignore_label": spec.ignore_label, "file_ending": spec.file_ending},
-    }
+def model_record(plans, config: str, arch: str, fold, spec, settings) -> ModelRecord:
+    """What the run's checkpoints say the model is."""
+    dataset = DatasetRecord(name=plans.dataset_name, labels=dict(spec.labels), channel_names=tuple(spec.channel_names),
+                            regions_class_order=tuple(spec.regions_class_order) if spec.regions_class_order else None,
+                            ignore_label=spec.ignore_label, file_ending=spec.file_ending)
+    return ModelRecord(plans=plans.to_dict(), configuration=config, arch=arch, fold=fold, dataset=dataset,
+                       settings=settings.to_dict())
 
 
 def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, fold_cases, fold, run_dir: Path,
@@ -146,11 +146,12 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
     settings, ckpt = resolve_settings(given, run_dir, resume)
-    trained_on = (ckpt or {}).get("dataset", {}).get("name")
-    if ckpt is not None and trained_on not in (None, plans.dataset_name):
+    record = ModelRecord.of(ckpt, run_dir) if ckpt is not None else None
+    trained_on = record.dataset.name if record is not None else None
+    if record is not None and trained_on not in ("", plans.dataset_name):
         raise TrainError(f"--resume: {run_dir} holds a checkpoint of dataset {trained_on}, not {name}; move it to "
                          f"results/{trained_on} or delete it to train {name} anew")
-    if ckpt is not None and ckpt["plans"] != plans.to_dict():
+    if record is not None and record.plans != plans.to_dict():
         from autoseg.planning.plans import plans_path
 
         raise TrainError(f"--resume: {plans_path(workspace.preprocessed_dir(name), plans.plans_name).name} of {name} "
@@ -215,7 +216,8 @@ def build_run(workspace, name, plans, config, arch, fold_cases, fold, run_dir, s
     from autoseg.preprocessing import data_folder
     from autoseg.training import ddp
     from autoseg.training.losses import make_loss
-    from autoseg.training.trainer import Run, Targets, make_optimizer, resolve_amp, resolve_device, seed_everything
+    from autoseg.training.trainer import Run, Targets, make_optimizer
+    from autoseg.core.runtime import resolve_amp, resolve_device, seed_everything
 
     spec = DatasetSpec.load(workspace.preprocessed_dir(name))
     cfg = plans.configuration(config)
@@ -229,7 +231,7 @@ def build_run(workspace, name, plans, config, arch, fold_cases, fold, run_dir, s
     run = Run(model=model, network=model, loss_fn=loss, optimizer=make_optimizer(model, settings),
               scaler=torch.amp.GradScaler(device.type) if use_scaler else None, settings=settings,
               targets=Targets(spec.num_outputs, regions, spec.ignore_label), device=device, amp_dtype=amp_dtype,
-              run_dir=run_dir, dist=dist, meta=_meta(plans, config, arch, fold, spec))
+              run_dir=run_dir, dist=dist, record=model_record(plans, config, arch, fold, spec, settings))
     folder = data_folder(workspace.preprocessed_dir(name), plans, config)
     batch = ddp.batch_share(settings.batch_size or cfg.batch_size, dist)
     loaders = make_batch_factories(folder, fold_cases, cfg, spec, settings, batch, dist, device)
@@ -298,7 +300,7 @@ def load_pretrained(model, source: Path) -> None:
     """Fine-tuning: copy weights from a run folder (its final, else best, else latest checkpoint) or
     a checkpoint file. Output heads whose shape differs (another number of classes) keep their fresh
     weights; any other shape difference is an error."""
-    from autoseg.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint
+    from autoseg.core.checkpoint import BEST, FINAL, LATEST, load_checkpoint
 
     source = Path(source)
     path = source

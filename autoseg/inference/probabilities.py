@@ -66,6 +66,11 @@ def load_probabilities(path: Path) -> SavedProbabilities:
     return SavedProbabilities(probs, bbox, shape, rco or None)
 
 
+def regions_order(spec) -> tuple[int, ...] | None:
+    """The ``regions_class_order`` of a :class:`~autoseg.dataset.DatasetSpec` with regions, else None."""
+    return tuple(spec.regions_class_order) if spec.has_regions else None
+
+
 def labels_from_probabilities(probs: np.ndarray, regions_class_order: tuple[int, ...] | None = None) -> np.ndarray:
     """``(K, *S)`` probabilities -> ``(*S)`` int16 label map: argmax over classes, or for regions each
     region above 0.5 painted with its ``regions_class_order`` value in order (later ones on top)."""

@@ -12,7 +12,7 @@ Order and probabilities (batchgeneratorsv2 as configured by nnU-Net's trainer, R
 1. spatial: rotation p 0.2 (3D: each axis U(-30, 30) deg; 2D: U(-180, 180), or U(-15, 15) when the
    patch's long/short side > 1.5), isotropic scaling p 0.2 U(0.7, 1.4), no elastic deformation.
    One affine grid for image (linear) and label (nearest); MONAI ``AffineGrid`` + ``Resample``.
-   The input is the enlarged patch of ``sampling.py``; the centre ``patch_size`` is sampled.
+   The input is the enlarged patch of ``autoseg/sampling.py``; the centre ``patch_size`` is sampled.
    Scale is a coordinate scale as in batchgenerators: > 1 shows more context (zooms out).
 2. Gaussian noise p 0.1, std U(0, 0.1) (nnU-Net calls the range "noise_variance"; batchgenerators
    uses the drawn value as the standard deviation), same std for all channels.

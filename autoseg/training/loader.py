@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.storage import PreprocessedCase, is_case_done, open_case
 from autoseg.training.augmentation import AugmentSettings, apply_augmentation, draw_augmentation, read_margin
-from autoseg.training.sampling import draw_patch_box, forced_count, oversampling_classes, read_patch
+from autoseg.sampling import draw_patch_box, forced_count, oversampling_classes, read_patch
 
 TRAIN_STREAM, VAL_STREAM = 0, 1    # separate random streams, so validation never repeats training batches
 DEFAULT_PREFETCH = 2               # batches queued per worker (torch's default)
@@ -224,7 +224,7 @@ def make_train_loader(folder: Path, case_ids: Sequence[str], config: Configurati
     ``folder`` holds the preprocessed cases of ``config``; ``case_ids`` the training cases of the
     fold. ``num_workers`` None: :func:`default_num_workers`; 0 computes batches in this process.
     ``foreground_classes`` / ``regions`` / ``ignore_label`` choose the classes that forced
-    foreground samples target (see :func:`autoseg.training.sampling.oversampling_classes`).
+    foreground samples target (see :func:`autoseg.sampling.oversampling_classes`).
     The returned iterator records its data-wait time; ``close()`` stops its workers.
     """
     _check_cases(folder, case_ids)

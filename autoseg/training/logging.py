@@ -94,8 +94,9 @@ class LogCallback(Callback):
         atomic_write_bytes(run.run_dir / LOG_JSONL, "".join(_json_line(r) for r in history).encode())
         what = f"resuming after epoch {run.state.epoch}" if run.state.epoch else "starting"
         s = run.settings
-        self._text(run, f"{what}: {run.meta.get('arch')} {run.meta.get('configuration')} fold "
-                        f"{run.meta.get('fold')} on {run.device}"
+        r = run.record
+        self._text(run, f"{what}: {r.arch if r else None} {r.configuration if r else None} fold "
+                        f"{r.fold if r else None} on {run.device}"
                         f"{f' ({run.amp_dtype})'.replace('torch.', '') if run.amp_dtype else ' (fp32)'}, "
                         f"{s.epochs} epochs x {s.iters_per_epoch} iterations, "
                         f"{run.dist.world_size} process(es)")

@@ -48,7 +48,7 @@ def save_fold(model_dir: Path, fold, plans: Plans, seed: int = 0, name: str = "c
               arch: str = "unet", regions_class_order=None) -> Path:
     """A randomly initialised checkpoint of ``plans``' only configuration, saved like a trained fold."""
     from autoseg.models import build_model
-    from autoseg.training.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+    from autoseg.core.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
 
     config = next(iter(plans.configurations.values()))
     spec = spec_of(plans, regions_class_order)

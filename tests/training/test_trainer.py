@@ -8,13 +8,14 @@ import torch
 
 from autoseg import api_train
 from autoseg.cli import main
+from autoseg.core import runtime
+from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint
+from autoseg.core.runtime import resolve_amp
 from autoseg.models import build_model
-from autoseg.training import trainer
-from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
 from autoseg.training.losses import make_loss
 from autoseg.training.schedule import poly_lr
 from autoseg.training.trainer import (Callback, Run, Targets, TrainSettings, TrainState, confusion_counts,
-                                      finish_epoch, fit, make_optimizer, resolve_amp)
+                                      finish_epoch, fit, make_optimizer)
 from tiny_workspace import DATASET, FAST, IGNORE, REGIONS, make_workspace, tiny_plan, toy_case
 
 
@@ -122,10 +123,10 @@ def test_amp_resolution(monkeypatch):
     assert resolve_amp("fp32", cpu) == (None, False)
     assert resolve_amp("fp16", cpu) == (torch.float16, False)
     assert resolve_amp("auto", torch.device("cuda")) == (torch.float16, True)
-    monkeypatch.setattr(trainer, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
     assert resolve_amp("auto", cpu) == (None, False)
-    monkeypatch.setattr(trainer, "cpu_supports_bf16", lambda: True)
-    assert resolve_amp("auto", cpu) == ((torch.bfloat16, False) if trainer.CPU_BF16_BY_DEFAULT else (None, False))
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    assert resolve_amp("auto", cpu) == ((torch.bfloat16, False) if runtime.CPU_BF16_BY_DEFAULT else (None, False))
 
 
 # --- whole runs through the api --------------------------------------------------------------------

@@ -36,6 +36,7 @@ from autoseg.evaluation.metrics import case_metrics, evaluation_targets
 from autoseg.inference.conversion import (OpenVINONetwork, QuantizeError, convert_to_openvino, int8_name, no_telemetry,
                                           save_ir, save_record)
 from autoseg.inference.probabilities import labels_from_probabilities, regions_order
+from autoseg.inference.sliding import predict_probabilities
 from autoseg.sampling import draw_patch_box, read_patch
 from autoseg.storage import open_case
 

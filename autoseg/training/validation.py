@@ -24,7 +24,8 @@ from torch import nn
 from autoseg.core.fileops import atomic_write_json
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import case_metrics, evaluation_targets
-from autoseg.inference.probabilities import SavedProbabilities, regions_order, save_probabilities
+from autoseg.inference import probabilities as probability_files
+from autoseg.inference.probabilities import SavedProbabilities, regions_order
 from autoseg.inference.restore import to_input_geometry
 from autoseg.inference.sliding import predict_probabilities
 from autoseg.io import read_volume, write_like
@@ -79,7 +80,7 @@ def validate(networks: Sequence[nn.Module], job: ValidationJob, device: torch.de
         reference = label_path if label_path.is_file() else job.raw_folder / "imagesTr" / f"{case_id}_0000{ending}"
         write_like(labels, reference, job.out_folder / f"{case_id}{ending}", force_itk=job.spec.force_itk)
         if saved is not None:
-            save_probabilities(job.out_folder / f"{case_id}.npz", saved)
+            probability_files.save_probabilities(job.out_folder / f"{case_id}.npz", saved)
         row: dict[str, Any] = {"case": case_id, "prediction": f"{case_id}{ending}", "dice": {}}
         if label_path.is_file():
             ref, geometry = read_volume(label_path, force_itk=job.spec.force_itk)

@@ -9,7 +9,7 @@ import torch
 from autoseg import api_train
 from autoseg.cli import main
 from autoseg.core import runtime
-from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint
+from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint, save_checkpoint
 from autoseg.core.runtime import resolve_amp
 from autoseg.models import build_model
 from autoseg.training.losses import make_loss
@@ -260,7 +260,7 @@ def test_resume_refuses_a_checkpoint_of_another_dataset(trained, tmp_path):
     original = latest.read_bytes()
     ckpt = torch.load(latest, weights_only=True)
     ckpt["dataset"]["name"] = "Dataset902_Other"  # e.g. a run folder copied from another dataset
-    torch.save(ckpt, latest)
+    save_checkpoint(ckpt, latest)  # a valid file (digests of its content), not a damaged one
     try:
         with pytest.raises(api_train.TrainError, match=f"holds a checkpoint of dataset Dataset902_Other, not {DATASET}"):
             api_train.train(ws, None, [0], settings={}, resume=True, progress=False)

@@ -30,7 +30,8 @@ from autoseg.artifacts import Artifact
 if TYPE_CHECKING:
     from autoseg.dataset import Case, DatasetSpec
 
-# nnU-Net samples 1e8 foreground voxels per dataset (REFERENCE.md section 1) and holds them all for
+# nnU-Net samples 1e8 foreground voxels per dataset (DatasetFingerprintExtractor in
+# nnunetv2/experiment_planning/dataset_fingerprint/fingerprint_extractor.py) and holds them all for
 # the pooled percentiles: 400 MB per channel. A total of 1e7 bounds that by 40 MB per channel
 # whatever the case count. The per-case cap of 1e5 only matters for small datasets (< 100 cases):
 # measured against nnU-Net's statistics, BraTS (6 cases) p99.5 is off by 1.1% with 1e4 draws per

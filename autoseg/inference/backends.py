@@ -46,8 +46,9 @@ BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # CPU default of --backend auto / --precision auto, decided with benchmarks/predict_backends.py on
 # trained weights (docs/benchmarks.md): OpenVINO f32 gave the same label in every voxel and the same
-# Dice as torch fp32 at 0.52x its time per case (toy CT, 6 cases with TTA, 2-core EPYC); REFERENCE.md
-# section 10 has 1.35 s vs 2.37 s per batch of 8 on another CPU. OpenVINO is an optional dependency,
+# Dice as torch fp32 at 0.52x its time per case (toy CT, 6 cases with TTA, 2-core EPYC); on a
+# 2-core Zen 4 EPYC with AVX-512 an earlier measurement gave 1.35 s vs 2.37 s per batch of 8.
+# OpenVINO is an optional dependency,
 # so without it torch fp32 runs. bf16 changes the argmax of ~1% of voxels (random weights) and is
 # emulated, hence slower, on CPUs without native bf16: it runs only when asked for.
 CPU_FALLBACK = ("torch", "fp32")

@@ -10,7 +10,7 @@ Batches ``(image (B, C, *patch) float, target (B, 1, *patch) int labels)`` come 
 (seed, rank, batch index), so a resumed run asks for the stream from where it stopped and sees the
 batches it would have seen; ``val_batches(epoch)`` returns the epoch's validation batches (at least
 ``val_iters`` of them; the data loader gives the same fixed set every epoch).
-Defaults follow nnU-Net v2 (docs REFERENCE §3).
+Defaults follow nnU-Net v2 (``nnUNetTrainer.__init__``, nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py).
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from autoseg.artifacts import Artifact
+from autoseg.cropping import crop_to_nonzero
+from autoseg.io import read_geometry, read_image, read_volume
 
 if TYPE_CHECKING:
     from autoseg.dataset import Case, DatasetSpec
@@ -124,9 +126,6 @@ class _CaseResult:
 
 def analyze_case(case: "Case", index: int, n_samples: int, seed: int, force_itk: bool = False) -> _CaseResult:
     """Read, crop and sample one case (runs in a worker process)."""
-    from autoseg.cropping import crop_to_nonzero
-    from autoseg.io import read_image, read_volume
-
     data, geometry = read_image(list(case.images), force_itk)
     seg, _ = read_volume(case.label, force_itk)
     if seg.shape != data.shape[1:]:
@@ -168,8 +167,6 @@ def pool_size(n_cores: int, mem_available: float, per_case_bytes: float,
 
 def case_bytes(case: "Case", n_channels: int, force_itk: bool = False) -> int:
     """Peak memory estimate for analysing ``case``, from its image header."""
-    from autoseg.io import read_geometry
-
     voxels = math.prod(read_geometry(case.images[0], force_itk).shape[:3])
     return voxels * (CASE_BYTES_PER_VOXEL_PER_CHANNEL * n_channels + CASE_BYTES_PER_VOXEL_FIXED)
 

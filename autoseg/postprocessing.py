@@ -27,14 +27,9 @@ from scipy import ndimage
 from autoseg.artifacts import Artifact
 from autoseg.cropping import bounding_box
 from autoseg.dataset import DatasetSpec
-from autoseg.evaluation.evaluate import (
-    EvaluationError,
-    check_geometry,
-    match_cases,
-    read_label_map,
-    run_bounded,
-)
+from autoseg.evaluation.evaluate import EvaluationError, check_geometry, match_cases, read_label_map, run_bounded
 from autoseg.evaluation.metrics import evaluation_targets
+from autoseg.io import write_like
 
 POSTPROCESSING_FILE = "postprocessing.json"
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-neighbourhood
@@ -181,8 +176,6 @@ def determine_postprocessing_from_folders(gt_dir: Path, pred_dir: Path, spec: Da
 
 
 def _apply_file(src: Path, dst: Path, decision: PostprocessingDecision, force_itk: bool) -> Path:
-    from autoseg.io import write_like
-
     seg, _ = read_label_map(src, force_itk)
     return write_like(apply_postprocessing(seg, decision), src, dst, force_itk)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.core.fileops import atomic_write_bytes
+from autoseg.progress import _make_progress
 from autoseg.training.trainer import Callback, Run
 
 LOG_JSONL, LOG_TXT, PROGRESS_PNG = "log.jsonl", "training_log.txt", "progress.png"
@@ -123,8 +124,6 @@ class ProgressBarCallback(Callback):
         self._task = None
 
     def on_train_start(self, run: Run) -> None:
-        from autoseg.progress import _make_progress
-
         self._progress = _make_progress()
         self._progress.start()
 

@@ -11,9 +11,10 @@ pickled objects). Keys:
 - ``model``: the network's state dict;
 - what resuming needs (absent from exported models, written by :mod:`autoseg.training.checkpoint`):
   ``optimizer``, ``scaler``, ``schedule``, ``rng``, ``train_state``;
-- ``content_sha256``: sha256 over every other entry, tensor bytes included (:func:`content_digest`),
-  checked on every load, so a file changed after it was written (a flipped byte in the weights)
-  is refused with its name instead of predicting with damaged weights.
+- ``content_sha256``: sha256 over every other entry but the weights, tensor bytes included
+  (:func:`content_digest`; the weights are covered by ``weights_sha256``). Both are checked on every
+  load, so a file changed after it was written (a flipped byte in the weights or the optimiser state)
+  is refused with its name instead of predicting with damaged weights or resuming from a damaged state.
 
 Checkpoints written before the digests were recorded load unchecked; :meth:`ModelRecord.of` reads
 their record (``weights_sha256`` None). Code outside this module reads what a model is through
@@ -33,11 +34,6 @@ from typing import TYPE_CHECKING, Any
 from autoseg import __version__
 from autoseg.core.fileops import atomic_write_with
 
-FORMAT = "autoseg-checkpoint"
-FORMAT_VERSION = 1  # the digests are optional keys: files with them load in earlier autoseg versions too
-LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
-CHECKPOINTS = {"final": FINAL, "best": BEST}  # what `predict --checkpoint` may choose
-DIGEST_KEY = "content_sha256"
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -45,6 +41,11 @@ if TYPE_CHECKING:
 # torch is imported by the functions that read, write or hash tensors, not here: the record and the
 # file names serve commands that never load torch (`autoseg ensemble`, `find-best`, `postprocess`).
 
+FORMAT = "autoseg-checkpoint"
+FORMAT_VERSION = 1  # the digests are optional keys: files with them load in earlier autoseg versions too
+LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
+CHECKPOINTS = {"final": FINAL, "best": BEST}  # what `predict --checkpoint` may choose
+DIGEST_KEY = "content_sha256"
 TRAINING_KEYS = ("optimizer", "scaler", "schedule", "rng", "train_state")  # what only resuming needs
 
 
@@ -145,19 +146,21 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name, t in sorted(state.items()):
         t = t.detach().cpu().contiguous()
-        t = t.float() if t.is_floating_point() else t
+        t = t.float() if t.is_floating_point() else t  # no copy for float32, the weights' dtype
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
 def content_digest(entries: Mapping[str, Any]) -> str:
     """sha256 over nested dicts, lists, tensors (dtype, shape, raw bytes) and primitives, in a fixed
-    order: equal exactly when the entries are."""
+    order, of every entry but the weights (``model``, covered by ``weights_sha256``, which is one of
+    the entries) and the digest itself: each byte of a checkpoint is hashed once."""
     import torch
 
     h = hashlib.sha256()
-    _feed(h, {k: v for k, v in entries.items() if k != DIGEST_KEY}, torch)
+    _feed(h, {k: v for k, v in entries.items() if k not in (DIGEST_KEY, "model")}, torch)
     return h.hexdigest()
 
 
@@ -233,7 +236,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: 
         raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('format_version')}, this autoseg "
                               f"({__version__}) reads version {FORMAT_VERSION}; use the autoseg version that "
                               f"wrote it ({ckpt.get('autoseg_version')}) or retrain")
-    if DIGEST_KEY in ckpt and ckpt[DIGEST_KEY] != content_digest(ckpt):
+    if DIGEST_KEY in ckpt and (ckpt[DIGEST_KEY] != content_digest(ckpt) or
+                               ("model" in ckpt and ckpt.get("weights_sha256") != state_digest(ckpt["model"]))):
         raise CheckpointError(f"{path}: the checkpoint is damaged: its content no longer matches the sha256 digest "
                               "written with it (changed on disk or in a copy); restore the file from a good copy "
                               "or train the fold again")

@@ -169,7 +169,7 @@ def test_import_overwrite_killed_as_it_swaps_leaves_a_whole_model_and_rerun_inst
     (installed / "old.txt").write_text("the model installed before")  # tells the old from the new one
     args = ["import", str(zip_path), "--workdir", str(tmp_path / "ws"), "--overwrite"]
 
-    run_killed(args, tmp_path, KillPoint("autoseg.artifacts:exchange_paths", nth=1, when=when))
+    run_killed(args, tmp_path, KillPoint("autoseg.core.fileops:exchange_paths", nth=1, when=when))
 
     got = _files(installed)
     assert ("old.txt" in got) == (when == "before")

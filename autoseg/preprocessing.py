@@ -112,7 +112,8 @@ def load_case(case: Case, spec: DatasetSpec, plans: Plans) -> CroppedCase:
     data = np.ascontiguousarray(data.transpose(axes))
     seg = np.ascontiguousarray(seg.transpose(axes)) if seg is not None else None
     mask = mask.transpose(tf)
-    data = normalize(data, plans.normalization, mask)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_finite, with the file
+        data = normalize(data, plans.normalization, mask)
     _check_finite(data, case, plans)
     spacing = tuple(float(geometry.spacing[a]) for a in tf)
     return CroppedCase(case.case_id, data, seg, bbox, geometry, spacing)

@@ -41,6 +41,17 @@ def slice_centre(seg: np.ndarray | None, shape: tuple[int, ...]) -> tuple[int, i
     return tuple(s // 2 for s in shape[:3])
 
 
+def nearest_finite_slices(finite: np.ndarray, centre: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``centre`` with each index moved to the nearest slice (along its axis) holding a finite voxel, so a
+    NaN slice in the middle does not blank a whole panel. ``finite`` is the (X, Y, Z) finiteness mask."""
+    out = []
+    for axis, c in enumerate(centre):
+        counts = finite.sum(axis=tuple(a for a in range(3) if a != axis))
+        usable = np.flatnonzero(counts)
+        out.append(int(usable[np.argmin(np.abs(usable - c))]) if usable.size and counts[c] == 0 else int(c))
+    return tuple(out)
+
+
 def radiological_views(volume: np.ndarray, centre: tuple[int, int, int]) -> dict[str, np.ndarray]:
     """2D arrays ready for ``imshow(origin='lower')`` from a RAS+ volume: rows go up (anterior or
     superior), columns go from the patient's right to left (axial, coronal) or anterior to posterior
@@ -103,7 +114,8 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
     image, geometry = _read(image_path)
     with np.errstate(over="ignore"):  # values beyond float32 become inf and are handled by display_window
         image, spacing, ras_affine = canonical(image.astype(np.float32), geometry.affine_array)
-    (lo, hi), n_bad = display_window(image, image_path), int(image.size - np.count_nonzero(np.isfinite(image)))
+    finite = np.isfinite(image)
+    (lo, hi), n_bad = display_window(image, image_path), int(image.size - np.count_nonzero(finite))
     if n_bad:  # shown at the window's ends (NaN as the lowest value), and said in the title
         image = np.nan_to_num(image, nan=lo, posinf=hi, neginf=lo)
     seg = None
@@ -117,7 +129,7 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
             raise ImageReadError(f"{seg_path}: geometry differs from the image {image_path} ({'; '.join(diff)}); "
                                  "give the segmentation that belongs to this image")
         seg = canonical(np.rint(seg_raw).astype(np.int32), geometry.affine_array)[0]
-    centre = slice_centre(seg, image.shape)
+    centre = nearest_finite_slices(finite, slice_centre(seg, image.shape)) if n_bad else slice_centre(seg, image.shape)
     world = ras_affine[:3, :3] @ np.asarray(centre) + ras_affine[:3, 3]  # RAS mm of the cut point
     values = sorted(int(v) for v in np.unique(seg) if v != 0) if seg is not None else []
     colours = _label_colours(values)

@@ -204,6 +204,22 @@ def test_predict_fails_a_case_whose_values_are_not_finite_where_used(case, model
     assert [p.name for p in out.iterdir()] == ["good.nii.gz"]
 
 
+def test_predict_refuses_a_checkpoint_with_nan_weights(model_ws, tmp_path, capsys):
+    """Older autoseg saved diverged runs as checkpoint_final.pt: predicting with one gives background everywhere."""
+    import torch
+
+    path = model_ws / "results" / DATASET / MODEL_NAME / "fold_0" / "checkpoint_final.pt"
+    ckpt = torch.load(path, weights_only=True)
+    first = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][first].fill_(float("nan"))
+    torch.save(ckpt, path)  # as an older autoseg would have written it (save_checkpoint now refuses)
+    out = tmp_path / "out"
+    code, text = run(["predict", "-i", tmp_path / "in", "-o", out, "--workdir", model_ws, *FAST], capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(path) in text and "NaN or infinite" in text and "Traceback" not in text, text
+    assert not out.exists() or not list(out.iterdir())
+
+
 def test_ensemble_fails_a_case_with_nan_probabilities(tmp_path, capsys):
     from autoseg.inference.probabilities import SavedProbabilities, save_probabilities
 

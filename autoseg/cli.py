@@ -235,16 +235,19 @@ def _exit_code(error: BaseException) -> int | None:
 @contextmanager
 def _input_warnings_printed():
     """Print every :class:`~autoseg.jsonfiles.InputWarning` (duplicate JSON keys, dataset warnings) as
-    one ``warning: ...`` line on stderr when it is emitted; other warnings go their usual way."""
+    one ``warning: ...`` line on stderr when it is first emitted (a file read twice warns once); other
+    warnings go their usual way."""
     from autoseg.jsonfiles import InputWarning
 
     with warnings.catch_warnings():
-        shown = warnings.showwarning
+        shown, printed = warnings.showwarning, set()
         warnings.simplefilter("always", InputWarning)
 
         def show(message, category, filename, lineno, file=None, line=None):
             if issubclass(category, InputWarning):
-                print(f"warning: {message}", file=sys.stderr, flush=True)
+                if str(message) not in printed:
+                    printed.add(str(message))
+                    print(f"warning: {message}", file=sys.stderr, flush=True)
             else:
                 shown(message, category, filename, lineno, file, line)
 

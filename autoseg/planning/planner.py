@@ -84,8 +84,9 @@ def _check_intensity(fingerprint: Fingerprint) -> None:
             bad.append(f"channel '{name}' ({', '.join(f'{k} {v:g}' for k, v in values.items())})")
     if bad:
         raise PlanningError(f"the fingerprint of {fingerprint.dataset_name} has non-finite intensity statistics for "
-                            f"{'; '.join(bad)}: the images hold no non-zero voxel or values beyond the float32 range; "
-                            "fix the images (`autoseg plan --check-only` lists them), then rerun `autoseg plan --fresh`")
+                            f"{'; '.join(bad)}: the images hold no non-zero voxel or values beyond the float32 "
+                            "range; fix the images (`autoseg plan --check-only` lists them), then rerun "
+                            "`autoseg plan --fresh`")
 
 
 def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: PlannerSettings,

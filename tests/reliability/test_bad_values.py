@@ -31,7 +31,6 @@ from .procs import DATASET as TOY, RUN, TINY_PRESET, plan_args, train_args
 
 SHAPE = (16, 16, 12)
 NAME = "Dataset001_Toy"
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def run(argv, capsys) -> tuple[int, str]:
@@ -492,7 +491,8 @@ def _msd_task(root: Path, training: list[dict], num_training: int) -> Path:
 
 
 def _entry(i: int, label: int | None = None) -> dict:
-    return {"image": f"./imagesTr/spleen_{i}.nii.gz", "label": f"./labelsTr/spleen_{i if label is None else label}.nii.gz"}
+    return {"image": f"./imagesTr/spleen_{i}.nii.gz",
+            "label": f"./labelsTr/spleen_{i if label is None else label}.nii.gz"}
 
 
 def test_convert_msd_warns_about_a_repeated_case_and_counts_it_once(tmp_path, capsys):

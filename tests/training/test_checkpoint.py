@@ -135,7 +135,8 @@ def test_save_checkpoint_refuses_non_finite_weights_and_leaves_the_old_file(tmp_
     good = {"format": "autoseg-checkpoint", "format_version": 1, "model": {"w": torch.ones(3), "n": torch.tensor(2)}}
     path = ck.save_checkpoint(good, tmp_path / "checkpoint_best.pt")
     bad = {**good, "model": {"w": torch.tensor([1.0, float("inf"), 0.0]), "n": torch.tensor(2)}}
-    with pytest.raises(ck.NonFiniteWeightsError, match=r"checkpoint_best\.pt: not written: 1 weight tensor\(s\).*e\.g\. w"):
+    match = r"checkpoint_best\.pt: not written: 1 weight tensor\(s\).*e\.g\. w"
+    with pytest.raises(ck.NonFiniteWeightsError, match=match):
         ck.save_checkpoint(bad, path)
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_best.pt"]

@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoseg import jsonfiles
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case
 from autoseg.splits import Fold, Splits, make_splits
@@ -97,14 +98,15 @@ def find_raw_dir(workspace: Workspace, dataset_name: str) -> Path:
 
 
 def _check(raw_dir: Path, workers: int, progress: bool):
-    from autoseg.integrity import DatasetWarning, check_dataset
+    from autoseg.integrity import check_dataset
+    from autoseg.jsonfiles import InputWarning
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DatasetWarning)
+        warnings.simplefilter("always", InputWarning)
         spec, cases = check_dataset(raw_dir, workers=workers, progress=progress)
     found = []
     for w in caught:
-        if issubclass(w.category, DatasetWarning):
+        if issubclass(w.category, InputWarning):
             found.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -144,7 +146,7 @@ def planner_settings(planner: str | Path, gpu_memory_gb: float | None = None):
 def _parse_user_splits(path: Path) -> Splits:
     """Our splits artifact, or nnU-Net's ``splits_final.json`` (a list of {"train", "val"})."""
     try:
-        data = json.loads(path.read_text())
+        data = jsonfiles.loads(path.read_text(), path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: cannot be read as JSON ({e}); fix or remove it") from None
     if isinstance(data, list):

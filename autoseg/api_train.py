@@ -26,6 +26,17 @@ class TrainError(ValueError):
     """A training request that cannot run as given (the message says what to change)."""
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became NaN/inf; the run stopped and its last good checkpoints are kept."""
+
+
+def _kept_checkpoints(run_dir: Path) -> str:
+    from autoseg.training.checkpoint import BEST, FINAL, LATEST
+
+    kept = [n for n in (LATEST, BEST, FINAL) if (run_dir / n).is_file()]
+    return f"kept from earlier epochs: {', '.join(kept)}" if kept else "no checkpoint had been written yet"
+
+
 def run_dir_for(workspace: Workspace, dataset_name: str, arch: str, plans_name: str, config: str,
                 fold: int | str) -> Path:
     return workspace.results_dir(dataset_name) / f"{arch}__{plans_name}__{config}" / f"fold_{fold}"
@@ -262,14 +273,19 @@ def _wrap(run, dist):
 
 
 def _fit(run, loaders, progress: bool, extra_callbacks: Sequence) -> None:
-    from autoseg.training.checkpoint import CheckpointCallback
+    from autoseg.training.checkpoint import CheckpointCallback, NonFiniteWeightsError
     from autoseg.training.logging import LogCallback, ProgressBarCallback
-    from autoseg.training.trainer import fit
+    from autoseg.training.trainer import NonFiniteLossError, fit
 
     bar = ProgressBarCallback() if progress else None
     callbacks = [LogCallback(), CheckpointCallback(), *([bar] if bar else []), *extra_callbacks]
     try:
         fit(run, loaders[0], loaders[1], callbacks)
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
+        raise TrainingDivergedError(f"{run.run_dir}: {e}; {_kept_checkpoints(run.run_dir)}. Check the data "
+                                    "(`autoseg plan --check-only` on the raw dataset; preprocessed files changed by "
+                                    "hand: delete the preprocessed folder and rerun `autoseg plan`), or start a new "
+                                    "run with --amp fp32 or another --seed") from e
     finally:
         if bar is not None and bar._progress is not None:
             bar._progress.stop()

@@ -21,7 +21,9 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +232,29 @@ def _exit_code(error: BaseException) -> int | None:
     return EXIT_FAILURE
 
 
+@contextmanager
+def _input_warnings_printed():
+    """Print every :class:`~autoseg.jsonfiles.InputWarning` (duplicate JSON keys, dataset warnings) as
+    one ``warning: ...`` line on stderr when it is first emitted (a file read twice warns once); other
+    warnings go their usual way."""
+    from autoseg.jsonfiles import InputWarning
+
+    with warnings.catch_warnings():
+        shown, printed = warnings.showwarning, set()
+        warnings.simplefilter("always", InputWarning)
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, InputWarning):
+                if str(message) not in printed:
+                    printed.add(str(message))
+                    print(f"warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -237,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     try:
-        return int(COMMANDS[args.command].run(args) or EXIT_OK)
+        with _input_warnings_printed():
+            return int(COMMANDS[args.command].run(args) or EXIT_OK)
     except KeyboardInterrupt:
         print(f"autoseg {args.command}: interrupted", file=sys.stderr)
         return 130

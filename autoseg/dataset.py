@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoseg import jsonfiles
 from autoseg.io import SUPPORTED_ENDINGS
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -99,7 +100,7 @@ class DatasetSpec:
         if not path.is_file():
             raise DatasetError([f"{path}: missing; every dataset needs a dataset.json (see data_templates/)"])
         try:
-            data = json.loads(path.read_text())
+            data = jsonfiles.loads(path.read_text(), path)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DatasetError([f"{path}: not valid JSON ({e}); fix the syntax"]) from None
         return cls.from_json(data, path, root.name)

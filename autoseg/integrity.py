@@ -26,11 +26,13 @@ import numpy as np
 
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
 from autoseg.io.images import Geometry, ImageReadError, gzip_problem, nonfinite_problem, read_volume
+from autoseg.jsonfiles import InputWarning
 
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
+_FLOAT_EXACT_INT = 2.0 ** 53  # float labels at or beyond this are not cast to int64 (it would overflow)
 
 
-class DatasetWarning(UserWarning):
+class DatasetWarning(InputWarning):
     """Something unusual but usable in a raw dataset (e.g. a label without foreground)."""
 
 
@@ -205,6 +207,7 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
     result = CaseResult(case.case_id)
     files = list(case.images) + ([case.label] if case.label is not None else [])
     geometries: dict[Path, Geometry] = {}
+    constant: dict[Path, float] = {}  # image files whose voxels all hold one value
     for p in files:
         problem = gzip_problem(p)
         if problem:
@@ -220,8 +223,13 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
             result.problems.append(problem)
             continue
         geometries[p] = g
+        n_problems = len(result.problems)
         _check_voxels(p, arr, p == case.label, spec, result)
+        if p != case.label and len(result.problems) == n_problems and arr.size and arr.min() == arr.max():
+            constant[p] = float(arr.reshape(-1)[0])
         del arr
+    for p, value in constant.items():
+        result.warnings.append(_constant_image_warning(p, value, case.label, result.has_foreground))
     ref = geometries.get(case.images[0])
     if ref is not None:
         result.shape = _spatial(ref.shape)
@@ -232,6 +240,14 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
                 result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
                                        f"{'; '.join(diff)}; resample or re-export it onto the image grid")
     return result
+
+
+def _constant_image_warning(path: Path, value: float, label: Path | None, has_foreground: bool | None) -> str:
+    if value == 0 and has_foreground:
+        return (f"{path}: image is all zero but its label {label.name} has foreground voxels; the image is "
+                "probably a failed export: re-export it or remove the case")
+    return (f"{path}: image is constant (every voxel is {value:g}); it holds nothing to learn from: check it is "
+            "not a failed export")
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -277,11 +293,13 @@ def label_value_counts(arr: np.ndarray) -> tuple[dict[int, int], list[float]]:
     """
     flat = arr.ravel()
     if flat.dtype.kind == "f":
-        as_int = flat.astype(np.int64)
-        frac = flat != as_int
+        frac = flat != np.trunc(flat)
         if frac.any():
             return {}, [float(v) for v in np.unique(flat[frac])[:5]]
-        flat = as_int
+        if flat.size and max(-float(flat.min()), float(flat.max())) >= _FLOAT_EXACT_INT:
+            values, counts = np.unique(flat, return_counts=True)  # too large for int64: Python ints, no overflow
+            return {int(v): int(c) for v, c in zip(values, counts)}, []
+        flat = flat.astype(np.int64)
     if flat.dtype.kind == "b":
         flat = flat.astype(np.uint8)
     lo, hi = int(flat.min()), int(flat.max())

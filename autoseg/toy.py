@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg.artifacts import atomic_write_json, staged_folder
+from autoseg.workspace import folder_name
 
 FILE_ENDING = ".nii.gz"
 MODALITIES = ("CT", "MR")
@@ -221,7 +222,8 @@ def make_toy_dataset(out_dir: Path, n_cases: int = 8, seed: int = 0, modality: s
         raise ValueError("need n_cases >= 1, n_test >= 0, n_channels >= 1 and 1 <= n_labels <= 6")
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be 3 sizes of at least 8 voxels, got {shape}")
-    name = name or f"Dataset999_Toy{modality}{'Regions' if regions else ''}"
+    name = folder_name(name, "dataset name (--name)") if name is not None else \
+        f"Dataset999_Toy{modality}{'Regions' if regions else ''}"
     out_dir = Path(out_dir)
     target = out_dir / name
     if target.exists() and any(target.iterdir()) and not overwrite:

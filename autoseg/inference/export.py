@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg import __version__
+from autoseg import __version__, jsonfiles
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, staged_folder, writing_into
 from autoseg.workspace import Workspace
 
@@ -218,7 +218,7 @@ def check_member(info: zipfile.ZipInfo, source: Path) -> None:
 
 def read_manifest(zf: zipfile.ZipFile, source: Path) -> ExportManifest:
     try:
-        data = json.loads(zf.read(MANIFEST_NAME))
+        data = jsonfiles.loads(zf.read(MANIFEST_NAME), f"{source}:{MANIFEST_NAME}")
     except KeyError:
         raise ExportError(f"{source}: no {MANIFEST_NAME}; not a model exported with `autoseg export`") from None
     except (ValueError, zipfile.BadZipFile) as e:

@@ -195,15 +195,42 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
     return arr, geometry
 
 
-def nonfinite_problem(path: Path | str, arr: np.ndarray) -> str | None:
-    """The message for a float volume holding NaN or infinite voxels, else None."""
+WORKING_DTYPE = np.float32  # what images are computed in (read_image, preprocessing, networks)
+_FINITE_CHUNK = 1 << 24  # voxels cast at a time when checking finiteness (bounds the extra memory)
+
+
+def count_nonfinite(arr: np.ndarray, dtype=WORKING_DTYPE) -> int:
+    """Voxels that are NaN or infinite once ``arr`` is cast to ``dtype``, the type the data is used in.
+
+    A float64 voxel at 1e39 is finite in the file but infinite in float32, so the count is taken after
+    the cast (in chunks, so a large volume costs little extra memory). Integer volumes always fit."""
     if arr.dtype.kind != "f":
-        return None
-    n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        return 0
+    flat = arr.reshape(-1)
+    if np.dtype(arr.dtype).itemsize <= np.dtype(dtype).itemsize:
+        return flat.size - int(np.count_nonzero(np.isfinite(flat)))
+    bad = 0
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        part = flat[start:start + _FINITE_CHUNK]
+        with np.errstate(over="ignore"):
+            bad += part.size - int(np.count_nonzero(np.isfinite(part.astype(dtype))))
+    return bad
+
+
+def nonfinite_problem(path: Path | str, arr: np.ndarray, dtype=WORKING_DTYPE) -> str | None:
+    """The message for a float volume holding NaN or infinite voxels, counted after the cast to
+    ``dtype`` (values beyond its range become infinite there), else None."""
+    n_bad = count_nonfinite(arr, dtype)
     if not n_bad:
         return None
-    return (f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the background value) "
-            "and re-export")
+    n_file = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if n_file == n_bad:
+        return (f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the background value) "
+                "and re-export")
+    limit = float(np.finfo(dtype).max)
+    return (f"{path}: {n_bad} voxel(s) are NaN, infinite or beyond the {np.dtype(dtype).name} range "
+            f"(|value| > {limit:.3g}, {n_bad - n_file} of them finite in the file); replace them (e.g. by 0 or the "
+            "background value) or rescale the image, and re-export")
 
 
 def gzip_problem(path: Path | str) -> str | None:

@@ -178,7 +178,9 @@ def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
                 cb.on_epoch_start(run, epoch)
             lr = run.optimizer.param_groups[0]["lr"]  # as trained: a callback may have set its own schedule
             train_loss, wait_fraction = train_epoch(run, train_iter, epoch, hooks)
+            check_finite_loss(train_loss, "training", epoch)
             val_loss, dice = validate_epoch(run, val_batches(epoch))
+            check_finite_loss(val_loss, "validation", epoch)
             for cb in hooks:
                 cb.on_validation_end(run, epoch, dice)
             record = finish_epoch(run.state, epoch, train_loss, val_loss, dice, lr,
@@ -195,6 +197,24 @@ def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
     for cb in hooks:
         cb.on_train_end(run)
     return run
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before saving anything of that epoch."""
+
+    def __init__(self, which: str, epoch: int, loss: float):
+        self.which, self.epoch, self.loss = which, epoch, loss
+        super().__init__(f"the {which} loss of epoch {epoch} is {loss} (not a finite number), so training stopped "
+                         "and nothing of this epoch was saved")
+
+
+def check_finite_loss(loss: float, which: str, epoch: int) -> None:
+    """Raise :class:`NonFiniteLossError` for a NaN/inf epoch loss. Checked once per epoch on the mean over
+    all steps and ranks (one NaN step makes it NaN; every rank sees the same all-reduced value, so all
+    stop together), before the epoch's checkpoint is written: the weights of a diverged epoch are
+    never saved, the previous epoch's checkpoint stays the latest."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(which, epoch, loss)
 
 
 def train_epoch(run: Run, batches: Iterator[Batch], epoch: int, hooks: Sequence[Callback]) -> tuple[float, float]:

@@ -16,6 +16,10 @@ class) at a time in float32, and in slabs of about ``SLAB_VOXELS`` output voxels
 not resampled separately (each slab reads its input rows plus a margin, ``SPLINE_MARGIN`` for
 splines), so temporaries stay bounded whatever the volume's size; results equal the whole-volume
 computation up to float32 rounding (orders 0 and 1 exactly up to coordinate rounding).
+For label maps (order <= 1) each class's mask is interpolated only inside the box its voxels can
+reach, and the smallest value fills the rest: the same labels as interpolating every class over the
+whole volume (a class's interpolated mask is exactly 0 outside its box), at a fraction of the time
+for small structures in large volumes (``benchmarks/label_resampling.py``).
 """
 
 from __future__ import annotations
@@ -155,7 +159,8 @@ def _resample_block(block: np.ndarray, axes: list[_Axis], shape: Sequence[int], 
         index[axis] = i
         tmp[tuple(index)] = _interpolate(block[tuple(index)], plane_axes, plane_shape, order,
                                          None if ranges is None else (ranges[0][i], ranges[1][i]))
-    if shape[axis] == block.shape[axis]:
+    ax = axes[axis]
+    if ax.n_in == ax.n_out and ax.o0 == ax.i0 and shape[axis] == block.shape[axis]:  # not resampled along axis
         return tmp
     along = [_Axis(n, n) for n in tmp.shape]
     along[axis] = axes[axis]
@@ -244,8 +249,9 @@ def resample_probabilities(probabilities: np.ndarray, current_spacing: Sequence[
                           anisotropy_threshold, slab_voxels)
 
 
-def _label_block(block, values, axes, shape, order, order_z, axis, dtype) -> np.ndarray:
-    """Labels of one block: the value whose interpolated one-hot mask is largest (ties: larger value)."""
+def _label_block_dense(block, values, axes, shape, order, order_z, axis, dtype) -> np.ndarray:
+    """Labels of one block: the value whose interpolated one-hot mask is largest (ties: larger value),
+    each value's mask interpolated over the whole block."""
     out = np.zeros(shape, dtype=dtype)
     best = np.full(shape, -np.inf, dtype=np.float32)
     for v in values:
@@ -253,6 +259,86 @@ def _label_block(block, values, axes, shape, order, order_z, axis, dtype) -> np.
         wins = score >= best
         out[wins] = v
         np.maximum(best, score, out=best)
+    return out
+
+
+class _Box(NamedTuple):
+    """A box of a block's output (``out``, slices) and the input rows it reads (``inp``), with the
+    whole-grid mapping of each axis (``axes``)."""
+
+    out: tuple[slice, ...]
+    inp: tuple[slice, ...]
+    axes: list[_Axis]
+
+
+def _output_box(found: tuple[slice, ...], axes: list[_Axis], shape: Sequence[int], n_in: Sequence[int]) -> tuple[slice, ...]:
+    """Output slices of a block whose interpolation (order <= 1) can touch the input box ``found``.
+
+    An output voxel reads the input rows next to its source coordinate (linear: floor and floor + 1;
+    nearest: the rounded one), so outside ``coordinate in [start - 2, stop + 1]`` it reads none."""
+    box = []
+    for ax, n, n_block_in, sl in zip(axes, shape, n_in, found):
+        if ax.n_in == ax.n_out and ax.o0 - ax.i0 == 0 and n == n_block_in:
+            box.append(sl)  # identity axis: the output rows are the input rows
+            continue
+        c = ax.coords(n)
+        lo = int(np.searchsorted(c, sl.start - 2, side="left"))
+        hi = int(np.searchsorted(c, sl.stop + 1, side="right"))
+        box.append(slice(lo, max(lo, hi)))
+    return tuple(box)
+
+
+def _union(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+
+
+def _box_reads(box: tuple[slice, ...], axes: list[_Axis], n_in: Sequence[int], n_out: Sequence[int]) -> _Box:
+    """The input rows an output box reads (one row of margin beyond the interpolation's), and the
+    box's own whole-grid mapping."""
+    inp, sub = [], []
+    for ax, sl, n_block_in, n in zip(axes, box, n_in, n_out):
+        if ax.n_in == ax.n_out and ax.o0 - ax.i0 == 0 and n == n_block_in:
+            i0, i1 = sl.start, sl.stop  # identity axis: read exactly the output rows
+        else:
+            c = ax.coords(sl.stop)[sl.start:]  # source coordinates of the box's output rows
+            i0 = max(0, int(np.floor(c[0])) - 1)
+            i1 = min(n_block_in, int(np.floor(c[-1])) + 3)
+        inp.append(slice(i0, i1))
+        sub.append(_Axis(ax.n_in, ax.n_out, ax.o0 + sl.start, ax.i0 + i0))
+    return _Box(box, tuple(inp), sub)
+
+
+def _label_block(block, values, axes, shape, order, order_z, axis, dtype) -> np.ndarray:
+    """Labels of one block, as :func:`_label_block_dense`, with each value's mask interpolated only
+    inside the output box its voxels can reach (orders <= 1, whose support is local).
+
+    Outside those boxes a value's interpolated mask is exactly 0, and some value's is positive at
+    every voxel (the masks sum to 1 before and after linear interpolation), so a value can win only
+    inside its box: the smallest present value fills the rest, and inside the union of the other
+    values' boxes the values compete as in the dense computation, in increasing order."""
+    if max(order, order_z) > 1:  # spline prefilters reach the whole block
+        return _label_block_dense(block, values, axes, shape, order, order_z, axis, dtype)
+    index = np.searchsorted(values, block).astype(np.int32) + 1
+    found = ndimage.find_objects(index, max_label=len(values))
+    present = [k for k, sl in enumerate(found) if sl is not None]
+    out = np.full(shape, values[present[0]], dtype=dtype)
+    boxes = {k: _output_box(found[k], axes, shape, block.shape) for k in present[1:]}
+    boxes = {k: b for k, b in boxes.items() if all(s.stop > s.start for s in b)}
+    if not boxes:
+        return out
+    region = _union(list(boxes.values()))
+    region_shape = tuple(s.stop - s.start for s in region)
+    best = np.full(region_shape, -np.inf, dtype=np.float32)
+    for k in [present[0], *boxes]:
+        reads = _box_reads(boxes.get(k, region), axes, block.shape, shape)
+        mask = (index[reads.inp] == k + 1).astype(np.float32)
+        out_shape = tuple(s.stop - s.start for s in reads.out)
+        score = _resample_block(mask, reads.axes, out_shape, order, order_z, axis, None)
+        local = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(reads.out, region))
+        target, running = out[reads.out], best[local]  # views
+        wins = score >= running
+        target[wins] = values[k]
+        np.maximum(running, score, out=running)
     return out
 
 

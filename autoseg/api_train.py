@@ -181,7 +181,10 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
             _finish_checkpoints(run)
         ddp.barrier(dist)
         if dist.is_main and (not finished or not (run_dir / "validation" / "summary.json").is_file()):
+            validation_started = time.monotonic()
             _final_validation(workspace, name, plans, config, run, fold_cases, progress)
+            if run.budget is not None:
+                _log_budget_use(run, time.monotonic() - validation_started)
     finally:
         if lock is not None:
             lock.release()
@@ -283,6 +286,19 @@ def make_time_budget(workspace, name, plans, config, run, fold_cases, dist, star
     budget = TimeBudget(run.settings.time_budget, windows * mirrorings, cap, batch)
     budget.session_start = started
     return budget
+
+
+def _log_budget_use(run, validation_seconds: float) -> None:
+    """How the budget was spent, beside its plan: the final validation's actual time and the total."""
+    from autoseg.training.durations import format_duration
+    from autoseg.training.logging import log_line
+
+    plan = run.state.budget_plan or {}
+    used = run.budget.elapsed()
+    log_line(run.run_dir, f"time budget {format_duration(run.budget.seconds)}: used {format_duration(used)} "
+                          f"({100 * used / run.budget.seconds:.0f}%); final validation took "
+                          f"{format_duration(validation_seconds)} (estimated "
+                          f"{format_duration(plan.get('final_validation', 0.0))})")
 
 
 def _wrap(run, dist):

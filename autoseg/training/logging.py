@@ -79,6 +79,12 @@ def plot_progress(history: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def log_line(run_dir: Path, line: str) -> None:
+    """Append a time-stamped line to the run's text log."""
+    with open(run_dir / LOG_TXT, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
+
+
 class LogCallback(Callback):
     """Writes the three log files of the run folder (rank 0 only, like every callback)."""
 
@@ -86,8 +92,7 @@ class LogCallback(Callback):
         self.plot = plot
 
     def _text(self, run: Run, line: str) -> None:
-        with open(run.run_dir / LOG_TXT, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
+        log_line(run.run_dir, line)
 
     def on_train_start(self, run: Run) -> None:
         run.run_dir.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     settings = {key: getattr(args, opt) for opt, key in OPTION_TO_SETTING.items() if getattr(args, opt) is not None}
     dist = ddp.detect(os.environ)
+    if args.time_budget is not None and dist.is_main and (len(args.fold) > 1 or "all" in args.fold):
+        from autoseg.training.durations import format_duration
+
+        out(f"time budget {format_duration(args.time_budget)} for each fold ({len(args.fold)} folds, one after "
+            f"another)")
     try:
         runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
                                settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,

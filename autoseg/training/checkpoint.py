@@ -85,7 +85,8 @@ def make_checkpoint(run: Run) -> dict[str, Any]:
                      "max_epochs": s.epochs},
         "rng": rng_state(),
         "train_state": {"epoch": run.state.epoch, "ema": run.state.ema, "best_ema": run.state.best_ema,
-                        "epochs_since_best": run.state.epochs_since_best, "history": run.state.history},
+                        "epochs_since_best": run.state.epochs_since_best, "history": run.state.history,
+                        "budget_elapsed": run.state.budget_elapsed, "budget_plan": run.state.budget_plan},
         "settings": s.to_dict(),
         **run.meta,
     }
@@ -143,7 +144,8 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
         run.scaler.load_state_dict(ckpt["scaler"])
     t = ckpt["train_state"]
     run.state = TrainState(epoch=int(t["epoch"]), ema=t["ema"], best_ema=t["best_ema"],
-                           epochs_since_best=int(t["epochs_since_best"]), history=list(t["history"]))
+                           epochs_since_best=int(t["epochs_since_best"]), history=list(t["history"]),
+                           budget_elapsed=float(t.get("budget_elapsed") or 0.0), budget_plan=t.get("budget_plan"))
     set_rng_state(ckpt["rng"])
 
 

@@ -7,6 +7,7 @@ import torch
 from autoseg import api_train
 from autoseg.cli import main
 from autoseg.models import build_model
+from autoseg.training import budget
 from autoseg.training.budget import MEASURE_EPOCHS, RESERVE, TimeBudget, fit_epochs
 from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
 from autoseg.training.durations import BudgetError, format_duration, parse_duration
@@ -140,9 +141,10 @@ def test_a_budget_with_no_room_for_more_epochs_ends_the_run(tmp_path):
     assert run.state.epoch == 2 and run.settings.epochs == 2
 
 
-def test_the_final_validation_is_budgeted_from_the_measured_patch_time(tmp_path):
+def test_the_final_validation_is_budgeted_from_the_measured_patch_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "calibrate", lambda run, val_batches: (1.0, 0.01))  # not the machine's load
     clock = Clock()
-    run = _run(tmp_path, budget=100.0, clock=clock, windows=1000)
+    run = _run(tmp_path, budget=100.0, clock=clock, windows=100)
     fit(run, _batches(), lambda epoch: _batches()(10_000), [Tick(clock, 5.0)])
     plan = run.state.budget_plan
     assert plan["final_validation"] > 0

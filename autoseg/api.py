@@ -26,6 +26,7 @@ from pathlib import Path
 
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case
+from autoseg.paths import PathError, inside
 from autoseg.splits import Fold, Splits, make_splits
 from autoseg.workspace import Workspace, WorkspaceError
 
@@ -214,6 +215,9 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     name = spec.name
     if check_only:
         return PlanResult(name, raw_dir, len(cases), True, found_warnings)
+    if inside(workspace.preprocessed_dir(name), raw_dir) or inside(raw_dir, workspace.preprocessed_dir(name)):
+        raise PathError(f"{workspace.preprocessed_dir(name)}: the preprocessed data would be written into the raw "
+                        f"dataset {raw_dir} (or around it); choose another --workdir")
     dataset_dir = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
     # one plan per dataset at a time: a second one would delete the first one's temporary files
     with RunLock(dataset_dir, doing="planned"):

@@ -31,6 +31,7 @@ from autoseg.evaluation.metrics import (
 )
 from autoseg.io import ImageReadError, read_geometry, read_volume
 from autoseg.io.images import gzip_problem
+from autoseg.paths import folder_output
 
 CONVENTIONS = (
     "Dice/IoU/HD95/NSD are null when reference and prediction are both empty and left out of means; "
@@ -167,7 +168,8 @@ def evaluate_folders(gt_dir: Path, pred_dir: Path, spec: DatasetSpec, tolerance_
     the summary). Predictions without a reference are ignored."""
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
-        raise EvaluationError(f"surface Dice tolerance must be a finite number of mm >= 0, got {tolerance_mm}")
+        raise EvaluationError(f"--tolerance-mm must be a finite number of mm >= 0, got {tolerance_mm}")
+    folder_output(Path(output_dir) if output_dir is not None else pred_dir, "-o")  # before the slow part
     pairs, missing = match_cases(gt_dir, pred_dir, spec.file_ending)
     if missing and not allow_missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")

@@ -29,6 +29,7 @@ from autoseg.inference.probabilities import (
     save_probabilities,
 )
 from autoseg.io import file_ending, strip_ending
+from autoseg.paths import folder_output, same_path
 
 
 def _index(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -103,8 +104,9 @@ def ensemble_folders(in_dirs: Sequence[Path], out_dir: Path, *, regions_class_or
     out_dir = Path(out_dir)
     if len(in_dirs) < 2:
         raise PredictError("ensembling needs at least two folders of predictions with probabilities")
-    if out_dir.resolve() in {d.resolve() for d in in_dirs}:
+    if any(same_path(out_dir, d) for d in in_dirs):
         raise PredictError(f"{out_dir}: write the ensemble to a folder other than its inputs")
+    folder_output(out_dir, "-o")
     indexes = [_index(d) for d in in_dirs]
     cases = sorted(set().union(*(set(npz) for npz, _ in indexes)))
     if not cases:

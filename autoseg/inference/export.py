@@ -34,6 +34,7 @@ from pathlib import Path
 
 from autoseg import __version__
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, staged_folder, writing_into
+from autoseg.paths import file_output, inside, refuse_overwriting_inputs
 from autoseg.workspace import Workspace
 
 MANIFEST_NAME = "manifest.json"
@@ -144,8 +145,10 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
     from autoseg.training.checkpoint import load_checkpoint
 
     model_dir = Path(model_dir)
+    file_output(Path(out_zip), "-o", ".zip")
     model = load_predictor(model_dir, folds, checkpoint)  # validates folds agree and networks build
     root = model.model_dir
+    refuse_overwriting_inputs(Path(out_zip), [p for p in root.rglob("*") if p.is_file()], "-o")
     folder = root.name if len(root.name.split("__")) == 3 else f"{model.arch}__{model.plans.plans_name}__{model.config.name}"
     entries: dict[str, bytes] = {}
     diffs: dict[str, float] = {}
@@ -270,6 +273,9 @@ def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) 
     target = results / manifest.model_folder
     if target.exists() and not overwrite:
         raise ExportError(f"{target}: a model is already installed there; pass --overwrite to replace it")
+    if inside(zip_path, target):
+        raise ExportError(f"{zip_path}: lies inside {target}, the folder it would replace; move the zip out of it "
+                          "first")
     with staged_folder(target) as new:  # an installed model is replaced in one step
         for name, data in files.items():
             dest = new.parent.joinpath(*name.split("/"))  # names start with the model folder's

@@ -38,6 +38,7 @@ from autoseg.inference.predictor import Predictor
 from autoseg.inference import probabilities as probability_files
 from autoseg.inference.probabilities import SavedProbabilities, labels_from_probabilities
 from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending
+from autoseg.paths import folder_output, same_path
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 PREFETCH = 1  # cases read ahead of the networks (being prepared or waiting)
@@ -357,8 +358,9 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not 0 < step <= 1:
         raise PredictError(f"--step {step}: the window step is a fraction of the patch size in (0, 1]; default 0.5")
-    if out_dir.resolve() == in_dir.resolve():
+    if same_path(out_dir, in_dir):
         raise PredictError(f"{out_dir}: write predictions to another folder than the input images")
+    folder_output(out_dir, "-o")
     cases = find_inputs(in_dir, model.spec.channel_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     with writing_into(out_dir, output_names(cases)):

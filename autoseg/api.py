@@ -145,7 +145,7 @@ def planner_settings(planner: str | Path, gpu_memory_gb: float | None = None):
 def _parse_user_splits(path: Path) -> Splits:
     """Our splits artifact, or nnU-Net's ``splits_final.json`` (a list of {"train", "val"})."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is accepted
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: cannot be read as JSON ({e}); fix or remove it") from None
     if isinstance(data, list):

@@ -26,6 +26,7 @@ import numpy as np
 
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
 from autoseg.io.images import Geometry, ImageReadError, gzip_problem, nonfinite_problem, read_volume
+from autoseg.paths import os_error_message
 
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
 
@@ -109,8 +110,8 @@ def _training_case_ids(root: Path, spec: DatasetSpec) -> set[str]:
     for sub, is_image in (("imagesTr", True), ("labelsTr", False)):
         folder = root / sub
         for p in folder.iterdir() if folder.is_dir() else ():
-            if p.name.startswith(".") or not p.name.lower().endswith(spec.file_ending):
-                continue
+            if p.name.startswith(".") or not p.name.lower().endswith(spec.file_ending) or p.is_dir():
+                continue  # a broken link still names a case (reported as a problem of its own)
             stem = p.name[: -len(spec.file_ending)]
             m = _CHANNEL_RE.match(stem) if is_image else None
             if is_image and not m:
@@ -206,14 +207,17 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
     files = list(case.images) + ([case.label] if case.label is not None else [])
     geometries: dict[Path, Geometry] = {}
     for p in files:
-        problem = gzip_problem(p)
-        if problem:
-            result.problems.append(problem)
-            continue
         try:
+            problem = gzip_problem(p)
+            if problem:
+                result.problems.append(problem)
+                continue
             arr, g = read_volume(p, spec.force_itk)
         except ImageReadError as e:
             result.problems.append(str(e))
+            continue
+        except OSError as e:  # unreadable (permissions), removed meanwhile, ...: one of the problems
+            result.problems.append(os_error_message(e) or f"{p}: cannot be read ({e})")
             continue
         problem = _header_problem(p, g)
         if problem:

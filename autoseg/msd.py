@@ -92,7 +92,7 @@ def read_msd_json(task_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError([f"{path}: missing; an MSD task folder holds dataset.json, imagesTr/ and labelsTr/"])
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is accepted
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError([f"{path}: not valid JSON ({e})"]) from None
     if not isinstance(meta, dict):

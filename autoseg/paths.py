@@ -69,7 +69,7 @@ def folder_output(path: Path, option: str) -> Path:
 
 def os_error_message(error: OSError) -> str | None:
     """One line naming the path and the fix for a file-system error, or None for an errno not handled."""
-    name = error.filename or ""
+    name = error.filename2 or error.filename or ""  # a rename's destination is the path the user named
     where = f"{name}: " if name else ""
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{where}{error.strerror}; choose a folder you can write to (--workdir, -o), or fix its permissions"

@@ -85,8 +85,8 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
     from matplotlib.patches import Patch
 
     image_path = Path(image_path)
-    file_output(Path(out_png), "-o", ".png")
     refuse_overwriting_inputs(Path(out_png), [image_path, seg_path], "-o")
+    file_output(Path(out_png), "-o", ".png")
     image, geometry = _read(image_path)
     image, spacing, ras_affine = canonical(image.astype(np.float32), geometry.affine_array)
     seg = None

@@ -145,10 +145,10 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
     from autoseg.training.checkpoint import load_checkpoint
 
     model_dir = Path(model_dir)
-    file_output(Path(out_zip), "-o", ".zip")
     model = load_predictor(model_dir, folds, checkpoint)  # validates folds agree and networks build
     root = model.model_dir
     refuse_overwriting_inputs(Path(out_zip), [p for p in root.rglob("*") if p.is_file()], "-o")
+    file_output(Path(out_zip), "-o", ".zip")
     folder = root.name if len(root.name.split("__")) == 3 else f"{model.arch}__{model.plans.plans_name}__{model.config.name}"
     entries: dict[str, bytes] = {}
     diffs: dict[str, float] = {}

@@ -69,7 +69,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", type=Path, help="image file (one channel)")
     p.add_argument("seg", metavar="SEG", type=Path, nargs="?", default=None, help="label map to overlay")
-    p.add_argument("-o", "--output", type=Path, default=Path("preview.png"), help="PNG to write (default preview.png)")
+    p.add_argument("-o", "--output", type=Path, default=Path("preview.png"), help="PNG to write (default preview.png; must end in .png)")
     p.add_argument("-d", "--dataset", default=None, help="dataset whose label names label the legend")
 
 

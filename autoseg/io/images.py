@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,12 +217,21 @@ def _valid_spacing(path: Path, geometry: Geometry) -> Geometry:
     return geometry
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be read, with the fix."""
+    if path.is_dir():
+        return f"{path}: is a folder; give an image file"
+    if path.is_symlink():
+        return f"{path}: broken symbolic link (to {os.readlink(path)}); fix the link or remove it"
+    return f"{path}: file not found"
+
+
 def read_geometry(path: Path | str, force_itk: bool = False) -> Geometry:
     """Geometry of an image from its header only (fast; does not read voxels). Raises
     :class:`ImageReadError` for an invalid spacing or an inconsistent NIfTI header."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError(_not_a_file(path))
     if _use_itk(path, force_itk):
         import SimpleITK as sitk
 
@@ -254,7 +264,7 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
     (:func:`nifti_header_problem`)."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError(_not_a_file(path))
     if _use_itk(path, force_itk):
         import SimpleITK as sitk
 

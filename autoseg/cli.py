@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoseg.paths import os_error_message  # standard library only: keeps `autoseg --help` instant
+
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
 DEFAULT_WORKDIR = "autoseg_work"
 WORKDIR_ENV = "AUTOSEG_HOME"
@@ -214,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _os_message(error: OSError) -> str | None:
     """A message naming the path and the fix for file-system errors (permissions, disk full, a folder
     where a file belongs, a broken link, ...); see :func:`autoseg.paths.os_error_message`."""
-    from autoseg.paths import os_error_message
-
     return os_error_message(error)
 
 

@@ -5,9 +5,10 @@ problems in the data); :func:`check_dataset` raises :class:`~autoseg.dataset.Dat
 all problems, emits each warning as a :class:`DatasetWarning`, and returns ``(spec, cases)``.
 
 Order of the checks: dataset.json (schema), file layout (names, channels, label/image pairs, stray
-files, broken links, names that differ only in upper/lower case, a ``file_ending`` no file has), then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end
-once, since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
-spacing), its voxels (NaN/Inf in images; fractional, undeclared or missing foreground values in
+files, broken links, names that differ only in upper/lower case, a ``file_ending`` no file has),
+then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end once,
+since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
+spacing, a consistent NIfTI pixdim/qform/sform), its voxels (NaN/Inf in images; fractional, undeclared or missing foreground values in
 labels), and finally the geometry of the channels and the label against the first channel. Per-case
 checks run in a bounded process pool when ``workers > 1``.
 

@@ -65,12 +65,20 @@ class EvaluationSummary(Artifact):
 
 def match_cases(gt_dir: Path, pred_dir: Path, file_ending: str) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
     """Pair reference and prediction files by case name. Returns ``{case: (ref, pred)}`` and the
-    reference cases that have no prediction."""
+    reference cases that have no prediction. Two files of one folder whose case names differ only in
+    upper/lower case (``x.nii.gz``, ``X.NII.GZ``) are refused, naming both, instead of one being dropped."""
     def listing(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
             raise EvaluationError(f"{folder}: folder not found")
-        return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
-                if p.name.lower().endswith(file_ending) and not p.name.startswith(".")}
+        files: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.name.lower().endswith(file_ending) and not p.name.startswith("."):
+                twin = files.setdefault(p.name[: -len(file_ending)].casefold(), p)
+                if twin != p:
+                    raise EvaluationError(f"{twin} and {p.name}: case names that differ only in upper/lower case; "
+                                          "only one of them can be scored (and only one survives on macOS or "
+                                          "Windows); keep one")
+        return {p.name[: -len(file_ending)]: p for p in files.values()}
 
     refs, preds = listing(Path(gt_dir)), listing(Path(pred_dir))
     if not refs:

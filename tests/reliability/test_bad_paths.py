@@ -317,3 +317,14 @@ def test_train_settings_are_named_as_options(_planned, tmp_path, capsys):
     assert code == cli.EXIT_INPUT, text
     assert "--epochs must be at least 1" in text and "--iters-per-epoch" in text, text
     assert "iters_per_epoch" not in text
+
+
+def test_evaluate_refuses_references_whose_names_differ_only_in_case(_pristine, tmp_path, capsys):
+    gt = Path(shutil.copytree(_pristine["ct"] / "labelsTr", tmp_path / "gt"))
+    twin = gt / "toy_000.NII.GZ"
+    shutil.copy(lab(_pristine["ct"], 1), twin)
+    code, text = run(["evaluate", gt, _pristine["ct"] / "labelsTr", "-d", _pristine["ct"], "-o", tmp_path / "ev",
+                      "-j", "1", "--no-progress"], capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert "toy_000.nii.gz" in text and "toy_000.NII.GZ" in text and "upper/lower case" in text, text
+    assert not (tmp_path / "ev" / "summary.json").exists()

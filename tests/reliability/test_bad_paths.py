@@ -328,3 +328,15 @@ def test_evaluate_refuses_references_whose_names_differ_only_in_case(_pristine, 
     assert code == cli.EXIT_INPUT, text
     assert "toy_000.nii.gz" in text and "toy_000.NII.GZ" in text and "upper/lower case" in text, text
     assert not (tmp_path / "ev" / "summary.json").exists()
+
+
+def test_ensemble_refuses_two_files_for_one_case(model_ws, tmp_path, capsys):
+    for name in ("a", "b"):
+        code, text = _predict(model_ws, tmp_path / "in", tmp_path / name, capsys, "--save-probabilities")
+        assert code == cli.EXIT_OK, text
+    twin = tmp_path / "a" / "GOOD.npz"
+    shutil.copy(tmp_path / "a" / "good.npz", twin)
+    code, text = run(["ensemble", tmp_path / "a", tmp_path / "b", "-o", tmp_path / "ens", "--no-progress"], capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert "good.npz" in text and "GOOD.npz" in text and "upper/lower case" in text, text
+    assert not (tmp_path / "ens" / "good.nii.gz").exists()

@@ -81,6 +81,8 @@ def os_error_message(error: OSError) -> str | None:
     if error.errno == errno.EISDIR:
         return f"{where}is a folder where a file is expected; move the folder away or choose another name"
     if error.errno == errno.EEXIST:
+        if name and os.path.exists(name) and not os.path.isdir(name):  # e.g. mkdir with a file in the way
+            return f"{where}is a file where a folder is needed; move the file away or choose another folder"
         return f"{where}already exists; remove it or choose another name"
     if error.errno == errno.ENOENT:
         if name and os.path.islink(name):

@@ -340,3 +340,24 @@ def test_ensemble_refuses_two_files_for_one_case(model_ws, tmp_path, capsys):
     assert code == cli.EXIT_INPUT, text
     assert "good.npz" in text and "GOOD.npz" in text and "upper/lower case" in text, text
     assert not (tmp_path / "ens" / "good.nii.gz").exists()
+
+
+@pytest.mark.parametrize("err, words", [
+    (IsADirectoryError(21, "Is a directory", "/data/out/case.nii.gz"), ("is a folder where a file is expected",)),
+    (NotADirectoryError(20, "Not a directory", "/data/file/sub"), ("a file stands where a folder is needed",)),
+    (FileNotFoundError(2, "No such file or directory", "/data/gone.nii.gz"), ("not found", "check the path")),
+    (OSError(40, "Too many levels of symbolic links", "/data/loop"), ("symbolic link loop", "fix or remove")),
+    (OSError(36, "File name too long", "/data/" + "x" * 300), ("file name too long", "shorter name")),
+], ids=["is_a_directory", "not_a_directory", "not_found", "link_loop", "name_too_long"])
+def test_every_file_system_error_names_the_path_and_the_fix(err, words, monkeypatch, tmp_path, capsys):
+    """Errors raised by a write deep inside a command (here: the toy writer) reach the user as one line."""
+    import autoseg.toy
+
+    def fail(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(autoseg.toy, "_write_case", fail)
+    code, text = run(["demo-data", tmp_path / "raw", "--cases", "1"], capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert err.filename in text and all(w in text for w in words), text
+    assert_clean(text)

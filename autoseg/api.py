@@ -192,6 +192,15 @@ def resolve_splits(raw_dir: Path, dataset_dir: Path, case_ids: list[str]) -> Spl
     return make_splits(case_ids)
 
 
+def _refuse_writing_into_raw(dataset_dir: Path, raw_dir: Path) -> None:
+    """The preprocessed folder may not be the raw dataset, hold it, or lie in one of its data folders
+    (a workdir elsewhere inside the raw dataset, e.g. ``./autoseg_work`` run from there, is fine)."""
+    data_folders = [raw_dir / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")]
+    if inside(raw_dir, dataset_dir) or any(inside(dataset_dir, folder) for folder in data_folders):
+        raise PathError(f"{dataset_dir}: the preprocessed data would be written over or into the raw dataset "
+                        f"{raw_dir}; choose another --workdir")
+
+
 def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", gpu_memory_gb: float | None = None,
          configs: list[str] | None = None, check_only: bool = False, workers: int | None = None,
          progress: bool = True, seed: int = FINGERPRINT_SEED, fresh: bool = False) -> PlanResult:
@@ -215,9 +224,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     name = spec.name
     if check_only:
         return PlanResult(name, raw_dir, len(cases), True, found_warnings)
-    if inside(workspace.preprocessed_dir(name), raw_dir) or inside(raw_dir, workspace.preprocessed_dir(name)):
-        raise PathError(f"{workspace.preprocessed_dir(name)}: the preprocessed data would be written into the raw "
-                        f"dataset {raw_dir} (or around it); choose another --workdir")
+    _refuse_writing_into_raw(workspace.preprocessed_dir(name), raw_dir)
     dataset_dir = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
     # one plan per dataset at a time: a second one would delete the first one's temporary files
     with RunLock(dataset_dir, doing="planned"):

@@ -220,8 +220,8 @@ def _os_message(error: OSError) -> str | None:
 
 
 class _PipeSafeStdout:
-    """Standard output that goes quiet when its reader has gone (``autoseg plan ... | head``): the
-    command finishes its work and exits with its own status, like Unix tools, without an error."""
+    """Standard output (or error) that goes quiet when its reader has gone (``autoseg plan ... | head``):
+    the command finishes its work and exits with its own status, without an error message."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -260,12 +260,12 @@ def _exit_code(error: BaseException) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    stdout = sys.stdout
-    sys.stdout = _PipeSafeStdout(stdout)
+    stdout, stderr = sys.stdout, sys.stderr  # `autoseg ... 2>&1 | head` closes both
+    sys.stdout, sys.stderr = _PipeSafeStdout(stdout), _PipeSafeStdout(stderr)
     try:
         return _main(argv)
     finally:
-        sys.stdout = stdout
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def _main(argv: list[str] | None) -> int:

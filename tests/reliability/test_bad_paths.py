@@ -274,17 +274,28 @@ def test_dataset_json_with_a_byte_order_mark_is_read(_pristine, tmp_path, capsys
     assert code == cli.EXIT_OK, text
 
 
-def test_a_closed_output_pipe_ends_quietly_after_the_work(_pristine, tmp_path):
-    """`autoseg plan ... | head`: the reader is gone before anything is printed."""
+def _plan_into_a_closed_pipe(pristine: Path, work: Path, stderr, *options) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(cli.__file__).parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "autoseg", "plan", str(_pristine["ct"]), "--workdir",
-                             str(tmp_path / "w"), "--no-progress", "-j", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    proc.stdout.close()  # like `head` exiting: every write to stdout now fails with EPIPE
+    proc = subprocess.Popen([sys.executable, "-m", "autoseg", "plan", str(pristine), "--workdir", str(work),
+                             "-j", "1", *options], stdout=subprocess.PIPE, stderr=stderr, env=env)
+    proc.stdout.close()  # like `head` exiting: every write to it now fails with EPIPE
+    return proc
+
+
+def test_a_closed_output_pipe_ends_quietly_after_the_work(_pristine, tmp_path):
+    """`autoseg plan ... | head`: the reader is gone before anything is printed."""
+    proc = _plan_into_a_closed_pipe(_pristine["ct"], tmp_path / "w", subprocess.PIPE, "--no-progress")
     err = proc.stderr.read().decode()
     assert proc.wait() == cli.EXIT_OK, err
     assert "Broken pipe" not in err and "BrokenPipeError" not in err and "Traceback" not in err, err
+    assert (tmp_path / "w" / "preprocessed" / NAME / "plans.json").is_file()
+
+
+def test_closed_output_and_error_pipes_with_progress_bars(_pristine, tmp_path):
+    """`autoseg plan ... 2>&1 | head`: progress bars and messages on stderr go nowhere, the work finishes."""
+    proc = _plan_into_a_closed_pipe(_pristine["ct"], tmp_path / "w", subprocess.STDOUT)
+    assert proc.wait() == cli.EXIT_OK
     assert (tmp_path / "w" / "preprocessed" / NAME / "plans.json").is_file()
 
 

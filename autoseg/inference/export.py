@@ -258,6 +258,9 @@ def _verified_files(zf: zipfile.ZipFile, manifest: ExportManifest, source: Path)
 def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) -> Path:
     """Install an exported model into ``<workdir>/results/<Dataset>/<model folder>``; returns that folder."""
     zip_path = Path(zip_path)
+    if zip_path.is_dir():
+        raise ExportError(f"{zip_path}: is a folder; give the .zip written by `autoseg export` (a model folder is "
+                          "used as it is: autoseg predict --model FOLDER)")
     if not zip_path.is_file():
         raise ExportError(f"{zip_path}: file not found")
     try:

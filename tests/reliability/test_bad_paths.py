@@ -372,3 +372,14 @@ def test_every_file_system_error_names_the_path_and_the_fix(err, words, monkeypa
     assert code == cli.EXIT_INPUT, text
     assert err.filename in text and all(w in text for w in words), text
     assert_clean(text)
+
+
+def test_a_folder_where_an_input_file_is_expected(_pristine, tmp_path, capsys):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    for argv in (["show", folder], ["import", folder, "--workdir", tmp_path / "ws"],
+                 ["ensemble", tmp_path, tmp_path, "-o", tmp_path / "ens", "--postprocessing", folder]):
+        code, text = run(argv, capsys)
+        assert code == cli.EXIT_INPUT, text
+        assert f"{folder}: is a folder" in text, text
+        assert_clean(text)

@@ -219,7 +219,7 @@ def _os_message(error: OSError) -> str | None:
     return os_error_message(error)
 
 
-class _PipeSafeStdout:
+class _PipeSafeStream:
     """Standard output (or error) that goes quiet when its reader has gone (``autoseg plan ... | head``):
     the command finishes its work and exits with its own status, without an error message."""
 
@@ -261,7 +261,7 @@ def _exit_code(error: BaseException) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     stdout, stderr = sys.stdout, sys.stderr  # `autoseg ... 2>&1 | head` closes both
-    sys.stdout, sys.stderr = _PipeSafeStdout(stdout), _PipeSafeStdout(stderr)
+    sys.stdout, sys.stderr = _PipeSafeStream(stdout), _PipeSafeStream(stderr)
     try:
         return _main(argv)
     finally:

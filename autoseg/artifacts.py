@@ -345,6 +345,8 @@ class Artifact:
     @classmethod
     def load(cls: type[T], path: Path) -> T:
         path = Path(path)
+        if path.is_dir():
+            raise ArtifactError(f"{path}: is a folder; give the {cls.KIND} JSON file")
         if not path.is_file():
             raise ArtifactError(f"{path}: not found")
         try:

@@ -5,9 +5,10 @@ problems in the data); :func:`check_dataset` raises :class:`~autoseg.dataset.Dat
 all problems, emits each warning as a :class:`DatasetWarning`, and returns ``(spec, cases)``.
 
 Order of the checks: dataset.json (schema), file layout (names, channels, label/image pairs, stray
-files), then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end
-once, since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
-spacing), its voxels (NaN/Inf in images; fractional, undeclared or missing foreground values in
+files, broken links, names that differ only in upper/lower case, a ``file_ending`` no file has),
+then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end once,
+since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
+spacing, a consistent NIfTI pixdim/qform/sform), its voxels (NaN/Inf in images; fractional, undeclared or missing foreground values in
 labels), and finally the geometry of the channels and the label against the first channel. Per-case
 checks run in a bounded process pool when ``workers > 1``.
 
@@ -27,6 +28,7 @@ import numpy as np
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
 from autoseg.io.images import Geometry, ImageReadError, gzip_problem, nonfinite_problem, read_volume
 from autoseg.jsonfiles import InputWarning
+from autoseg.paths import os_error_message
 
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
 _FLOAT_EXACT_INT = 2.0 ** 53  # float labels at or beyond this are not cast to int64 (it would overflow)
@@ -111,8 +113,8 @@ def _training_case_ids(root: Path, spec: DatasetSpec) -> set[str]:
     for sub, is_image in (("imagesTr", True), ("labelsTr", False)):
         folder = root / sub
         for p in folder.iterdir() if folder.is_dir() else ():
-            if p.name.startswith(".") or not p.name.lower().endswith(spec.file_ending):
-                continue
+            if p.name.startswith(".") or not p.name.lower().endswith(spec.file_ending) or p.is_dir():
+                continue  # a broken link still names a case (reported as a problem of its own)
             stem = p.name[: -len(spec.file_ending)]
             m = _CHANNEL_RE.match(stem) if is_image else None
             if is_image and not m:
@@ -209,14 +211,17 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
     geometries: dict[Path, Geometry] = {}
     constant: dict[Path, float] = {}  # image files whose voxels all hold one value
     for p in files:
-        problem = gzip_problem(p)
-        if problem:
-            result.problems.append(problem)
-            continue
         try:
+            problem = gzip_problem(p)
+            if problem:
+                result.problems.append(problem)
+                continue
             arr, g = read_volume(p, spec.force_itk)
         except ImageReadError as e:
             result.problems.append(str(e))
+            continue
+        except OSError as e:  # unreadable (permissions), removed meanwhile, ...: one of the problems
+            result.problems.append(os_error_message(e) or f"{p}: cannot be read ({e})")
             continue
         problem = _header_problem(p, g)
         if problem:

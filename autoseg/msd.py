@@ -32,6 +32,7 @@ from autoseg import jsonfiles
 from autoseg.artifacts import atomic_write_json, staged_folder
 from autoseg.dataset import DatasetError, DatasetSpec
 from autoseg.integrity import DatasetWarning
+from autoseg.paths import PathError, inside
 
 FILE_ENDING = ".nii.gz"
 _TASK_RE = re.compile(r"^Task(?P<number>\d+)_(?P<name>.+)$")
@@ -48,9 +49,12 @@ def convert_msd(task_dir: Path, out_dir: Path, dataset_id: int | None = None, ov
     task_dir, out_dir = Path(task_dir), Path(out_dir)
     meta = read_msd_json(task_dir)
     target = out_dir / dataset_folder_name(task_dir, dataset_id)
+    if inside(target, task_dir) or inside(task_dir, target):
+        raise PathError(f"{target}: the converted dataset would be written over or into the MSD task folder "
+                        f"{task_dir}; choose another OUT_DIR")
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target}: already exists and is not empty; pass overwrite=True "
-                              "(--overwrite) to replace it or choose another --dataset-id")
+        raise FileExistsError(f"{target}: already exists and is not empty; add --overwrite to replace it or "
+                              "choose another --dataset-id")
     n_channels = len(meta["modality"])
     training = _unique_training([e for e in meta["training"] if not _is_resource_fork(e["image"])], task_dir,
                                 meta.get("numTraining"))
@@ -76,7 +80,7 @@ def dataset_folder_name(task_dir: Path, dataset_id: int | None) -> str:
     m = _TASK_RE.match(Path(task_dir).name)
     if m is None and dataset_id is None:
         raise DatasetError([f"{task_dir}: folder name is not TaskXX_Name, so the dataset number is unknown; "
-                            "pass dataset_id (--dataset-id)"])
+                            "give it with --dataset-id"])
     number = dataset_id if dataset_id is not None else int(m["number"])
     if not isinstance(number, int) or not 1 <= number <= 999:
         raise DatasetError([f"dataset id must be an integer in 1..999, got {number!r}"])
@@ -92,7 +96,7 @@ def read_msd_json(task_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError([f"{path}: missing; an MSD task folder holds dataset.json, imagesTr/ and labelsTr/"])
     try:
-        meta = jsonfiles.loads(path.read_text(), path)
+        meta = jsonfiles.loads(path.read_text(encoding="utf-8-sig"), path)  # a byte-order mark is accepted
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError([f"{path}: not valid JSON ({e})"]) from None
     if not isinstance(meta, dict):

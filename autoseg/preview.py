@@ -20,6 +20,7 @@ from autoseg.artifacts import atomic_write_bytes
 from autoseg.io import ImageReadError, read_volume
 from autoseg.io.images import nonfinite_problem
 from autoseg.jsonfiles import InputWarning
+from autoseg.paths import file_output, refuse_overwriting_inputs
 
 OVERLAY_ALPHA = 0.45
 DISPLAY_PERCENTILES = (0.5, 99.5)  # intensity window, robust to outliers such as metal in CT
@@ -102,7 +103,8 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
                    label_names: dict[int, str] | None = None, title: str | None = None, dpi: int = 110) -> Path:
     """Write a three-view PNG of ``image_path`` with ``seg_path`` overlaid (when given), atomically.
 
-    ``label_names`` maps label values to names for the legend (default "label k")."""
+    ``label_names`` maps label values to names for the legend (default "label k"). ``out_png`` must end
+    in .png and may not be the image or the segmentation (:class:`~autoseg.paths.PathError`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -111,6 +113,8 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
     from matplotlib.patches import Patch
 
     image_path = Path(image_path)
+    refuse_overwriting_inputs(Path(out_png), [image_path, seg_path], "-o")
+    file_output(Path(out_png), "-o", ".png")
     image, geometry = _read(image_path)
     with np.errstate(over="ignore"):  # values beyond float32 become inf and are handled by display_window
         image, spacing, ras_affine = canonical(image.astype(np.float32), geometry.affine_array)

@@ -32,6 +32,7 @@ from autoseg.evaluation.metrics import (
 from autoseg.integrity import label_value_counts
 from autoseg.io import ImageReadError, read_geometry, read_volume
 from autoseg.io.images import gzip_problem, nonfinite_problem
+from autoseg.paths import folder_output
 
 CONVENTIONS = (
     "Dice/IoU/HD95/NSD are null when reference and prediction are both empty and left out of means; "
@@ -65,12 +66,20 @@ class EvaluationSummary(Artifact):
 
 def match_cases(gt_dir: Path, pred_dir: Path, file_ending: str) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
     """Pair reference and prediction files by case name. Returns ``{case: (ref, pred)}`` and the
-    reference cases that have no prediction."""
+    reference cases that have no prediction. Two files of one folder whose case names differ only in
+    upper/lower case (``x.nii.gz``, ``X.NII.GZ``) are refused, naming both, instead of one being dropped."""
     def listing(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
             raise EvaluationError(f"{folder}: folder not found")
-        return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
-                if p.name.lower().endswith(file_ending) and not p.name.startswith(".")}
+        files: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.name.lower().endswith(file_ending) and not p.name.startswith("."):
+                twin = files.setdefault(p.name[: -len(file_ending)].casefold(), p)
+                if twin != p:
+                    raise EvaluationError(f"{twin} and {p.name}: case names that differ only in upper/lower case; "
+                                          "only one of them can be scored (and only one survives on macOS or "
+                                          "Windows); keep one")
+        return {p.name[: -len(file_ending)]: p for p in files.values()}
 
     refs, preds = listing(Path(gt_dir)), listing(Path(pred_dir))
     if not refs:
@@ -188,7 +197,8 @@ def evaluate_folders(gt_dir: Path, pred_dir: Path, spec: DatasetSpec, tolerance_
     the summary). Predictions without a reference are ignored."""
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
-        raise EvaluationError(f"surface Dice tolerance must be a finite number of mm >= 0, got {tolerance_mm}")
+        raise EvaluationError(f"--tolerance-mm must be a finite number of mm >= 0, got {tolerance_mm}")
+    folder_output(Path(output_dir) if output_dir is not None else pred_dir, "-o")  # before the slow part
     pairs, missing = match_cases(gt_dir, pred_dir, spec.file_ending)
     if missing and not allow_missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")

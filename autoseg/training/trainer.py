@@ -73,16 +73,16 @@ class TrainSettings:
     time_budget: float | None = None  # seconds for training + final validation; epochs is then fitted to it
 
     def __post_init__(self):
-        problems = []
+        problems = []  # named as `autoseg train` options, where the values come from
         for name in ("epochs", "iters_per_epoch", "val_iters"):
             if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.early_stop is not None and self.early_stop < 1:
-            problems.append("early_stop (patience in epochs) must be at least 1")
+            problems.append(f"--early-stop (patience in epochs) must be at least 1, got {self.early_stop}")
         if self.device not in DEVICE_CHOICES:
-            problems.append(f"device '{self.device}' is not one of {', '.join(DEVICE_CHOICES)}")
+            problems.append(f"--device '{self.device}' is not one of {', '.join(DEVICE_CHOICES)}")
         if self.amp not in AMP_CHOICES:
-            problems.append(f"amp '{self.amp}' is not one of {', '.join(AMP_CHOICES)}")
+            problems.append(f"--amp '{self.amp}' is not one of {', '.join(AMP_CHOICES)}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append("batch_size must be at least 1")
         if self.time_budget is not None and not self.time_budget > 0:

@@ -133,7 +133,7 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("quantize", "make int8 networks for fast CPU prediction, checked against fp32", _quantize_arguments,
-         "Per fold: calibrate int8 quantization of the network (OpenVINO + NNCF; pip install 'autoseg[quantize]') "
+         "Per fold: calibrate int8 quantization of the network (OpenVINO + NNCF; pip install -e '.[quantize]') "
          "on patches of the fold's training cases, then predict the fold's validation cases with int8 and f32 and "
          "compare their Dice. A network that passes is used by `autoseg predict` on the CPU (--precision auto or "
          "int8); --precision fp32 keeps the exact path.")
@@ -204,7 +204,7 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                                                                  "dataset with several")
     _folds_option(p)
     p.add_argument("--onnx", action="store_true",
-                   help="also export each fold's network as ONNX, checked with onnxruntime (pip install 'autoseg[onnx]')")
+                   help="also export each fold's network as ONNX, checked with onnxruntime (pip install -e '.[onnx]')")
 
 
 @command("export", "write a trained model to a self-contained zip", _export_arguments)

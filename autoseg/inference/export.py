@@ -126,7 +126,7 @@ def export_onnx(network, example_shape: Sequence[int], tolerance: float = ONNX_T
     try:
         import onnxruntime
     except ImportError:
-        raise ExportError("--onnx needs onnx and onnxruntime: pip install 'autoseg[onnx]'") from None
+        raise ExportError("--onnx needs onnx and onnxruntime: pip install -e '.[onnx]' (in the autoseg checkout)") from None
     network = network.eval()
     x = torch.randn(tuple(example_shape), generator=torch.Generator().manual_seed(seed))
     buf = io.BytesIO()

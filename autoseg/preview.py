@@ -17,6 +17,7 @@ import numpy as np
 
 from autoseg.artifacts import atomic_write_bytes
 from autoseg.io import ImageReadError, read_volume
+from autoseg.io.dicom import read_dicom_volume
 
 OVERLAY_ALPHA = 0.45
 DISPLAY_PERCENTILES = (0.5, 99.5)  # intensity window, robust to outliers such as metal in CT
@@ -61,7 +62,9 @@ def _label_colours(values: list[int]):
     return {v: cmap(n % cmap.N) for n, v in enumerate(values)}
 
 
-def _read(path: Path):
+def _read(path: Path, series_number: int | None = None):
+    if Path(path).is_dir() or str(path).lower().endswith(".zip"):  # a DICOM folder or zip
+        return read_dicom_volume(Path(path), series_number)
     arr, geometry = read_volume(path)
     if arr.ndim == 4:  # several channels in one file: show the first
         arr = arr[..., 0]
@@ -71,8 +74,10 @@ def _read(path: Path):
 
 
 def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
-                   label_names: dict[int, str] | None = None, title: str | None = None, dpi: int = 110) -> Path:
-    """Write a three-view PNG of ``image_path`` with ``seg_path`` overlaid (when given), atomically.
+                   label_names: dict[int, str] | None = None, title: str | None = None, dpi: int = 110,
+                   series_number: int | None = None) -> Path:
+    """Write a three-view PNG of ``image_path`` (an image file, or a DICOM folder or zip: its one image series,
+    or the one numbered ``series_number``) with ``seg_path`` overlaid (when given), atomically.
 
     ``label_names`` maps label values to names for the legend (default "label k")."""
     import matplotlib
@@ -83,7 +88,7 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
     from matplotlib.patches import Patch
 
     image_path = Path(image_path)
-    image, geometry = _read(image_path)
+    image, geometry = _read(image_path, series_number)
     image, spacing, ras_affine = canonical(image.astype(np.float32), geometry.affine_array)
     seg = None
     if seg_path is not None:

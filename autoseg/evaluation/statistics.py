@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.artifacts import Artifact, atomic_write_bytes
+from autoseg.dataset import DatasetSpec
+from autoseg.io import ImageReadError, read_image, read_volume
+from autoseg.io.segments import label_values
 
 STATISTICS_JSON = "statistics.json"
 STATISTICS_CSV = "statistics.csv"
@@ -165,3 +168,27 @@ def summary_lines(report: StatisticsReport) -> list[str]:
         else:
             lines.append(f"{label}: absent in all {n} case(s)")
     return lines
+
+
+def folder_statistics(label_files: dict[str, Path], spec: DatasetSpec, images_dir: Path | None = None
+                      ) -> StatisticsReport:
+    """Statistics of label maps ``{case: file}`` (e.g. the references of ``evaluate``); intensities from
+    the channel files ``{case}_{XXXX}{ending}`` of ``images_dir`` when given (same grid required)."""
+    cases = {}
+    for case, path in sorted(label_files.items()):
+        labels, geometry = read_volume(path)
+        image = None
+        if images_dir is not None:
+            ending = spec.file_ending
+            files = [Path(images_dir) / f"{case}_{c:04d}{ending}" for c in range(spec.num_channels)]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise ImageReadError(f"{images_dir}: no {', '.join(missing)} for the reference {path.name}; "
+                                     "give the folder of the images the references belong to")
+            image, image_geometry = read_image(files)
+            diff = geometry.mismatches(image_geometry)
+            if diff:
+                raise ImageReadError(f"{path}: geometry differs from its image {files[0].name} ({'; '.join(diff)})")
+        cases[case] = label_statistics(labels, geometry.spacing, geometry.affine_array, label_values(spec), image,
+                                       spec.channel_names)
+    return StatisticsReport(cases=cases)

@@ -17,6 +17,7 @@ Axes follow the package convention once read: ``(X, Y, Z)`` = (column, row, slic
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 
 from autoseg.artifacts import atomic_path
 from autoseg.extras import require
-from autoseg.io.images import ImageReadError
+from autoseg.io.images import ImageReadError, _geometry_from_itk
 
 DICOM_MAGIC_OFFSET = 128  # DICOM Part 10 files: 128-byte preamble, then b"DICM"
 # Modalities of objects that hold no image slices to segment (DICOM PS3.3 C.7.3.1.1.1).
@@ -259,3 +260,27 @@ def write_series_as(series: Series, path: Path) -> Path:
     with atomic_path(Path(path), suffix=Path(path).suffix) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=False)
     return Path(path)
+
+
+def image_series(path: Path, scratch: Path) -> list[Series]:
+    """The image series of a DICOM folder or ``.zip`` (unpacked into the new folder ``scratch``)."""
+    path = Path(path)
+    folder = path if path.is_dir() else extract_zip(path, scratch)
+    return [s for s in scan_series(folder, str(path)) if not s.skip]
+
+
+def read_dicom_volume(path: Path, series_number: int | None = None):
+    """``(voxels (X, Y, Z), Geometry)`` of the one image series of a DICOM folder or zip, or of the series
+    numbered ``series_number`` when it holds several."""
+    import SimpleITK as sitk
+
+    with tempfile.TemporaryDirectory(prefix="autoseg-dicom-") as tmp:
+        found = image_series(Path(path), Path(tmp) / "zip")
+        picked = [s for s in found if series_number is None or s.number == series_number]
+        if len(picked) != 1:
+            listing = "; ".join(f"#{s.number} '{s.description}'" for s in found) or "none"
+            hint = "give --series NUMBER" if series_number is None else f"no series #{series_number}"
+            raise ImageReadError(f"{path}: {len(picked)} image series match (series there: {listing}); {hint}")
+        image = read_series(picked[0])
+        array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+        return array, _geometry_from_itk(image)

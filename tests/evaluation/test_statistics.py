@@ -65,3 +65,30 @@ def test_json_and_csv_round_trip(tmp_path):
     assert row.startswith("c0,organ,1,24,0.072,2,1,1,3,7,0,7,7,2-3 1-4 0-2,1 8 9,")
     assert statistics_csv(report) == csv_path.read_text()
     assert summary_lines(report) == ["organ: present in 1/1 case(s), volume 0.07 mL (range 0.07-0.07)"]
+
+
+def test_evaluate_statistics_of_references_through_the_cli(tmp_path, capsys):
+    import nibabel as nib
+
+    from autoseg.cli import main
+
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumour": 2}, "numTraining": 1,
+         "file_ending": ".nii.gz"}))
+    labels, image = _case()
+    nib.save(nib.Nifti1Image(labels, AFFINE), str(tmp_path / "gt" / "c0.nii.gz"))
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(labels, AFFINE), str(tmp_path / "pred" / "c0.nii.gz"))
+    (tmp_path / "img").mkdir()
+    nib.save(nib.Nifti1Image(image[0], AFFINE), str(tmp_path / "img" / "c0_0000.nii.gz"))
+    assert main(["evaluate", str(tmp_path / "gt"), str(tmp_path / "pred"), "--statistics", "--images",
+                 str(tmp_path / "img"), "-j", "1", "--no-progress"]) == 0
+    assert "reference organ: present in 1/1 case(s)" in capsys.readouterr().out
+    stats = json.loads((tmp_path / "pred" / "reference_statistics.json").read_text())["cases"]["c0"]
+    assert stats["organ"]["voxels"] == 24 and stats["organ"]["intensity"][0]["mean"] == 2.0
+    assert stats["tumour"]["voxels"] == 0
+    (tmp_path / "img" / "c0_0000.nii.gz").unlink()
+    assert main(["evaluate", str(tmp_path / "gt"), str(tmp_path / "pred"), "--statistics", "--images",
+                 str(tmp_path / "img"), "-j", "1", "--no-progress"]) == 2
+    assert "no c0_0000.nii.gz for the reference c0.nii.gz" in capsys.readouterr().err

@@ -153,3 +153,15 @@ def test_seg_nrrd_has_slicer_segment_fields_and_geometry(tmp_path):
     arr, g2 = read_volume(tmp_path / "c.seg.nrrd")
     np.testing.assert_array_equal(arr, labels)
     assert not geometry.mismatches(g2)
+
+
+def test_show_takes_a_dicom_folder_and_picks_a_series(tmp_path, capsys):
+    from autoseg.cli import main
+
+    study = ds.new_study()
+    ds.write_series(tmp_path / "s", _volume(), number=3, description="a", study=study)
+    ds.write_series(tmp_path / "s", _volume(seed=1), number=4, description="b", study=study)
+    assert main(["show", str(tmp_path / "s"), "-o", str(tmp_path / "p.png")]) == 2
+    assert "2 image series match (series there: #3 'a'; #4 'b'); give --series NUMBER" in capsys.readouterr().err
+    assert main(["show", str(tmp_path / "s"), "--series", "4", "-o", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -48,9 +48,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="also save validation probabilities (.npz) for ensembling")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--logger", default=None, choices=["tensorboard"],
-                   help="experiment tracking: tensorboard writes settings, per-epoch scalars and the progress plot "
-                        "to <run folder>/tensorboard/ (pip install -e '.[tracking]'); default: none")
+    p.add_argument("--logger", default=None, choices=["tensorboard", "mlflow"],
+                   help="experiment tracking of settings, per-epoch scalars and the progress plot: tensorboard "
+                        "(<run folder>/tensorboard/) or mlflow (the store MLFLOW_TRACKING_URI names); "
+                        "pip install -e '.[tracking]'; default: none")
 
 
 OPTION_TO_SETTING = {"epochs": "epochs", "iters_per_epoch": "iters_per_epoch", "val_iters": "val_iters",

@@ -1,4 +1,5 @@
-"""Experiment tracking (``train --logger``) and the long-schedule warning, as trainer callbacks.
+"""Experiment tracking (``train --logger tensorboard|mlflow``) and the long-schedule warning, as trainer
+callbacks. ``mlflow``: see :class:`MLflowCallback` (needs the ``mlflow-skinny`` package: ``tracking`` extra).
 
 ``tensorboard``: event files in ``<run folder>/tensorboard/`` (``tensorboard --logdir <workdir>/results``):
 the run settings as text at the start; per epoch every number of the epoch record (losses, pseudo Dice
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from autoseg.artifacts import atomic_write_bytes
 from autoseg.extras import require
 from autoseg.training.logging import PROGRESS_PNG
 from autoseg.training.trainer import Callback, Run
@@ -67,7 +69,48 @@ class TensorBoardCallback(Callback):
             self.writer.close()
 
 
-LOGGERS = {"tensorboard": TensorBoardCallback}
+MLFLOW_RUN_ID = "mlflow_run_id.txt"  # in the run folder: a resumed training continues the same MLflow run
+
+
+class MLflowCallback(Callback):
+    """Logs to MLflow's tracking store, which MLflow itself chooses (``MLFLOW_TRACKING_URI``, e.g. a
+    tracking server ``http://host:5000``; see MLflow's documentation): experiment = the dataset name,
+    run name = ``{arch}__{plans}__{config}/fold_{k}``; the settings and the plan's configuration as
+    parameters, the epoch record's numbers as metrics (step = epoch), ``progress.png`` as an artifact
+    (replaced every epoch). The MLflow run id is kept in the run folder, so ``--resume`` continues the
+    same MLflow run."""
+
+    def __init__(self):
+        self.mlflow = None
+
+    def on_train_start(self, run: Run) -> None:
+        self.mlflow = require("mlflow", "tracking", "train --logger mlflow")
+        run_dir = Path(run.run_dir)
+        id_file = run_dir / MLFLOW_RUN_ID
+        resumed = id_file.read_text().strip() if id_file.is_file() and run.state.epoch > 0 else None
+        dataset = str(run.meta.get("dataset", {}).get("name") or run_dir.parent.parent.name)
+        self.mlflow.set_experiment(dataset)
+        active = self.mlflow.start_run(run_id=resumed, run_name=None if resumed else
+                                       f"{run_dir.parent.name}/{run_dir.name}")
+        if not resumed:
+            atomic_write_bytes(id_file, active.info.run_id.encode())
+            params = {k: str(v)[:500] for k, v in run.settings.to_dict().items()}
+            params.update({"arch": str(run.meta.get("arch")), "configuration": str(run.meta.get("configuration")),
+                           "fold": str(run.meta.get("fold"))})
+            self.mlflow.log_params(params)
+
+    def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
+        self.mlflow.log_metrics(epoch_scalars(record), step=int(record["epoch"]))
+        plot = Path(run.run_dir) / PROGRESS_PNG
+        if plot.is_file():
+            self.mlflow.log_artifact(str(plot))
+
+    def on_train_end(self, run: Run) -> None:
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+LOGGERS = {"tensorboard": TensorBoardCallback, "mlflow": MLflowCallback}
 
 
 def make_logger(name: str) -> Callback:

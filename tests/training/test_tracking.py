@@ -4,8 +4,10 @@ when a long schedule starts on the CPU."""
 from __future__ import annotations
 
 import io
+import json
 import types
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -26,8 +28,6 @@ def test_train_with_tensorboard_logs_scalars_settings_and_plot(tmp_path, capsys)
     assert {"train/loss", "val/loss", "train/lr", "val/pseudo_dice/1", "val/pseudo_dice/2"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
     log = [line for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    import json
-
     assert abs(events.Scalars("train/loss")[1].value - json.loads(log[1])["train_loss"]) < 1e-6
     assert "progress" in tags["images"] and len(events.Images("progress")) == 2
     assert "settings/text_summary" in tags["tensors"]
@@ -69,3 +69,27 @@ def test_cpu_warning_gives_the_estimate_and_the_flags(monkeypatch):
         quiet = CpuScheduleWarning(io.StringIO())
         quiet.on_train_start(run)
         assert not quiet.active
+
+
+def test_train_with_mlflow_logs_params_metrics_and_plot_and_resumes_the_run(tmp_path, monkeypatch, capsys):
+    mlflow = pytest.importorskip("mlflow")  # the tracking extra (mlflow-skinny); CI installs it
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local folder store, as in the tests of MLflow 3
+    ws = make_workspace(tmp_path / "ws")
+    args = ["train", DATASET, "--workdir", str(ws.root), "--no-progress", "--iters-per-epoch", "2", "--val-iters",
+            "1", "--num-workers", "0", "--device", "cpu", "--logger", "mlflow"]
+    assert main([*args, "--epochs", "1"]) == 0, capsys.readouterr().err
+    assert main([*args, "--epochs", "2", "--resume"]) == 0, capsys.readouterr().err
+    (run_dir,) = (ws.root / "results" / DATASET).glob("*/fold_0")
+    run_id = (run_dir / "mlflow_run_id.txt").read_text()
+    client = mlflow.tracking.MlflowClient(store.as_uri())
+    logged = client.get_run(run_id)
+    assert logged.info.run_name == f"{run_dir.parent.name}/fold_0"
+    assert client.get_experiment(logged.info.experiment_id).name == DATASET
+    assert logged.data.params["epochs"] == "1" and logged.data.params["fold"] == "0"
+    history = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in history] == [0, 1]  # the resumed epoch went to the same MLflow run
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert abs(history[1].value - log[1]["train_loss"]) < 1e-6
+    assert [a.path for a in client.list_artifacts(run_id)] == ["progress.png"]

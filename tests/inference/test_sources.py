@@ -165,3 +165,27 @@ def test_series_channels_map_series_of_one_folder_to_model_channels(tmp_path, ca
                     "--statistics") == EXIT_OK
     stats = json.loads((tmp_path / "out" / "statistics.json").read_text())["cases"]["subj"]["organ"]
     assert [c["channel"] for c in stats["intensity"]] == ["T1", "T2"]
+
+
+def test_a_volume_gives_the_same_labels_as_nifti_and_as_its_dicom_series(tmp_path):
+    ws = _model(tmp_path)
+    ct = _ct(7)
+    affine = ds.lps_affine(ct.shape, SPACING, ORIGIN, ds.oblique_orientation())
+    write_nifti(tmp_path / "nii_in" / "p_0000.nii.gz", ct.astype(np.float32), affine)
+    ds.write_series(tmp_path / "dcm_in" / "p", ct, SPACING, ORIGIN, ds.oblique_orientation())
+    assert _predict(ws, tmp_path / "nii_in", tmp_path / "a") == EXIT_OK
+    assert _predict(ws, tmp_path / "dcm_in", tmp_path / "b") == EXIT_OK
+    a, ga = read_volume(tmp_path / "a" / "p.nii.gz")
+    b, gb = read_volume(tmp_path / "b" / "p.nii.gz")
+    assert a.any() and not ga.mismatches(gb)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_broken_image_file_is_named_as_given_when_staged(tmp_path, capsys):
+    ws = _model(tmp_path)
+    write_nifti(tmp_path / "in" / "c0_0000.nii.gz", blob_image(seed=0))
+    (tmp_path / "in" / "c1_0000.nii.gz").write_bytes(b"garbage")
+    assert _predict(ws, tmp_path / "in", tmp_path / "out", "--statistics") == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert f"failed: c1: {tmp_path / 'in' / 'c1_0000.nii.gz'}" in err and "autoseg-predict-" not in err
+    assert (tmp_path / "out" / "c0.nii.gz").is_file() and not (tmp_path / "out" / "c1.nii.gz").exists()

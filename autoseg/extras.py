@@ -1,7 +1,7 @@
 """Optional dependencies (the extras of pyproject.toml): import one, or say how to install it.
 
 autoseg's PyPI name belongs to another project, so the install command is always the one for a
-checkout (``pip install -e '.[extra]'``), never ``pip install autoseg[...]``.
+checkout (``pip install -e '.[<extra>]'``), never one that names the package on PyPI.
 """
 
 from __future__ import annotations

@@ -165,3 +165,14 @@ def test_show_takes_a_dicom_folder_and_picks_a_series(tmp_path, capsys):
     assert "2 image series match (series there: #3 'a'; #4 'b'); give --series NUMBER" in capsys.readouterr().err
     assert main(["show", str(tmp_path / "s"), "--series", "4", "-o", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_a_missing_optional_package_names_the_install_command(tmp_path, monkeypatch):
+    import sys
+
+    from autoseg.extras import MissingExtraError
+
+    ds.write_series(tmp_path / "a", _volume())
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"DICOM input needs .*'pydicom'.*pip install -e '\.\[dicom\]'"):
+        scan_series(tmp_path / "a", "a")

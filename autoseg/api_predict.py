@@ -87,16 +87,17 @@ def _predict_sources(predictor, in_dir: Path, out_dir: Path, options, run_folder
     from autoseg import __version__
     from autoseg.inference.export import dataset_json_path
     from autoseg.inference.outputs import OutputContext
-    from autoseg.inference.sources import predict_sources
+    from autoseg.inference.sources import SourceRequest, predict_sources
     from autoseg.io.segments import DESCRIPTIONS_KEY, label_values, segments_of
 
     found = dataset_json_path(predictor.model_dir)
     descriptions = json.loads(found.read_text()).get(DESCRIPTIONS_KEY) if found is not None else None
     context = OutputContext(segments_of(predictor.spec, descriptions, str(found or "dataset.json")),
                             algorithm=f"autoseg {predictor.spec.name} {predictor.config.name}", version=__version__)
-    return predict_sources(in_dir, out_dir, predictor.spec.channel_names, options,
-                           lambda src, dst: run_folder(src, dst, overwrite=True), context, overwrite=overwrite,
-                           save_probabilities=save_probabilities, label_values=label_values(predictor.spec))
+    request = SourceRequest(channels=tuple(predictor.spec.channel_names),
+                            label_values=tuple(label_values(predictor.spec)), context=context, options=options,
+                            overwrite=overwrite, save_probabilities=save_probabilities)
+    return predict_sources(in_dir, out_dir, request, lambda src, dst: run_folder(src, dst, overwrite=True))
 
 
 def ensemble(in_dirs: Sequence[Path], out_dir: Path, postprocessing: Path | None = None,

@@ -42,6 +42,7 @@ from autoseg.evaluation.statistics import StatisticsReport, label_statistics, su
 from autoseg.io import file_ending, read_image, read_volume, strip_ending
 from autoseg.io.dicom import Series, extract_zip, holds_dicom, is_dicom_file, scan_series, write_series_as
 from autoseg.inference.outputs import OutputContext, output_ending, output_problem, write_output
+from autoseg.inference.pipeline import PredictError, PredictReport
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # the file rule of autoseg.inference.pipeline
 STAGED_DICOM_ENDING = ".nrrd"  # NRRD stores the geometry in double precision (NIfTI: float32)
@@ -64,7 +65,7 @@ class PredictOptions:
     def needs_staging(self, in_dir: Path) -> bool:
         """Whether ``predict`` must go through this module (else the folder pipeline runs as is)."""
         return (self.output_type is not None or self.num_parts > 1 or self.statistics
-                or any(_is_dicom_entry(p) for p in _entries(in_dir)))
+                or any(not file_ending(p) and _is_dicom_entry(p) for p in _entries(in_dir)))
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,11 @@ def discover(in_dir: Path, channels: tuple[str, ...], patterns: tuple[str, ...],
         sources.append((in_dir, in_dir.resolve().name, loose))
     files += [StagedFile(p.name, path=p) for p in _entries(in_dir) if p.is_file() and file_ending(p)]
     for entry, name, members in sources:
-        series = _scan_source(entry, name, scratch, members)
+        try:
+            series = _scan_source(entry, name, scratch, members)
+        except ValueError as e:  # a damaged file or zip fails this source only
+            problems[name] = str(e)
+            continue
         notes += [f"{s.describe()}: {s.skip}; left out" for s in series if s.skip]
         images = [s for s in series if not s.skip]
         if not images:
@@ -259,18 +264,26 @@ def _readable(message: str, names: dict[str, str]) -> str:
     return message
 
 
-RunFolder = Callable[[Path, Path], object]  # (staged input folder, staged output folder) -> PredictReport
+RunFolder = Callable[[Path, Path], PredictReport]  # (staged input folder, staged output folder) -> report
 
 
-def predict_sources(in_dir: Path, out_dir: Path, channels: tuple[str, ...], options: PredictOptions,
-                    run_folder: RunFolder, context: OutputContext, overwrite: bool = False,
-                    save_probabilities: bool = False, label_values=()):
+@dataclass(frozen=True)
+class SourceRequest:
+    """What :func:`predict_sources` needs to know of the model and the run besides the folders."""
+
+    channels: tuple[str, ...]  # the model's channel names
+    label_values: tuple[tuple[str, int], ...]  # (name, value in the label map) of each foreground label
+    context: OutputContext
+    options: PredictOptions = PredictOptions()
+    overwrite: bool = False
+    save_probabilities: bool = False
+
+
+def predict_sources(in_dir: Path, out_dir: Path, request: SourceRequest, run_folder: RunFolder) -> PredictReport:
     """Predict the cases of ``in_dir`` (see the module docstring) with ``run_folder`` (the folder pipeline
     bound to a model) into ``out_dir``. Returns the folder pipeline's report for the whole request
     (``notes``: DICOM objects left out; ``summary``: the statistics)."""
-    from autoseg.inference.pipeline import PredictError, PredictReport
-
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    in_dir, out_dir, options = Path(in_dir), Path(out_dir), request.options
     if not in_dir.is_dir():
         raise PredictError(f"{in_dir}: input folder not found")
     check_shard(options.num_parts, options.part_id)
@@ -278,24 +291,26 @@ def predict_sources(in_dir: Path, out_dir: Path, channels: tuple[str, ...], opti
         raise PredictError(f"{out_dir}: write predictions to another folder than the input images")
     with tempfile.TemporaryDirectory(prefix="autoseg-predict-") as tmp:
         tmp = Path(tmp)
-        cases, notes = discover(in_dir, channels, options.series_channels, tmp / "scratch")
+        cases, notes = discover(in_dir, request.channels, options.series_channels, tmp / "scratch")
         if not cases:
             raise PredictError(f"{in_dir}: no images to predict (image files {{case}}_0000.nii.gz ..., or folders/zips "
                                "of DICOM files)")
-        chosen = select(cases, options, out_dir, overwrite, save_probabilities)
+        chosen = select(cases, options, out_dir, request.overwrite, request.save_probabilities)
         names, failed = stage(chosen.todo, tmp / "in")
         failed = list(chosen.failed) + failed
         staged = [c for c in chosen.todo if c.case_id not in dict(failed)]
         report = run_folder(tmp / "in", tmp / "out") if staged else PredictReport(out_dir=out_dir)
         failed += [(c, _readable(m, names)) for c, m in report.failed]
-        written, summary = _write_outputs(staged, set(report.written), tmp, out_dir, options, context, failed,
-                                          save_probabilities, channels, label_values)
+        written, summary = _write_outputs(staged, set(report.written), tmp, out_dir, request, failed)
     return replace(report, out_dir=out_dir, written=tuple(sorted(written)), skipped=chosen.skipped,
                    failed=tuple(sorted(failed)), notes=tuple(notes), summary=tuple(summary))
 
 
-def _write_outputs(staged, predicted: set[str], tmp: Path, out_dir: Path, options: PredictOptions,
-                   context: OutputContext, failed: list, save_probabilities: bool, channels, label_values):
+def _write_outputs(staged: list[SourceCase], predicted: set[str], tmp: Path, out_dir: Path, request: SourceRequest,
+                   failed: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Write each predicted case's outputs from ``tmp/out`` into ``out_dir`` (failures appended to
+    ``failed``) and the statistics; returns the cases written and the console summary."""
+    options = request.options
     written, stats = [], {}
     by_id = {c.case_id: c for c in staged}
     outputs = [output_name(c, options) for c in staged] + [f"{c.case_id}.npz" for c in staged]
@@ -306,21 +321,21 @@ def _write_outputs(staged, predicted: set[str], tmp: Path, out_dir: Path, option
             label_file = tmp / "out" / (case_id + file_ending(inputs[0].name))
             try:
                 write_output(label_file, inputs[0], out_dir / output_name(case, options), options.output_type,
-                             case.series, context)
-                if save_probabilities:
+                             case.series, request.context)
+                if request.save_probabilities:
                     with atomic_path(out_dir / f"{case_id}.npz", suffix=".npz") as t:
                         shutil.copyfile(tmp / "out" / f"{case_id}.npz", t)
                 if options.statistics:
                     labels, geometry = read_volume(label_file)
                     image, _ = read_image(inputs)
                     stats[case_id] = label_statistics(labels, geometry.spacing, geometry.affine_array,
-                                                      list(label_values), image, channels)
+                                                      list(request.label_values), image, request.channels)
                 written.append(case_id)
             except (ValueError, OSError) as e:
                 failed.append((case_id, str(e)))
-    summary = []
-    if options.statistics and stats:
-        stem = "statistics" if options.num_parts == 1 else f"statistics_part{options.part_id}of{options.num_parts}"
-        json_path, csv_path = write_statistics(StatisticsReport(cases=stats), out_dir, stem)
-        summary = summary_lines(StatisticsReport(cases=stats)) + [f"statistics: {json_path}, {csv_path}"]
-    return written, summary
+    if not (options.statistics and stats):
+        return written, []
+    stem = "statistics" if options.num_parts == 1 else f"statistics_part{options.part_id}of{options.num_parts}"
+    report = StatisticsReport(cases=stats)
+    json_path, csv_path = write_statistics(report, out_dir, stem)
+    return written, summary_lines(report) + [f"statistics: {json_path}, {csv_path}"]

@@ -183,7 +183,10 @@ def scan_series(folder: Path, source: str) -> list[Series]:
             ds = pydicom.dcmread(path, defer_size=256)  # large elements (pixels) are not read
         except Exception as e:  # pydicom raises several types for damaged files
             raise ImageReadError(f"{path}: not a readable DICOM file ({e})") from None
-        groups[str(getattr(ds, "SeriesInstanceUID", "") or "no SeriesInstanceUID")].append((path, ds))
+        if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:  # pydicom reads a cut file leniently
+            raise ImageReadError(f"{path}: incomplete DICOM file (no SOPClassUID or SeriesInstanceUID; truncated?); "
+                                 "copy or export the series again")
+        groups[str(ds.SeriesInstanceUID)].append((path, ds))
     series = [_series(source, uid, members) for uid, members in groups.items()]
     return sorted(series, key=lambda s: (s.number is None, s.number or 0, s.uid))
 

@@ -43,7 +43,7 @@ def write_dicom_seg(labels: np.ndarray, series: Series, segments: tuple[Segment,
                     algorithm: str, version: str) -> Path:
     """Write ``labels`` as a binary DICOM SEG with one segment per entry of ``segments`` (name, colour,
     category and type codes), referencing ``series``. ``algorithm`` names the model in the algorithm
-    identification; empty frames are left out (highdicom's default)."""
+    identification; empty frames are left out (highdicom's default; all kept when every frame is empty)."""
     hd = require("highdicom", "dicom", "--output-type dicom-seg")
     pydicom = require("pydicom", "dicom", "--output-type dicom-seg")
     from pydicom.sr.codedict import codes
@@ -67,7 +67,7 @@ def write_dicom_seg(labels: np.ndarray, series: Series, segments: tuple[Segment,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
         manufacturer_model_name=algorithm[:64] or "autoseg", software_versions=version, device_serial_number="0",
-        series_description=f"{algorithm} segmentation"[:64], omit_empty_frames=False)
+        series_description=f"{algorithm} segmentation"[:64], omit_empty_frames=True)
     with atomic_path(Path(out_path), suffix=".dcm") as tmp:
         seg.save_as(tmp)
     return Path(out_path)

@@ -189,3 +189,18 @@ def test_a_broken_image_file_is_named_as_given_when_staged(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"failed: c1: {tmp_path / 'in' / 'c1_0000.nii.gz'}" in err and "autoseg-predict-" not in err
     assert (tmp_path / "out" / "c0.nii.gz").is_file() and not (tmp_path / "out" / "c1.nii.gz").exists()
+
+
+def test_a_damaged_dicom_file_or_zip_fails_its_case_only(tmp_path, capsys):
+    ws = _model(tmp_path)
+    ds.write_series(tmp_path / "in" / "good", _ct(1))
+    files = ds.write_series(tmp_path / "in" / "damaged", _ct(2))
+    files[0].write_bytes(files[0].read_bytes()[:300])  # preamble and a few elements, then cut
+    (tmp_path / "in" / "cut.zip").write_bytes((b"PK\x03\x04" + b"\0" * 200))
+    with zipfile.ZipFile(tmp_path / "in" / "bad.zip", "w") as zf:
+        zf.writestr("../evil.dcm", b"\0" * 128 + b"DICM" + b"\0" * 16)
+    assert _predict(ws, tmp_path / "in", tmp_path / "out") == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert f"failed: damaged: {files[0]}: incomplete DICOM file" in err
+    assert "failed: bad: " in err and "unsafe path ../evil.dcm" in err
+    assert (tmp_path / "out" / "good.nii.gz").is_file() and not (tmp_path.parent / "evil.dcm").exists()

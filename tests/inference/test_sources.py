@@ -204,3 +204,15 @@ def test_a_damaged_dicom_file_or_zip_fails_its_case_only(tmp_path, capsys):
     assert f"failed: damaged: {files[0]}: incomplete DICOM file" in err
     assert "failed: bad: " in err and "unsafe path ../evil.dcm" in err
     assert (tmp_path / "out" / "good.nii.gz").is_file() and not (tmp_path.parent / "evil.dcm").exists()
+
+
+def test_dicom_case_with_probabilities_is_skipped_when_rerun(tmp_path, capsys):
+    ws = _model(tmp_path)
+    ds.write_series(tmp_path / "in" / "p", _ct(1))
+    assert _predict(ws, tmp_path / "in", tmp_path / "out", "--save-probabilities") == EXIT_OK
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.nii.gz", "p.npz"]
+    with np.load(tmp_path / "out" / "p.npz") as z:
+        assert z["probabilities"].shape == (3, *_ct().shape)
+    capsys.readouterr()
+    assert _predict(ws, tmp_path / "in", tmp_path / "out", "--save-probabilities") == EXIT_OK
+    assert "0 written, 1 skipped" in capsys.readouterr().out

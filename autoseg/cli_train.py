@@ -60,12 +60,23 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="also save validation probabilities (.npz) for ensembling")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--logger", default=None, choices=["tensorboard", "mlflow"],
+                   help="experiment tracking of settings, per-epoch scalars and the progress plot: tensorboard "
+                        "(<run folder>/tensorboard/) or mlflow (the store MLFLOW_TRACKING_URI names); "
+                        "pip install -e '.[tracking]'; default: none")
 
 
 OPTION_TO_SETTING = {"epochs": "epochs", "iters_per_epoch": "iters_per_epoch", "val_iters": "val_iters",
                      "early_stop": "early_stop", "device": "device", "amp": "amp", "seed": "seed",
                      "num_workers": "num_workers", "save_probabilities": "save_probabilities",
                      "compile": "compile", "time_budget": "time_budget"}
+
+
+def _callbacks(args: argparse.Namespace) -> list:
+    """The warning for long CPU schedules, and the experiment tracker of --logger."""
+    from autoseg.training.tracking import CpuScheduleWarning, make_logger
+
+    return [CpuScheduleWarning(), *([make_logger(args.logger)] if args.logger else [])]
 
 
 @command("train", "train a network on a planned dataset (one or more cross-validation folds)", _train_arguments,
@@ -86,7 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
                                settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
-                               progress=not args.no_progress and dist.is_main, plans_name=args.plans)
+                               progress=not args.no_progress and dist.is_main, plans_name=args.plans,
+                               callbacks=_callbacks(args))
     finally:
         ddp.shutdown(dist)
     if dist.is_main:

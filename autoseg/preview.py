@@ -21,6 +21,7 @@ from autoseg.io import ImageReadError, read_volume
 from autoseg.io.images import nonfinite_problem
 from autoseg.jsonfiles import InputWarning
 from autoseg.paths import file_output, refuse_overwriting_inputs
+from autoseg.io.dicom import read_dicom_volume
 
 OVERLAY_ALPHA = 0.45
 DISPLAY_PERCENTILES = (0.5, 99.5)  # intensity window, robust to outliers such as metal in CT
@@ -90,7 +91,9 @@ def _label_colours(values: list[int]):
     return {v: cmap(n % cmap.N) for n, v in enumerate(values)}
 
 
-def _read(path: Path):
+def _read(path: Path, series_number: int | None = None):
+    if Path(path).is_dir() or str(path).lower().endswith(".zip"):  # a DICOM folder or zip
+        return read_dicom_volume(Path(path), series_number)
     arr, geometry = read_volume(path)
     if arr.ndim == 4:  # several channels in one file: show the first
         arr = arr[..., 0]
@@ -100,8 +103,10 @@ def _read(path: Path):
 
 
 def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
-                   label_names: dict[int, str] | None = None, title: str | None = None, dpi: int = 110) -> Path:
-    """Write a three-view PNG of ``image_path`` with ``seg_path`` overlaid (when given), atomically.
+                   label_names: dict[int, str] | None = None, title: str | None = None, dpi: int = 110,
+                   series_number: int | None = None) -> Path:
+    """Write a three-view PNG of ``image_path`` (an image file, or a DICOM folder or zip: its one image series,
+    or the one numbered ``series_number``) with ``seg_path`` overlaid (when given), atomically.
 
     ``label_names`` maps label values to names for the legend (default "label k"). ``out_png`` must end
     in .png and may not be the image or the segmentation (:class:`~autoseg.paths.PathError`)."""
@@ -115,7 +120,7 @@ def render_preview(image_path: Path, seg_path: Path | None, out_png: Path,
     image_path = Path(image_path)
     refuse_overwriting_inputs(Path(out_png), [image_path, seg_path], "-o")
     file_output(Path(out_png), "-o", ".png")
-    image, geometry = _read(image_path)
+    image, geometry = _read(image_path, series_number)
     with np.errstate(over="ignore"):  # values beyond float32 become inf and are handled by display_window
         image, spacing, ras_affine = canonical(image.astype(np.float32), geometry.affine_array)
     finite = np.isfinite(image)

@@ -91,15 +91,22 @@ def _checkpoint_bytes(ckpt: dict) -> bytes:
     return buf.getvalue()
 
 
-def _dataset_json(model_root: Path, ckpt: dict) -> bytes:
-    """The dataset.json the model was trained with (imported model or workspace copy), else rebuilt
-    from the checkpoint's dataset record."""
+def dataset_json_path(model_root: Path) -> Path | None:
+    """The dataset.json the model was trained with: the imported model's copy or the workspace's
+    (``<workdir>/preprocessed/<Dataset>/dataset.json``); None when neither exists."""
+    model_root = Path(model_root)
     candidates = [model_root / "dataset.json"]
     if len(model_root.parents) > 2:  # <workdir>/results/<Dataset>/<model folder>
         candidates.append(model_root.parents[2] / "preprocessed" / model_root.parent.name / "dataset.json")
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.read_bytes()
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _dataset_json(model_root: Path, ckpt: dict) -> bytes:
+    """The dataset.json the model was trained with (:func:`dataset_json_path`), else rebuilt from the
+    checkpoint's dataset record."""
+    found = dataset_json_path(model_root)
+    if found is not None:
+        return found.read_bytes()
     d = ckpt["dataset"]
     data = {"channel_names": {str(i): c for i, c in enumerate(d["channel_names"])}, "labels": d["labels"],
             "numTraining": 0, "file_ending": d.get("file_ending", ".nii.gz")}
@@ -120,7 +127,7 @@ def export_onnx(network, example_shape: Sequence[int], tolerance: float = ONNX_T
     try:
         import onnxruntime
     except ImportError:
-        raise ExportError("--onnx needs onnx and onnxruntime: pip install 'autoseg[onnx]'") from None
+        raise ExportError("--onnx needs onnx and onnxruntime: pip install -e '.[onnx]' (in the autoseg checkout)") from None
     network = network.eval()
     x = torch.randn(tuple(example_shape), generator=torch.Generator().manual_seed(seed))
     buf = io.BytesIO()

@@ -73,6 +73,8 @@ class PredictReport:
     failed: tuple[tuple[str, str], ...] = ()
     seconds: float = 0.0
     engine: str = ""
+    notes: tuple[str, ...] = ()  # e.g. DICOM objects left out (autoseg.inference.sources)
+    summary: tuple[str, ...] = ()  # console lines, e.g. the statistics (autoseg.inference.sources)
 
     @property
     def ok(self) -> bool:

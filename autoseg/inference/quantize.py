@@ -1,6 +1,6 @@
 """int8 networks for CPU prediction: post-training quantization (NNCF) of each fold, checked against fp32.
 
-``autoseg quantize`` (``pip install 'autoseg[quantize]'``), per fold of a trained model:
+``autoseg quantize`` (``pip install -e '.[quantize]'``), per fold of a trained model:
 
 1. converts the checkpoint's network to OpenVINO (the f32 model ``predict --backend openvino`` runs);
 2. **calibrates** int8 quantization on patches of the fold's *training* cases (preprocessed data of the
@@ -181,7 +181,7 @@ def quantize_network(model, patches: Sequence[np.ndarray]):
         try:
             import nncf
         except ImportError:
-            raise QuantizeError("`autoseg quantize` needs NNCF: pip install 'autoseg[quantize]' "
+            raise QuantizeError("`autoseg quantize` needs NNCF: pip install -e '.[quantize]' "
                                 "(or: pip install nncf openvino)") from None
         nncf.set_log_level(logging.ERROR)
         return nncf.quantize(model, nncf.Dataset(list(patches)), preset=nncf.QuantizationPreset.MIXED,

@@ -70,12 +70,18 @@ def run_nnunet(dataset: Path, root: Path, preset: str, args) -> tuple[dict, dict
     planner, plans_name = NNUNET_PLANNERS[preset]
     for cmd in (["nnUNetv2_extract_fingerprint", "-d", ident, "-np", str(args.workers)],
                 ["nnUNetv2_plan_experiment", "-d", ident, "-pl", planner]):
-        subprocess.run([str(args.nnunet_venv / "bin" / cmd[0]), *cmd[1:]], check=True, env=env,
-                       capture_output=True, text=True)
+        _run([str(args.nnunet_venv / "bin" / cmd[0]), *cmd[1:]], env)
     plans_file = root / "preprocessed" / dataset.name / f"{plans_name}.json"
-    nets = subprocess.run([str(args.nnunet_venv / "bin" / "python"), "-c", NNUNET_NETWORKS, str(plans_file),
-                           str(dataset / "dataset.json")], check=True, env=env, capture_output=True, text=True)
-    return json.loads(plans_file.read_text()), json.loads(nets.stdout)
+    nets = _run([str(args.nnunet_venv / "bin" / "python"), "-c", NNUNET_NETWORKS, str(plans_file),
+                 str(dataset / "dataset.json")], env)
+    return json.loads(plans_file.read_text()), json.loads(nets)
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
 
 
 def run_autoseg(dataset: Path, preset: str, workers: int):
@@ -140,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also save the figures here")
     args = ap.parse_args(argv)
     datasets = args.dataset or list(DEFAULT_DATASETS)
+    missing = [str(d) for d in datasets if not (d / "dataset.json").is_file()]
+    if missing:
+        raise SystemExit(f"no dataset.json in {', '.join(missing)}; give the raw dataset folders with --dataset")
     header = ["dataset", "config", "patch", "batch", "pools/axis", "features", "blocks/stage", "parameters",
               "feature-map estimate", "state-dict names+shapes equal", "verdict"]
     rows, saved = [], {}

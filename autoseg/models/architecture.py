@@ -20,6 +20,7 @@ tensor.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -49,13 +50,39 @@ def shrink_while_positive(patch: Sequence[int], steps: Sequence[int], axis: int)
     return patch[axis] - steps[axis] >= 1
 
 
+def uniform_topology(patch_size: Sequence[float], downsamplings: int, divisor: int) -> Topology:
+    """The fixed layout of a network that halves every axis ``downsamplings`` times (3-kernels): each
+    patch edge rounded to the nearest multiple of ``divisor`` (a multiple of ``2**downsamplings``;
+    halves round up), at least one ``divisor``.
+
+    Rounding to the nearest multiple, not up, keeps e.g. a 35-voxel median edge at a 32 patch instead
+    of a 64 patch that would be half padding. A patch of ``divisor`` on every axis would leave a
+    single-voxel bottleneck when ``divisor == 2**downsamplings``, which instance norm rejects, so then
+    the largest requested edge (the last one on ties) becomes ``2 * divisor``.
+    """
+    dims = len(patch_size)
+    patch = [max(divisor, int(math.floor(p / divisor + 0.5)) * divisor) for p in patch_size]
+    if all(p == divisor for p in patch):
+        patch[max(range(dims), key=lambda a: (patch_size[a], a))] = 2 * divisor
+    strides = ((1,) * dims,) + ((2,) * dims,) * downsamplings
+    return Topology(((3,) * dims,) * (downsamplings + 1), strides, (downsamplings,) * dims, tuple(patch),
+                    (divisor,) * dims)
+
+
+def shrink_keeping_one_step(patch: Sequence[int], steps: Sequence[int], axis: int) -> bool:
+    """The shrink rule of :func:`uniform_topology` layouts: every edge stays at least one step and one
+    edge stays above it."""
+    trial = list(patch)
+    trial[axis] -= steps[axis]
+    return trial[axis] >= steps[axis] and any(q > d for q, d in zip(trial, steps))
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A registry entry. ``layout``, ``features``, ``estimate`` and ``can_shrink`` are the planner's
     rules (:func:`autoseg.planning.heuristics.patch_and_batch` calls them); ``build`` makes the network
-    of a configuration plan; ``head_names`` are the module names of the output heads (a state-dict key
-    with one of them as a dotted part belongs to a head: fine-tuning on another number of classes keeps
-    those fresh); ``preset`` is the planner preset in ``planners/`` that plans for it."""
+    of a configuration plan; ``head_names`` are the module names of the output heads (see :meth:`is_head`;
+    fine-tuning on another number of classes keeps those fresh); ``preset`` is the planner preset in ``planners/`` that plans for it."""
 
     name: str
     summary: str
@@ -69,5 +96,6 @@ class Architecture:
     can_shrink: ShrinkRule = shrink_while_positive
 
     def is_head(self, key: str) -> bool:
-        """Whether the state-dict ``key`` is a tensor of an output head."""
-        return any(part in self.head_names for part in key.split("."))
+        """Whether the state-dict ``key`` is a tensor of an output head: one of ``head_names`` (a module
+        name, or a dotted path such as ``model.2``) is a run of its dotted parts."""
+        return any(f".{name}." in f".{key}." for name in self.head_names)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from autoseg.models.architecture import Architecture, ModelError
+from autoseg.models.architecture import Architecture, ModelError, shrink_keeping_one_step, uniform_topology
 from autoseg.planning.settings import PlannerSettings
 from autoseg.planning.topology import Topology, estimate_feature_map_size
 
@@ -24,22 +24,9 @@ FEATURE_STEP = 12  # MONAI SwinUNETR: feature_size must be a multiple of 12
 
 
 def swin_topology(patch_size: Sequence[float], divisor: int = DIVISOR) -> Topology:
-    """SwinUNETR's fixed layout: 5 downsamplings on every axis, 3-kernels; each patch edge rounded
-    to the nearest multiple of ``divisor`` (halves round up), at least one ``divisor``.
-
-    Rounding to the nearest multiple, not up, keeps e.g. a 35-voxel median edge at a 32 patch
-    instead of a 64 patch that would be half padding. A patch of ``divisor`` on every axis would
-    leave a single-voxel bottleneck, which instance norm rejects, so then the largest requested
-    edge (the last one on ties) becomes ``2 * divisor``.
-    """
-    dims = len(patch_size)
-    n = DOWNSAMPLINGS
-    patch = [max(divisor, int(math.floor(p / divisor + 0.5)) * divisor) for p in patch_size]
-    if all(p == divisor for p in patch):
-        patch[max(range(dims), key=lambda a: (patch_size[a], a))] = 2 * divisor
-    patch = tuple(patch)
-    strides = ((1,) * dims,) + ((2,) * dims,) * n
-    return Topology(((3,) * dims,) * (n + 1), strides, (n,) * dims, patch, (divisor,) * dims)
+    """SwinUNETR's fixed layout: 5 downsamplings on every axis, each edge a multiple of ``divisor``
+    (see :func:`~autoseg.models.architecture.uniform_topology`)."""
+    return uniform_topology(patch_size, DOWNSAMPLINGS, divisor)
 
 
 def swin_features(feature_size: int) -> tuple[int, ...]:
@@ -67,13 +54,6 @@ def estimate(topology: Topology, features_, n_classes: int, encoder_blocks, deco
                                      decoder_blocks)
 
 
-def can_shrink(patch, steps, axis: int) -> bool:
-    """Every edge stays at least one step (32) and one edge stays above it (see :func:`swin_topology`)."""
-    trial = list(patch)
-    trial[axis] -= steps[axis]
-    return trial[axis] >= steps[axis] and any(q > d for q, d in zip(trial, steps))
-
-
 def build(plan, in_channels: int, out_channels: int, deep_supervision: bool):
     """MONAI SwinUNETR; ``feature_size`` from ``plan.features[0]`` (see :func:`swin_feature_size`)."""
     from monai.networks.nets import SwinUNETR  # MONAI loads only when a network is made
@@ -99,6 +79,6 @@ ARCHITECTURE = Architecture(
     layout=layout,
     features=features,
     estimate=estimate,
-    can_shrink=can_shrink,
+    can_shrink=shrink_keeping_one_step,
     build=build,
 )

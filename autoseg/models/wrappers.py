@@ -17,3 +17,20 @@ class FirstOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
         return out[0] if isinstance(out, (list, tuple)) else out
+
+
+class WithoutLowestOutput(nn.Module):
+    """A network whose deep supervision returns ``(full, 1/2, ..., lowest)`` in training (MONAI
+    ``MedNeXt``), without the lowest-resolution output, whose loss weight is 0 (nnU-Net's rule): a list
+    ``[full, 1/2, ...]``, or the tensor when only the full-resolution output is left. The caller freezes
+    that head, so no trainable parameter goes unused."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        out = self.net(x)
+        if not isinstance(out, (list, tuple)):
+            return out
+        return list(out[:-1]) if len(out) > 2 else out[0]

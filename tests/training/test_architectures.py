@@ -19,7 +19,7 @@ from autoseg.planning.settings import load_preset
 from autoseg.training.checkpoint import FINAL, load_checkpoint
 from tiny_workspace import DATASET, make_workspace
 
-SLOW = {"resenc_unet", "swin_unetr"}  # > ~20 s on 2 loaded CPU cores (resenc_unet: also trained in test_trainer)
+SLOW = {"resenc_unet", "swin_unetr", "mednext", "attention_unet"}  # > ~20 s on 2 loaded CPU cores
 
 
 def tiny_plan_for(name: str) -> ConfigurationPlan:

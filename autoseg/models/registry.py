@@ -7,11 +7,11 @@ names and builder; this registry lists them explicitly (adding one: write the mo
 
 from __future__ import annotations
 
-from autoseg.models import attention_unet, mednext, resenc_unet, segresnet, swin_unetr, unet, unet_plusplus
+from autoseg.models import attention_unet, mednext, resenc_unet, segresnet, swin_unetr, unet, unet_plusplus, unetr
 from autoseg.models.architecture import Architecture, ModelError
 from autoseg.planning.plans import ConfigurationPlan
 
-ENTRIES = (unet, resenc_unet, swin_unetr, segresnet, attention_unet, unet_plusplus, mednext)
+ENTRIES = (unet, resenc_unet, swin_unetr, segresnet, attention_unet, unet_plusplus, mednext, unetr)
 
 ARCHITECTURES: dict[str, Architecture] = {m.ARCHITECTURE.name: m.ARCHITECTURE for m in ENTRIES}
 

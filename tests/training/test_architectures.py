@@ -22,11 +22,11 @@ from tiny_workspace import DATASET, make_workspace
 SLOW = {"resenc_unet", "swin_unetr", "mednext", "attention_unet"}  # > ~20 s on 2 loaded CPU cores
 
 
-def tiny_plan_for(name: str) -> ConfigurationPlan:
-    """The architecture's own layout and features for a 16^3 request (base 4 features)."""
+def tiny_plan_for(name: str, request=(16, 16, 16)) -> ConfigurationPlan:
+    """The architecture's own layout and features for a small patch request (base 4 features)."""
     arch = get_architecture(name)
     settings = load_preset(arch.preset).replace(base_features=4)
-    topo = arch.layout((1.0, 1.0, 1.0), (16, 16, 16), settings)
+    topo = arch.layout((1.0, 1.0, 1.0), request, settings)
     return ConfigurationPlan(
         name="3d_fullres", spatial_dims=3, spacing=(1.0,) * 3, median_shape=topo.patch_size,
         patch_size=topo.patch_size, batch_size=2, kernel_sizes=topo.kernel_sizes, strides=topo.strides,
@@ -80,3 +80,43 @@ def test_architecture_trains_resumes_validates_predicts_and_exports(name, tmp_pa
                 "--workdir", str(ws.root)) == 0
     agree = [np.mean(torch_labels[k] == v) for k, v in _labels(tmp_path / "ov").items()]
     assert len(agree) == 2 and min(agree) > 0.999
+
+
+def _ddp_worker(rank: int, root: str, port: int, name: str) -> None:
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from autoseg import api_train
+    from autoseg.training import ddp
+    from autoseg.workspace import Workspace
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ctx = ddp.DistContext(rank, 2, rank)
+    try:
+        api_train.train(Workspace(Path(root) / "ws"), None, [0], arch=name, dist=ctx, progress=False,
+                        settings={"epochs": 1, "iters_per_epoch": 2, "val_iters": 1, "num_workers": 0,
+                                  "val_mirroring": False})
+    finally:
+        ddp.shutdown(ctx)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sorted(ARCHITECTURES) if get_architecture(n).deep_supervision])
+def test_deep_supervised_architectures_leave_no_trainable_parameter_unused_under_ddp(name, tmp_path):
+    # DistributedDataParallel runs without find_unused_parameters: a head that is built, trainable and
+    # left out of the loss (the weight-0 lowest-resolution one) would stop the second step with an error
+    import socket
+
+    import torch.multiprocessing as mp
+
+    plan = tiny_plan_for(name, (32, 32, 32))  # 4+ stages: two supervised outputs and a weight-0 head
+    make_workspace(tmp_path / "ws", n_cases=2, plan=plan, shape=plan.patch_size)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(str(tmp_path), port, name), nprocs=2, join=True)
+    run_dir = tmp_path / "ws" / "results" / DATASET / f"{name}__autosegPlans__3d_fullres" / "fold_0"
+    assert load_checkpoint(run_dir / FINAL)["train_state"]["epoch"] == 1

@@ -10,6 +10,7 @@ another; ``all`` trains on every case. Under torchrun every rank calls :func:`tr
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,22 @@ from autoseg.workspace import Workspace
 # Settings that may change when resuming; any other difference would make the resumed run differ
 # from the uninterrupted one, so it is refused.
 RESUMABLE_CHANGES = frozenset({"epochs", "early_stop", "device", "num_workers", "compile", "save_probabilities",
-                               "val_mirroring"})
+                               "val_mirroring", "time_budget"})
 
 
 class TrainError(ValueError):
     """A training request that cannot run as given (the message says what to change)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became NaN/inf; the run stopped and its last good checkpoints are kept."""
+
+
+def _kept_checkpoints(run_dir: Path) -> str:
+    from autoseg.core.checkpoint import BEST, FINAL, LATEST
+
+    kept = [n for n in (LATEST, BEST, FINAL) if (run_dir / n).is_file()]
+    return f"kept from earlier epochs: {', '.join(kept)}" if kept else "no checkpoint had been written yet"
 
 
 def run_dir_for(workspace: Workspace, dataset_name: str, arch: str, plans_name: str, config: str,
@@ -64,7 +76,7 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
     ``settings`` holds the :class:`~autoseg.training.trainer.TrainSettings` fields chosen
     explicitly; on ``resume`` the run's stored settings are used and only fields in
     :data:`RESUMABLE_CHANGES` may differ. Returns the run folders."""
-    from autoseg.models import MODELS
+    from autoseg.models import ARCHITECTURES
     from autoseg.planning.plans import Plans, find_plans
     from autoseg.splits import Splits
     from autoseg.training import ddp
@@ -82,8 +94,8 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
         raise TrainError(f"configuration '{config}' is not planned for {name}; choices: "
                          f"{', '.join(plans.configurations)}")
     arch = arch or plans.configurations[config].architecture
-    if arch not in MODELS:
-        raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(MODELS)}")
+    if arch not in ARCHITECTURES:
+        raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(ARCHITECTURES)}")
     splits = Splits.load(pre / "splits.json")
     fold_list = parse_folds(folds, len(splits.folds))
     if resume and pretrained is not None:
@@ -143,6 +155,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     from autoseg.training import ddp
     from autoseg.core.runlock import RunLock
 
+    started = time.monotonic()  # a time budget counts from here
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
     settings, ckpt = resolve_settings(given, run_dir, resume)
@@ -169,6 +182,8 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         elif pretrained is not None:
             load_pretrained(run.model, pretrained)
         run.network = _wrap(run, dist)
+        if settings.time_budget is not None:
+            run.budget = make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started)
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
@@ -178,7 +193,10 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
             _finish_checkpoints(run)
         ddp.barrier(dist)
         if dist.is_main and (not finished or not (run_dir / "validation" / "summary.json").is_file()):
+            validation_started = time.monotonic()
             _final_validation(workspace, name, plans, config, run, fold_cases, progress)
+            if run.budget is not None:
+                _log_budget_use(run, time.monotonic() - validation_started)
     finally:
         if lock is not None:
             lock.release()
@@ -254,6 +272,48 @@ def make_batch_factories(folder: Path, fold_cases, cfg, spec, settings, batch_si
     return train_batches, (lambda epoch: val_loader)
 
 
+def make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started: float):
+    """The run's :class:`~autoseg.training.budget.TimeBudget`: the final validation's network
+    evaluations counted from the validation cases' preprocessed shapes (sliding-window patches at
+    the validation's step, times the mirrorings), the epoch cap from the run's settings (or the
+    plan an interrupted run stored)."""
+    import math
+
+    from autoseg.inference.sliding import window_starts
+    from autoseg.preprocessing import data_folder
+    from autoseg.storage import CaseProperties
+    from autoseg.training import ddp
+    from autoseg.training.budget import TimeBudget
+
+    cfg = plans.configuration(config)
+    folder = data_folder(workspace.preprocessed_dir(name), plans, config)
+    windows = 0
+    for case in fold_cases.val:
+        shape = CaseProperties.load(folder / f"{case}.json").shape_after_resample
+        windows += math.prod(len(window_starts(n, p, 0.5)) for n, p in zip(shape[-len(cfg.patch_size):],
+                                                                             cfg.patch_size))
+    mirrorings = 2 ** len(cfg.patch_size) if run.settings.val_mirroring else 1
+    stored = run.state.budget_plan or {}
+    cap = int(stored.get("cap") or run.settings.epochs)
+    batch = ddp.batch_share(run.settings.batch_size or cfg.batch_size, dist)
+    budget = TimeBudget(run.settings.time_budget, windows * mirrorings, cap, batch)
+    budget.session_start = started
+    return budget
+
+
+def _log_budget_use(run, validation_seconds: float) -> None:
+    """How the budget was spent, beside its plan: the final validation's actual time and the total."""
+    from autoseg.training.durations import format_duration
+    from autoseg.training.logging import log_line
+
+    plan = run.state.budget_plan or {}
+    used = run.budget.elapsed()
+    log_line(run.run_dir, f"time budget {format_duration(run.budget.seconds)}: used {format_duration(used)} "
+                          f"({100 * used / run.budget.seconds:.0f}%); final validation took "
+                          f"{format_duration(validation_seconds)} (estimated "
+                          f"{format_duration(plan.get('final_validation', 0.0))})")
+
+
 def _wrap(run, dist):
     import torch
 
@@ -264,14 +324,20 @@ def _wrap(run, dist):
 
 
 def _fit(run, loaders, progress: bool, extra_callbacks: Sequence) -> None:
+    from autoseg.core.checkpoint import NonFiniteWeightsError
     from autoseg.training.checkpoint import CheckpointCallback
     from autoseg.training.logging import LogCallback, ProgressBarCallback
-    from autoseg.training.trainer import fit
+    from autoseg.training.trainer import NonFiniteLossError, fit
 
     bar = ProgressBarCallback() if progress else None
     callbacks = [LogCallback(), CheckpointCallback(), *([bar] if bar else []), *extra_callbacks]
     try:
         fit(run, loaders[0], loaders[1], callbacks)
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
+        raise TrainingDivergedError(f"{run.run_dir}: {e}; {_kept_checkpoints(run.run_dir)}. Check the data "
+                                    "(`autoseg plan --check-only` on the raw dataset; preprocessed files changed by "
+                                    "hand: delete the preprocessed folder and rerun `autoseg plan`), or start a new "
+                                    "run with --amp fp32 or another --seed") from e
     finally:
         if bar is not None and bar._progress is not None:
             bar._progress.stop()
@@ -298,9 +364,10 @@ def _final_validation(workspace, name, plans, config, run, fold_cases, progress:
 
 def load_pretrained(model, source: Path) -> None:
     """Fine-tuning: copy weights from a run folder (its final, else best, else latest checkpoint) or
-    a checkpoint file. Output heads whose shape differs (another number of classes) keep their fresh
-    weights; any other shape difference is an error."""
+    a checkpoint file. Output heads (the head names of the checkpoint's architecture entry) whose shape
+    differs (another number of classes) keep their fresh weights; any other shape difference is an error."""
     from autoseg.core.checkpoint import BEST, FINAL, LATEST, load_checkpoint
+    from autoseg.models import ARCHITECTURES
 
     source = Path(source)
     path = source
@@ -309,10 +376,12 @@ def load_pretrained(model, source: Path) -> None:
         if not found:
             raise TrainError(f"--pretrained {source}: no checkpoint there (checkpoint_final.pt, _best.pt, _latest.pt)")
         path = found[0]
-    weights = load_checkpoint(path)["model"]
+    ckpt = load_checkpoint(path)
+    weights = ckpt["model"]
     own = model.state_dict()
     mismatched = [k for k in own if k in weights and weights[k].shape != own[k].shape]
-    heads = [k for k in mismatched if "output_block" in k or "super_head" in k or k.startswith("out.")]
+    arch = ARCHITECTURES.get(ModelRecord.of(ckpt, path).arch)
+    heads = [k for k in mismatched if arch is not None and arch.is_head(k)]
     others = [k for k in mismatched if k not in heads]
     missing = [k for k in own if k not in weights] + [k for k in weights if k not in own]
     if others or missing:

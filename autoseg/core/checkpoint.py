@@ -53,6 +53,10 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, damaged or not one this autoseg can read."""
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """Weights with NaN or infinite values were about to be saved (training diverged)."""
+
+
 @dataclass(frozen=True)
 class DatasetRecord:
     """The labels and channels a model was trained with (from ``dataset.json``)."""
@@ -202,10 +206,25 @@ def checkpoint_bytes(checkpoint: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> Path:
-    """Write ``checkpoint`` with its digests to ``path`` atomically (temporary file, fsync, rename)."""
+def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
     import torch
 
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> Path:
+    """Write ``checkpoint`` with its digests to ``path`` atomically (temporary file, fsync, rename).
+
+    Weights holding NaN or inf are refused (:class:`NonFiniteWeightsError`), so a diverged run can never
+    leave them behind as ``checkpoint_best.pt`` or ``checkpoint_final.pt``."""
+    import torch
+
+    bad = nonfinite_tensors(checkpoint.get("model") or {})
+    if bad:
+        raise NonFiniteWeightsError(f"{path}: not written: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                                    f"(e.g. {bad[0]}); training diverged, the checkpoints already there are kept")
     entries = with_digests(checkpoint)
     return atomic_write_with(path, lambda f: torch.save(entries, f))
 

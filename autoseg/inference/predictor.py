@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.core.checkpoint import (CHECKPOINTS, CheckpointError, ModelRecord, load_checkpoint, state_digest,
-                                     weights_digest)
+from autoseg.core.checkpoint import (CHECKPOINTS, CheckpointError, ModelRecord, load_checkpoint, nonfinite_tensors,
+                                     state_digest, weights_digest)
 from autoseg.dataset import DatasetSpec
 from autoseg.planning.plans import ConfigurationPlan, Plans, matches_plans
 from autoseg.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision
@@ -224,6 +224,10 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
         elif not record.same_model_as(reference):
             raise PredictorError(f"{path}: fold {fold} was trained with other plans, configuration, architecture or "
                                  f"labels than {first_path}; predict with the folds of one training only (--folds)")
+        bad = nonfinite_tensors(ckpt["model"])
+        if bad:  # e.g. written by an autoseg that saved diverged runs: it would predict background everywhere
+            raise PredictorError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+                                 "the training diverged: use another checkpoint (--checkpoint best) or retrain")
         states.append({"model": ckpt["model"], "record": record, "source": path})
         del ckpt  # the optimiser state and the rest are not needed
 

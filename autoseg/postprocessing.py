@@ -1,7 +1,7 @@
 """Post-processing chosen on cross-validation: keep only the largest connected component.
 
 The decision follows nnU-Net (``determine_postprocessing`` in
-nunetv2/postprocessing/remove_connected_components.py), judged on the mean per-case Dice of the merged
+nnunetv2/postprocessing/remove_connected_components.py), judged on the mean per-case Dice of the merged
 cross-validation predictions:
 
 1. Keep the largest component of the union of all foreground labels (removing every other island of

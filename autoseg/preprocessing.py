@@ -1,7 +1,7 @@
 """Preprocessing: raw cases -> normalised, resampled arrays in the storage format, per configuration.
 
 Per case (nnU-Net v2 order, ``DefaultPreprocessor.run_case_npy`` in
-nunetv2/preprocessing/preprocessors/default_preprocessor.py): read all channels and the label, crop to the
+nnunetv2/preprocessing/preprocessors/default_preprocessor.py): read all channels and the label, crop to the
 non-zero region (bounding box recorded in raw voxel indices), transpose with
 ``plans.transpose_forward``, normalise each channel (masked z-score uses the non-zero mask from the
 crop), resample to the configuration's spacing, draw foreground voxel locations for oversampling,

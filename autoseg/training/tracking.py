@@ -96,8 +96,9 @@ class MLflowCallback(Callback):
         if not resumed:
             atomic_write_bytes(id_file, active.info.run_id.encode())
             params = {k: str(v)[:500] for k, v in run.settings.to_dict().items()}
-            if model is not None:
-                params.update({"arch": model.arch, "configuration": model.configuration, "fold": str(model.fold)})
+            params.update({"arch": str(model.arch if model else None),
+                           "configuration": str(model.configuration if model else None),
+                           "fold": str(model.fold if model else None)})
             self.mlflow.log_params(params)
 
     def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:

@@ -64,6 +64,8 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
     explicitly; on ``resume`` the run's stored settings are used and only fields in
     :data:`RESUMABLE_CHANGES` may differ. Returns the run folders."""
     from autoseg.models import MODELS
+    from autoseg.models.registry import check_buildable
+    from autoseg.planning.planner import unplanned_configurations
     from autoseg.planning.plans import Plans, find_plans
     from autoseg.splits import Splits
     from autoseg.training import ddp
@@ -78,11 +80,13 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
     plans = Plans.load(plans_file)
     config = config or plans.default_configuration
     if config not in plans.configurations:
-        raise TrainError(f"configuration '{config}' is not planned for {name}; choices: "
+        why = unplanned_configurations(plans).get(config)
+        raise TrainError(f"configuration '{config}' is not planned for {name}{f' ({why})' if why else ''}; choices: "
                          f"{', '.join(plans.configurations)}")
     arch = arch or plans.configurations[config].architecture
     if arch not in MODELS:
         raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(MODELS)}")
+    check_buildable(arch, plans.configurations[config])  # before any run folder is made
     splits = Splits.load(pre / "splits.json")
     fold_list = parse_folds(folds, len(splits.folds))
     if resume and pretrained is not None:
@@ -156,7 +160,9 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         raise TrainError(f"--resume: {plans_path(workspace.preprocessed_dir(name), plans.plans_name).name} of {name} "
                          f"changed since {run_dir} was started; train a new run (delete the folder) or restore the "
                          "old plans")
+    made = missing_folders(run_dir, workspace.root) if dist.is_main else []
     lock = RunLock(run_dir).acquire() if dist.is_main else None
+    started = False
     try:
         if lock is not None:
             remove_temporaries(run_dir)
@@ -168,6 +174,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         elif pretrained is not None:
             load_pretrained(run.model, pretrained)
         run.network = _wrap(run, dist)
+        started = True
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
@@ -181,7 +188,31 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     finally:
         if lock is not None:
             lock.release()
+        if not started:
+            remove_empty(made)
     return run_dir
+
+
+def missing_folders(folder: Path, root: Path) -> list[Path]:
+    """``folder`` and those of its parents below ``root`` that do not exist yet, deepest first: what
+    a start that fails before training must remove again."""
+    root = Path(root).resolve()
+    out = []
+    for p in (folder, *folder.parents):
+        if p.exists() or p.resolve() == root or root not in p.resolve().parents:
+            break
+        out.append(p)
+    return out
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty: a failed start leaves no half-made run
+    folder, and a folder holding anything (an earlier run's files) is never touched."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty, or already gone
+            return
 
 
 def remove_temporaries(run_dir: Path) -> None:

@@ -17,14 +17,14 @@ than 4 stages returns one output.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
 from torch import nn
 
 from autoseg.planning.plans import ConfigurationPlan
-
-SWIN_DIVISOR = 32  # SwinUNETR: 5 stages of 2x patch merging, so every patch edge must divide by 2^5
+from autoseg.planning.trainable import SWIN_DIVISOR, configuration_problems
 SWIN_FEATURE_STEP = 12  # SwinUNETR: feature_size must be a multiple of 12 (attention heads 3, 6, 12, 24)
 
 
@@ -165,25 +165,46 @@ def concat_free_up_blocks(module: nn.Module, _done: dict | None = None) -> nn.Mo
     return module
 
 
-def _check_plan(plan: ConfigurationPlan) -> None:
-    n = len(plan.strides)
-    if len(plan.kernel_sizes) != n or len(plan.features) < n:
-        raise ModelError(f"configuration '{plan.name}': {len(plan.kernel_sizes)} kernel sizes, {n} strides and "
-                         f"{len(plan.features)} feature counts do not describe one network; rerun `autoseg plan`")
-    if n < 3:  # MONAI DynUNet: input block, at least one down/up stage, bottleneck
-        raise ModelError(f"configuration '{plan.name}': DynUNet needs at least 3 stages, the plan has {n}; "
-                         f"its patch {tuple(plan.patch_size)} is too small to pool twice")
+def check_buildable(name: str, plan: ConfigurationPlan) -> None:
+    """Raise :class:`ModelError` when ``plan`` cannot be built as architecture ``name`` and trained
+    (:func:`~autoseg.planning.trainable.configuration_problems`); builds nothing, so a caller can
+    check before it makes a run folder."""
+    get_builder(name)
+    problems = configuration_problems(plan, name)
+    if problems:
+        fix = ("choose --arch unet or re-plan" if name == "swin_unetr" else
+               "rerun `autoseg plan` (it plans only configurations that can be built)")
+        raise ModelError(f"configuration '{plan.name}' cannot be built as {name}: {'; '.join(problems)}; {fix}")
+
+
+@functools.cache
+def _dynunet_class():
+    """MONAI ``DynUNet`` that also accepts 2 stages (input block, strided bottleneck, one up block).
+
+    MONAI's ``check_kernel_stride`` asks for at least 3 kernel sizes and strides, but its blocks
+    compose into a working 1-pool U-Net with 2 (no middle downsampling block; the skip layer joins
+    the input block and the bottleneck): the network nnU-Net plans for small images. MONAI's other
+    checks are kept. (A class made here, not at import, because monai is imported lazily.)"""
+    from monai.networks.nets import DynUNet
+
+    class TwoStageDynUNet(DynUNet):
+        def check_kernel_stride(self):
+            if not len(self.kernel_size) == len(self.strides) == 2:
+                return super().check_kernel_stride()
+            for value in (*self.kernel_size, *self.strides):  # MONAI's per-block check
+                if not isinstance(value, int) and len(value) != self.spatial_dims:
+                    raise ValueError("length of kernel_size and strides in every block should be spatial_dims")
+
+    return TwoStageDynUNet
 
 
 def _dynunet(plan: ConfigurationPlan, in_channels: int, out_channels: int, deep_supervision: bool,
              res_block: bool) -> nn.Module:
-    from monai.networks.nets import DynUNet
-
-    _check_plan(plan)
+    check_buildable("resenc_unet" if res_block else "unet", plan)
     n_stages = len(plan.strides)
     heads = n_stages - 3  # decoder outputs below full resolution, minus the weight-0 lowest one
     ds = deep_supervision and heads >= 1
-    net = DynUNet(
+    net = _dynunet_class()(
         spatial_dims=plan.spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
@@ -225,14 +246,7 @@ def build_swin_unetr(plan: ConfigurationPlan, in_channels: int, out_channels: in
     It has no deep supervision: it always returns one tensor, whatever ``deep_supervision`` says."""
     from monai.networks.nets import SwinUNETR
 
-    bad = [p for p in plan.patch_size if p % SWIN_DIVISOR]
-    if bad:
-        raise ModelError(f"swin_unetr needs every patch edge divisible by {SWIN_DIVISOR}, configuration "
-                         f"'{plan.name}' has patch {tuple(plan.patch_size)}; choose --arch unet or re-plan")
-    if all(p == SWIN_DIVISOR for p in plan.patch_size):
-        raise ModelError(f"swin_unetr cannot train on patch {tuple(plan.patch_size)}: its bottleneck would be a "
-                         f"single voxel, which instance norm rejects; use a patch with an edge of "
-                         f"{2 * SWIN_DIVISOR} or more, or --arch unet")
+    check_buildable("swin_unetr", plan)
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels,
                      feature_size=swin_feature_size(plan.features[0]), spatial_dims=plan.spatial_dims)
 

@@ -10,6 +10,7 @@ another; ``all`` trains on every case. Under torchrun every rank calls :func:`tr
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
                          f"changed since {run_dir} was started; train a new run (delete the folder) or restore the "
                          "old plans")
     made = missing_folders(run_dir, workspace.root) if dist.is_main else []
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
+    lock = RunLock(run_dir, notify=_tell).acquire() if dist.is_main else None
     started = False
     try:
         if lock is not None:
@@ -191,6 +192,11 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         if not started:
             remove_empty(made)
     return run_dir
+
+
+def _tell(line: str) -> None:
+    """A line for the user while the command works (stderr, so stdout keeps only results)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def missing_folders(folder: Path, root: Path) -> list[Path]:

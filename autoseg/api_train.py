@@ -55,7 +55,7 @@ def parse_folds(folds: Sequence[int | str], n_folds: int) -> list[int | str]:
 def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence[int | str] = (0,),
           config: str | None = None, arch: str | None = None, settings: Mapping[str, Any] | None = None,
           resume: bool = False, pretrained: Path | None = None, dist=None, progress: bool = True,
-          callbacks: Sequence = (), plans_name: str | None = None) -> list[Path]:
+          callbacks: Sequence = (), plans_name: str | None = None, stop=None) -> list[Path]:
     """Train ``config`` (default: the plans') with ``arch`` (default: the plan's) on each fold.
 
     ``plans_name`` picks the dataset's plans by plans name or planner preset (``resenc_m``); default:
@@ -63,7 +63,9 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
 
     ``settings`` holds the :class:`~autoseg.training.trainer.TrainSettings` fields chosen
     explicitly; on ``resume`` the run's stored settings are used and only fields in
-    :data:`RESUMABLE_CHANGES` may differ. Returns the run folders."""
+    :data:`RESUMABLE_CHANGES` may differ. ``stop``: the installed
+    :class:`~autoseg.training.stopping.StopSignals` (SIGTERM/SIGINT end training after the current
+    step with :class:`~autoseg.training.stopping.TrainingStopped`). Returns the run folders."""
     from autoseg.models import MODELS
     from autoseg.models.registry import check_buildable
     from autoseg.planning.planner import unplanned_configurations
@@ -97,7 +99,7 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
     for fold in fold_list:
         run_dir = run_dir_for(workspace, name, arch, plans.plans_name, config, fold)
         runs.append(train_fold(workspace, name, plans, config, arch, splits.fold(fold), fold, run_dir,
-                               dict(settings or {}), resume, pretrained, dist, progress, callbacks))
+                               dict(settings or {}), resume, pretrained, dist, progress, callbacks, stop))
     return runs
 
 
@@ -143,7 +145,7 @@ def _meta(plans, config: str, arch: str, fold, spec) -> dict[str, Any]:
 
 def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, fold_cases, fold, run_dir: Path,
                given: dict[str, Any], resume: bool, pretrained: Path | None, dist, progress: bool,
-               callbacks: Sequence) -> Path:
+               callbacks: Sequence, stop=None) -> Path:
     """Build, (resume,) fit and validate one fold; returns its run folder."""
     from autoseg.training import ddp
     from autoseg.training.runlock import RunLock
@@ -175,6 +177,8 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         elif pretrained is not None:
             load_pretrained(run.model, pretrained)
         run.network = _wrap(run, dist)
+        if stop is not None:
+            run.stop = stop
         started = True
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained

@@ -9,6 +9,11 @@ Configurations (nnU-Net v2 rules, REFERENCE.md section 2):
   covers less than ``lowres_threshold`` of the median image: the spacing grows in steps of
   ``lowres_spacing_step`` until a patch covers enough; dropped again when the lowres median image
   is less than ``lowres_min_voxel_ratio`` times smaller than the fullres one.
+
+Only configurations whose network can be built and trained are kept
+(:mod:`autoseg.planning.trainable`); the others are named with their reason in
+``settings["unplanned_configurations"]``, and a default configuration that cannot be built refuses
+the plan (the images are too small for a U-Net).
 """
 
 from __future__ import annotations

@@ -178,7 +178,10 @@ class RunLock:
         if self.notify is not None:
             self.notify(f"{self.path} was written by process {holder[1]} on {holder[0]}, last heartbeat "
                         f"{first:.0f} s ago; waiting up to {remaining:.0f} s for it to beat again or go stale")
-        mtime = self.path.stat().st_mtime
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return  # released meanwhile
         deadline = time.monotonic() + remaining
         while time.monotonic() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -277,8 +280,12 @@ class RunLock:
             holder = _holder(self.path)
             if holder == (socket.gethostname(), os.getpid()):
                 self.path.unlink(missing_ok=True)
-            if self._fd is not None:
-                os.close(self._fd)  # releases the OS lock
+            if self._fd is not None:  # unlock first: forked children (data-loader workers) share the lock
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                except OSError:
+                    pass
+                os.close(self._fd)
                 self._fd = None
             _HELD.discard(self.path.resolve())
             self.held = False

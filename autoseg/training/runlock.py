@@ -38,6 +38,9 @@ LOCK_NAME = ".lock"
 # missed beats) survives a stalled NFS server or a swapping host without declaring a live run dead
 HEARTBEAT_SECONDS = 15.0
 STALE_SECONDS = 120.0
+# a killed holder's OS lock outlives its pid for a moment (its main thread is a zombie while its other
+# threads still exit), and a process taking a stale lock over holds it for an instant
+TAKEOVER_WAIT_SECONDS = 10.0
 _HELD: set[Path] = set()  # lock files this process holds (a lock naming our pid and not here is stale)
 
 try:
@@ -96,6 +99,22 @@ def os_locked(path: Path) -> bool | None:
         return False
     finally:
         os.close(fd)
+
+
+def _flock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive OS lock of ``fd`` within ``seconds``: True when taken (or when the file
+    system has no locks), False when still held by another process."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        except OSError:
+            return True
 
 
 def _create(path: Path, tmp: Path, text: str) -> None:
@@ -225,19 +244,15 @@ class RunLock:
 
     def _remove_stale(self) -> None:
         """Delete the stale lock file, holding its OS lock while checking that the path still names
-        the file judged, so two processes taking over at once never delete each other's new lock."""
+        the file judged, so two processes taking over at once never delete each other's new lock
+        (waits up to :data:`TAKEOVER_WAIT_SECONDS` for that OS lock)."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return  # another process is taking it over; the next round judges its lock
-                except OSError:
-                    pass
+            if fcntl is not None and not _flock_within(fd, TAKEOVER_WAIT_SECONDS):
+                return  # still held: the next round judges the lock again
             try:
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     self.path.unlink()

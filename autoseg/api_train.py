@@ -165,7 +165,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
                          "old plans")
     made = missing_folders(run_dir, workspace.root) if dist.is_main else []
     lock = RunLock(run_dir, notify=_tell).acquire() if dist.is_main else None
-    started = False
+    set_up = False  # until then a failure removes the folders this start made
     try:
         if lock is not None:
             remove_temporaries(run_dir)
@@ -179,7 +179,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         run.network = _wrap(run, dist)
         if stop is not None:
             run.stop = stop
-        started = True
+        set_up = True
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
@@ -193,7 +193,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     finally:
         if lock is not None:
             lock.release()
-        if not started:
+        if not set_up:
             remove_empty(made)
     return run_dir
 

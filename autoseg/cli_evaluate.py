@@ -13,9 +13,7 @@ def dataset_spec(dataset: str | None, args: argparse.Namespace, near: Path | Non
     """The :class:`DatasetSpec` named by ``-d``: a dataset.json file, a raw dataset folder, a name or
     number under ``<workdir>/raw`` or, failing that, the copy under ``<workdir>/preprocessed``.
     Without ``-d``: the dataset.json next to ``near`` (e.g. ``labelsTr/..``), when there is one."""
-    import json
-
-    from autoseg.dataset import DatasetSpec
+    from autoseg.dataset import DatasetSpec, read_json
 
     if dataset is None:
         if near is not None and (Path(near).parent / "dataset.json").is_file():
@@ -23,14 +21,14 @@ def dataset_spec(dataset: str | None, args: argparse.Namespace, near: Path | Non
         raise ValueError("name the dataset with -d DATASET (its dataset.json gives the labels and file ending)")
     p = Path(dataset)
     if p.is_file():
-        return DatasetSpec.from_json(json.loads(p.read_text()), p, p.resolve().parent.name)
+        return DatasetSpec.from_json(read_json(p), p, p.resolve().parent.name)
     ws = workspace_from(args)
     try:
         return DatasetSpec.load(ws.resolve_raw(dataset))
     except ValueError:
         name = ws.resolve_planned(dataset)  # raises with the list of planned datasets
         folder = ws.preprocessed_dir(name)
-        return DatasetSpec.from_json(json.loads((folder / "dataset.json").read_text()), folder / "dataset.json", name)
+        return DatasetSpec.from_json(read_json(folder / "dataset.json"), folder / "dataset.json", name)
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +69,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _show_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMAGE", type=Path, help="image file (one channel)")
     p.add_argument("seg", metavar="SEG", type=Path, nargs="?", default=None, help="label map to overlay")
-    p.add_argument("-o", "--output", type=Path, default=Path("preview.png"), help="PNG to write (default preview.png)")
+    p.add_argument("-o", "--output", type=Path, default=Path("preview.png"), help="PNG to write (default preview.png; must end in .png)")
     p.add_argument("-d", "--dataset", default=None, help="dataset whose label names label the legend")
 
 

@@ -168,7 +168,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="model folder (results/<Dataset>/<arch>__<plans>__<config>), fold "
                                               "folder, or a trained dataset's name or number")
-    p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write")
+    p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write (must end in .zip)")
     p.add_argument("--config", default=None, help="configuration, when RUN is a dataset with several")
     p.add_argument("--arch", default=None, help="architecture, when RUN is a dataset with several")
     p.add_argument("--plans", default=None, metavar="NAME", help="plans (preset or plans name), when RUN is a "

@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg import __version__
+from autoseg import __version__, jsonfiles
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, staged_folder, writing_into
+from autoseg.paths import file_output, inside, refuse_overwriting_inputs
 from autoseg.workspace import Workspace
 
 MANIFEST_NAME = "manifest.json"
@@ -146,6 +147,8 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
     model_dir = Path(model_dir)
     model = load_predictor(model_dir, folds, checkpoint)  # validates folds agree and networks build
     root = model.model_dir
+    refuse_overwriting_inputs(Path(out_zip), [p for p in root.rglob("*") if p.is_file()], "-o")
+    file_output(Path(out_zip), "-o", ".zip")
     folder = root.name if len(root.name.split("__")) == 3 else f"{model.arch}__{model.plans.plans_name}__{model.config.name}"
     entries: dict[str, bytes] = {}
     diffs: dict[str, float] = {}
@@ -218,7 +221,7 @@ def check_member(info: zipfile.ZipInfo, source: Path) -> None:
 
 def read_manifest(zf: zipfile.ZipFile, source: Path) -> ExportManifest:
     try:
-        data = json.loads(zf.read(MANIFEST_NAME))
+        data = jsonfiles.loads(zf.read(MANIFEST_NAME), f"{source}:{MANIFEST_NAME}")
     except KeyError:
         raise ExportError(f"{source}: no {MANIFEST_NAME}; not a model exported with `autoseg export`") from None
     except (ValueError, zipfile.BadZipFile) as e:
@@ -255,6 +258,9 @@ def _verified_files(zf: zipfile.ZipFile, manifest: ExportManifest, source: Path)
 def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) -> Path:
     """Install an exported model into ``<workdir>/results/<Dataset>/<model folder>``; returns that folder."""
     zip_path = Path(zip_path)
+    if zip_path.is_dir():
+        raise ExportError(f"{zip_path}: is a folder; give the .zip written by `autoseg export` (a model folder is "
+                          "used as it is: autoseg predict --model FOLDER)")
     if not zip_path.is_file():
         raise ExportError(f"{zip_path}: file not found")
     try:
@@ -270,6 +276,9 @@ def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) 
     target = results / manifest.model_folder
     if target.exists() and not overwrite:
         raise ExportError(f"{target}: a model is already installed there; pass --overwrite to replace it")
+    if inside(zip_path, target):
+        raise ExportError(f"{zip_path}: lies inside {target}, the folder it would replace; move the zip out of it "
+                          "first")
     with staged_folder(target) as new:  # an installed model is replaced in one step
         for name, data in files.items():
             dest = new.parent.joinpath(*name.split("/"))  # names start with the model folder's

@@ -178,7 +178,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
                          "old plans")
     made = missing_folders(run_dir, workspace.root) if dist.is_main else []
     lock = RunLock(run_dir, notify=_tell).acquire() if dist.is_main else None
-    set_up = False  # until then a failure removes the folders this start made
+    done = False  # a failure removes the folders this call made, when they are still empty
     try:
         if lock is not None:
             remove_temporaries(run_dir)
@@ -194,7 +194,6 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
             run.stop = stop
         if settings.time_budget is not None:
             run.budget = make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started)
-        set_up = True
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
@@ -208,10 +207,11 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
             _final_validation(workspace, name, plans, config, run, fold_cases, progress)
             if run.budget is not None:
                 _log_budget_use(run, time.monotonic() - validation_started)
+        done = True
     finally:
         if lock is not None:
             lock.release()
-        if not set_up:
+        if not done:
             remove_empty(made)
     return run_dir
 

@@ -143,3 +143,14 @@ def test_a_failed_start_removes_the_folders_it_made_but_never_an_earlier_runs_fi
     code, out, err = cli([*train_args(trained, resume=True), "--device", "cuda"])
     assert code == 2 and "--device cuda" in err, err
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+def test_a_time_budget_too_small_to_start_leaves_no_run_folder(reference, tmp_path):
+    from .procs import train_args
+
+    workdir = reference.planned_copy(tmp_path / "w")
+    args = train_args(workdir)
+    args[args.index("--iters-per-epoch") + 1] = "5000"  # one epoch takes far longer than the budget
+    code, out, err = cli([*args, "--time-budget", "1s"])
+    assert code == 2 and "is too small for this run" in err, err
+    assert not (workdir / "results").exists(), sorted((workdir / "results").rglob("*"))

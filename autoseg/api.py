@@ -227,7 +227,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     from autoseg.preprocessing import preprocess_dataset
     from autoseg.training.runlock import RunLock
 
-    from autoseg.planning.planner import plan_experiment
+    from autoseg.planning.planner import plan_experiment, unplanned_configurations
     from autoseg.planning.plans import plans_name_for, plans_path
 
     raw_dir = Path(raw_dir).resolve()
@@ -247,10 +247,13 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
         fingerprint, reused = _fingerprint(spec, cases, dataset_dir, signature, n_workers, seed, progress, fresh)
         source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(dataset_dir / "source.json")
         plans = plan_experiment(fingerprint, spec, settings, plans_name, arch=arch)
+        unplanned = unplanned_configurations(plans)
+        found_warnings = (*found_warnings, *(f"configuration {c} is not planned: {why}" for c, why in unplanned.items()))
         if configs:
             unknown = [c for c in configs if c not in plans.configurations]
             if unknown:
-                raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}; "
+                why = "".join(f" ({c}: {unplanned[c]})" for c in unknown if c in unplanned)
+                raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}{why}; "
                                  f"choices: {', '.join(plans.configurations)}")
         # plans.json and splits.json are written after the cases, so a failed preprocessing (e.g. the disk
         # check) leaves no plans.json a later `autoseg train` could take for a finished plan

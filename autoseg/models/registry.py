@@ -10,6 +10,7 @@ from __future__ import annotations
 from autoseg.models import attention_unet, mednext, resenc_unet, segresnet, swin_unetr, unet, unet_plusplus, unetr
 from autoseg.models.architecture import Architecture, ModelError
 from autoseg.planning.plans import ConfigurationPlan
+from autoseg.planning.trainable import configuration_problems
 
 ENTRIES = (unet, resenc_unet, swin_unetr, segresnet, attention_unet, unet_plusplus, mednext, unetr)
 
@@ -28,3 +29,13 @@ def build_model(name: str, plan: ConfigurationPlan, in_channels: int, out_channe
     """The ``torch.nn.Module`` of architecture ``name`` for ``plan`` (see :mod:`autoseg.models.architecture`
     for what it returns)."""
     return get_architecture(name).build(plan, in_channels, out_channels, deep_supervision)
+
+
+def check_buildable(name: str, plan: ConfigurationPlan) -> None:
+    """Raise :class:`ModelError` when ``plan`` cannot be built as architecture ``name`` and trained
+    (:func:`~autoseg.planning.trainable.configuration_problems` with the entry's own rule); builds
+    nothing, so a caller can check before it makes a run folder."""
+    problems = configuration_problems(plan, get_architecture(name))
+    if problems:
+        raise ModelError(f"configuration '{plan.name}' cannot be built as {name}: {'; '.join(problems)}; rerun "
+                         "`autoseg plan` (it plans only configurations that can be built) or choose another --arch")

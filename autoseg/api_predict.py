@@ -93,11 +93,28 @@ def export(workspace: Workspace, run: str | Path, out_zip: Path, config: str | N
     return export_model(model_dir, Path(out_zip), folds=folds, checkpoint=checkpoint, onnx=onnx)
 
 
-def import_(workspace: Workspace, zip_path: Path, overwrite: bool = False) -> Path:
-    """Install an exported model into ``workspace``; returns its model folder."""
-    from autoseg.inference.export import import_model
+def import_(workspace: Workspace, source: Path, overwrite: bool = False,
+            allowed_trainers: Sequence[str] = ()) -> list[Path]:
+    """Install a model into ``workspace``: a zip written by ``autoseg export``, an nnU-Net v2 results
+    folder, or a zip written by ``nnUNetv2_export_model_to_zip``
+    (:mod:`autoseg.inference.nnunet_import`; ``allowed_trainers``: custom nnU-Net trainers known to
+    keep the plans' network). Returns the installed model folders."""
+    from autoseg.inference.export import ExportError, import_model
+    from autoseg.inference.nnunet_import import install_nnunet, is_nnunet_folder, is_nnunet_zip
 
-    return import_model(Path(zip_path), workspace, overwrite=overwrite)
+    source = Path(source)
+    if source.is_dir():
+        if not is_nnunet_folder(source):
+            raise ExportError(f"{source}: a folder to import must be an nnU-Net v2 results folder "
+                              "(<Trainer>__<Plans>__<configuration> with plans.json, dataset.json and fold_*/"
+                              "checkpoint_final.pth); autoseg's own models are imported from their exported .zip")
+        return install_nnunet(source, workspace, overwrite, tuple(allowed_trainers))
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            nnunet = "manifest.json" not in zf.namelist() and is_nnunet_zip(zf)
+        if nnunet:
+            return install_nnunet(source, workspace, overwrite, tuple(allowed_trainers))
+    return [import_model(source, workspace, overwrite=overwrite)]
 
 
 def _cv_inputs(workspace: Workspace, dataset: str | None):

@@ -190,17 +190,24 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _import_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("zip", type=Path, metavar="MODEL_ZIP", help="zip written by `autoseg export`")
+    p.add_argument("zip", type=Path, metavar="MODEL",
+                   help="zip written by `autoseg export`, an nnU-Net v2 results folder "
+                        "(<Trainer>__<Plans>__<configuration>) or a zip of nnUNetv2_export_model_to_zip")
     p.add_argument("--overwrite", action="store_true", help="replace a model installed at the same place")
+    p.add_argument("--allow-trainer", action="append", default=[], metavar="NAME",
+                   help="nnU-Net models: accept this custom trainer (one that changes only training, not the "
+                        "network); repeatable")
 
 
-@command("import", "install an exported model zip into the workspace", _import_arguments)
+@command("import", "install an exported model (autoseg or nnU-Net v2) into the workspace", _import_arguments)
 def run_import(args: argparse.Namespace) -> int:
     from autoseg import api_predict
 
-    target = api_predict.import_(workspace_from(args), args.zip, overwrite=args.overwrite)
-    out(f"installed {target}")
-    out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {target}")
+    targets = api_predict.import_(workspace_from(args), args.zip, overwrite=args.overwrite,
+                                  allowed_trainers=args.allow_trainer)
+    for target in targets:
+        out(f"installed {target}")
+    out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {targets[0]}")
     return EXIT_OK
 
 

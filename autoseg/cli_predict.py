@@ -101,6 +101,9 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=0.005,
                    help="largest Dice loss per class that passes the check (default 0.005)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration patches (default 0)")
+    p.add_argument("--raw-data", type=Path, default=None, metavar="DATASET_DIR",
+                   help="raw dataset to preprocess with the model's plans first (models imported from nnU-Net, "
+                        "which come without preprocessed data)")
 
 
 @command("quantize", "make int8 networks for fast CPU prediction, checked against fp32", _quantize_arguments,
@@ -115,7 +118,7 @@ def run_quantize(args: argparse.Namespace) -> int:
                                    plans=args.plans,
                                    folds=args.folds, checkpoint=args.checkpoint, model=args.model,
                                    patches=args.patches, check_cases=args.check_cases, tolerance=args.tolerance,
-                                   seed=args.seed, progress=out)
+                                   seed=args.seed, progress=out, raw_data=args.raw_data)
     passed = True
     for r in results:
         c = r.record["check"]

@@ -221,3 +221,51 @@ def test_installed_model_is_not_replaced_without_overwrite(tmp_path, capsys):
     assert (ws / "results" / DATASET / MODEL / "fold_0" / "checkpoint_final.pt").read_bytes() == before
     assert main(["import", str(folder), "--workdir", str(ws), "--overwrite"]) == EXIT_OK
     json.loads((ws / "results" / DATASET / MODEL / "plans.json").read_text())["configurations"]["3d_fullres"]
+
+
+def _raw_dataset(tmp_path, n=4) -> "Path":
+    """The model's raw training dataset: n 16^3 MR cases with labels 0-2 (dataset.json as nnU-Net's)."""
+    raw = tmp_path / "raw" / DATASET
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        img = (100 + 20 * rng.standard_normal((16, 16, 16))).astype(np.float32) + 50
+        seg = np.zeros((16, 16, 16), np.uint8)
+        seg[4:10, 4:12, 3:9] = 1
+        seg[6:9, 6:9, 5:8] = 2
+        img[seg > 0] += 80
+        for sub, arr in (("imagesTr", img), ("labelsTr", seg)):
+            (raw / sub).mkdir(parents=True, exist_ok=True)
+            name = f"c{i}_0000.nii.gz" if sub == "imagesTr" else f"c{i}.nii.gz"
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), str(raw / sub / name))
+    (raw / "dataset.json").write_text(json.dumps({**dataset_dict(), "numTraining": n}))
+    return raw
+
+
+def test_int8_quantize_and_predict_an_imported_model(tmp_path, capsys):
+    pytest.importorskip("nncf")
+    folder, nets = make_results_folder(tmp_path / "r")
+    raw = _raw_dataset(tmp_path)
+    ws = tmp_path / "ws"
+    assert main(["import", str(folder), "--workdir", str(ws)]) == EXIT_OK
+    target = ws / "results" / DATASET / MODEL
+    assert main(["quantize", "--model", str(target), "--workdir", str(ws)]) == EXIT_INPUT
+    assert "--raw-data" in capsys.readouterr().err  # no data to calibrate on: says what is missing
+    code = main(["quantize", "--model", str(target), "--workdir", str(ws), "--raw-data", str(raw), "--patches", "4",
+                 "--check-cases", "1", "--tolerance", "1.0"])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK, out
+    assert "fold 0: int8 Dice" in out and "passed" in out
+    img = _image(tmp_path)
+    code = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "int8"), "--model", str(target),
+                 "--workdir", str(ws), "--no-progress", "--backend", "openvino", "--precision", "int8", "--no-tta"])
+    assert code == EXIT_OK
+    seg = np.asarray(nib.load(str(tmp_path / "int8" / "case.nii.gz")).dataobj)
+    assert seg.shape == img.shape and (seg == _expected(nets, img, False)).mean() > 0.8
+
+
+def test_predict_with_an_nnunet_folder_says_to_import_it(tmp_path, capsys):
+    folder, _ = make_results_folder(tmp_path / "r")
+    _image(tmp_path)
+    code = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(folder),
+                 "--workdir", str(tmp_path / "ws"), *TORCH])
+    assert code == EXIT_INPUT and f"autoseg import {folder}" in capsys.readouterr().err

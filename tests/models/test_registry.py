@@ -61,7 +61,7 @@ def test_resenc_unet_is_built_from_residual_blocks():
 def test_unknown_architecture_lists_the_choices():
     with pytest.raises(ModelError, match="unknown architecture 'vnet'.*unet.*resenc_unet.*swin_unetr"):
         build_model("vnet", plan(), 1, 2)
-    assert set(MODELS) == {"unet", "resenc_unet", "swin_unetr"}
+    assert set(MODELS) == {"unet", "resenc_unet", "swin_unetr", "nnunet"}
 
 
 def test_too_few_stages_is_a_clear_error():

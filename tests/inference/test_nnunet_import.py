@@ -269,3 +269,17 @@ def test_predict_with_an_nnunet_folder_says_to_import_it(tmp_path, capsys):
     code = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(folder),
                  "--workdir", str(tmp_path / "ws"), *TORCH])
     assert code == EXIT_INPUT and f"autoseg import {folder}" in capsys.readouterr().err
+
+
+def test_autoseg_export_of_an_imported_model_keeps_its_mirroring(tmp_path):
+    folder, nets = make_results_folder(tmp_path / "r", trainer="nnUNetTrainerNoMirroring", mirror_axes=None)
+    img = _image(tmp_path)
+    ws = tmp_path / "ws"
+    assert main(["import", str(folder), "--workdir", str(ws)]) == EXIT_OK
+    target = ws / "results" / DATASET / "nnunet__nnUNetPlans.nnUNetTrainerNoMirroring__3d_fullres"
+    assert main(["export", str(target), "-o", str(tmp_path / "m.zip"), "--workdir", str(ws)]) == EXIT_OK
+    other = tmp_path / "other"
+    assert main(["import", str(tmp_path / "m.zip"), "--workdir", str(other)]) == EXIT_OK
+    moved = other / "results" / DATASET / target.name
+    assert load_predictor(moved).mirror_axes == ()
+    np.testing.assert_array_equal(_predict(tmp_path, other, "out", moved), _expected(nets, img, False))

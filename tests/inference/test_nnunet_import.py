@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from autoseg.cli import EXIT_INPUT, EXIT_OK, main
 from autoseg.inference.nnunet_import import autoseg_transpose, load_nnunet_checkpoint, NnUNetImportError
@@ -283,3 +284,35 @@ def test_autoseg_export_of_an_imported_model_keeps_its_mirroring(tmp_path):
     moved = other / "results" / DATASET / target.name
     assert load_predictor(moved).mirror_axes == ()
     np.testing.assert_array_equal(_predict(tmp_path, other, "out", moved), _expected(nets, img, False))
+
+
+def test_2d_configuration_predicts_slice_by_slice(tmp_path):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    plans = plans_dict()
+    cfg = plans["configurations"]["3d_fullres"]
+    kw = cfg["architecture"]["arch_kwargs"]
+    kw.update(conv_op="torch.nn.modules.conv.Conv2d", norm_op="torch.nn.modules.instancenorm.InstanceNorm2d",
+              kernel_sizes=[[3, 3]] * 3, strides=[[1, 1], [2, 2], [2, 2]])
+    cfg.update(patch_size=[16, 16], spacing=[1.0, 1.0], median_image_size_in_voxels=[16.0, 16.0],
+               data_identifier="nnUNetPlans_2d")
+    plans["configurations"] = {"2d": cfg}
+    torch.manual_seed(3)
+    net = PlainConvUNet(1, 3, [4, 8, 16], nn.Conv2d, [[3, 3]] * 3, [[1, 1], [2, 2], [2, 2]], [2, 2, 2], 3, [2, 2],
+                        True, nn.InstanceNorm2d, {"eps": 1e-5, "affine": True}, None, None, nn.LeakyReLU,
+                        {"inplace": True}).eval()
+    folder = tmp_path / "r" / DATASET / "nnUNetTrainer__nnUNetPlans__2d"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps(dataset_dict()))
+    torch.save(checkpoint(net, plans, dataset_dict(), config="2d", mirror_axes=(0, 1)),
+               folder / "fold_0" / "checkpoint_final.pth")
+    img = _image(tmp_path)
+    ws = tmp_path / "ws"
+    assert main(["import", str(folder), "--workdir", str(ws)]) == EXIT_OK
+    seg = _predict(tmp_path, ws, "out", ws / "results" / DATASET / "nnunet__nnUNetPlans.nnUNetTrainer__2d", "--no-tta")
+    arr = img.transpose(2, 1, 0)
+    arr = (arr - arr.mean(dtype=np.float64)) / arr.std(dtype=np.float64)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[:, None])  # slices as a batch
+    np.testing.assert_array_equal(seg, logits.argmax(1).numpy().transpose(2, 1, 0))

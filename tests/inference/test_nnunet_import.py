@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,13 +15,13 @@ import torch
 from torch import nn
 
 from autoseg.cli import EXIT_INPUT, EXIT_OK, main
-from autoseg.inference.nnunet_import import autoseg_transpose, load_nnunet_checkpoint, NnUNetImportError
+from autoseg.inference.nnunet_import import NnUNetImportError, autoseg_transpose, load_nnunet_checkpoint
 from autoseg.inference.predictor import load_predictor
 
 from .nnunet_folder import DATASET, checkpoint, dataset_dict, make_network, make_results_folder, plans_dict
 
 TORCH = ["--no-progress", "--device", "cpu", "--backend", "torch", "--precision", "fp32"]
-MODEL = f"nnunet__nnUNetPlans.nnUNetTrainer__3d_fullres"
+MODEL = "nnunet__nnUNetPlans.nnUNetTrainer__3d_fullres"
 
 
 def _image(tmp_path, seed=0) -> np.ndarray:
@@ -221,10 +222,11 @@ def test_installed_model_is_not_replaced_without_overwrite(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert (ws / "results" / DATASET / MODEL / "fold_0" / "checkpoint_final.pt").read_bytes() == before
     assert main(["import", str(folder), "--workdir", str(ws), "--overwrite"]) == EXIT_OK
-    json.loads((ws / "results" / DATASET / MODEL / "plans.json").read_text())["configurations"]["3d_fullres"]
+    plans = json.loads((ws / "results" / DATASET / MODEL / "plans.json").read_text())
+    assert plans["configurations"]["3d_fullres"]["architecture"] == "nnunet"
 
 
-def _raw_dataset(tmp_path, n=4) -> "Path":
+def _raw_dataset(tmp_path, n=4) -> Path:
     """The model's raw training dataset: n 16^3 MR cases with labels 0-2 (dataset.json as nnU-Net's)."""
     raw = tmp_path / "raw" / DATASET
     for i in range(n):

@@ -24,8 +24,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoseg import jsonfiles
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case
+from autoseg.paths import PathError, inside
 from autoseg.splits import RULE_USER, Fold, Splits, make_splits
 from autoseg.workspace import Workspace, WorkspaceError
 
@@ -97,14 +99,15 @@ def find_raw_dir(workspace: Workspace, dataset_name: str) -> Path:
 
 
 def _check(raw_dir: Path, workers: int, progress: bool):
-    from autoseg.integrity import DatasetWarning, check_dataset
+    from autoseg.integrity import check_dataset
+    from autoseg.jsonfiles import InputWarning
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DatasetWarning)
+        warnings.simplefilter("always", InputWarning)
         spec, cases = check_dataset(raw_dir, workers=workers, progress=progress)
     found = []
     for w in caught:
-        if issubclass(w.category, DatasetWarning):
+        if issubclass(w.category, InputWarning):
             found.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -144,7 +147,7 @@ def planner_settings(planner: str | Path, gpu_memory_gb: float | None = None):
 def _parse_user_splits(path: Path) -> Splits:
     """Our splits artifact, or nnU-Net's ``splits_final.json`` (a list of {"train", "val"})."""
     try:
-        data = json.loads(path.read_text())
+        data = jsonfiles.loads(path.read_text(encoding="utf-8-sig"), path)  # a byte-order mark is accepted
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: cannot be read as JSON ({e}); fix or remove it") from None
     if isinstance(data, list):
@@ -196,6 +199,15 @@ def resolve_splits(raw_dir: Path, dataset_dir: Path, case_ids: list[str]) -> Spl
     return make_splits(case_ids)
 
 
+def _refuse_writing_into_raw(dataset_dir: Path, raw_dir: Path) -> None:
+    """The preprocessed folder may not be the raw dataset, hold it, or lie in one of its data folders
+    (a workdir elsewhere inside the raw dataset, e.g. ``./autoseg_work`` run from there, is fine)."""
+    data_folders = [raw_dir / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")]
+    if inside(raw_dir, dataset_dir) or any(inside(dataset_dir, folder) for folder in data_folders):
+        raise PathError(f"{dataset_dir}: the preprocessed data would be written over or into the raw dataset "
+                        f"{raw_dir}; choose another --workdir")
+
+
 def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", gpu_memory_gb: float | None = None,
          configs: list[str] | None = None, check_only: bool = False, workers: int | None = None,
          progress: bool = True, seed: int = FINGERPRINT_SEED, fresh: bool = False) -> PlanResult:
@@ -219,6 +231,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     name = spec.name
     if check_only:
         return PlanResult(name, raw_dir, len(cases), True, found_warnings)
+    _refuse_writing_into_raw(workspace.preprocessed_dir(name), raw_dir)
     dataset_dir = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
     # one plan per dataset at a time: a second one would delete the first one's temporary files
     with RunLock(dataset_dir, doing="planned"):

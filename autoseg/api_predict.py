@@ -54,12 +54,15 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | No
             arch: str | None = None, folds: Sequence | None = None, checkpoint: str = "final",
             model: Path | None = None, step: float = 0.5, tta: bool = True, save_probabilities: bool = False,
             device: str = "auto", backend: str = "auto", precision: str = "auto", overwrite: bool = False,
-            progress: bool = True, plans: str | None = None):
+            progress: bool = True, plans: str | None = None, options=None):
     """Predict every case of ``in_dir`` into ``out_dir``; returns the
-    :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written)."""
+    :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written).
+    ``options`` (:class:`~autoseg.inference.sources.PredictOptions`): DICOM input, output type,
+    statistics, sharding; without them the folder pipeline runs on ``in_dir`` directly."""
     from autoseg.artifacts import ensure_writable_dir
     from autoseg.inference.pipeline import predict_folder
     from autoseg.inference.predictor import load_predictor
+    from autoseg.inference.sources import PredictOptions
 
     predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model, plans), folds, checkpoint)
     if model is not None and dataset is not None and not names_dataset(dataset, predictor.spec.name):
@@ -69,9 +72,37 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, dataset: str | No
                              "leave out -d (the model says its dataset) or give the right one")
     if Path(in_dir).is_dir():  # else predict_folder says the input is missing, before creating anything
         ensure_writable_dir(Path(out_dir), "output folder (-o)")
-    return predict_folder(predictor, Path(in_dir), Path(out_dir), step=step, tta=tta,
-                          save_probabilities=save_probabilities, overwrite=overwrite, device=device,
-                          backend=backend, precision=precision, progress=progress, release_networks=True)
+    options = options or PredictOptions()
+
+    def run_folder(src: Path, dst: Path, overwrite: bool = overwrite):
+        return predict_folder(predictor, src, dst, step=step, tta=tta, save_probabilities=save_probabilities,
+                              overwrite=overwrite, device=device, backend=backend, precision=precision,
+                              progress=progress, release_networks=True)
+
+    if not options.needs_staging(Path(in_dir)):
+        return run_folder(Path(in_dir), Path(out_dir))
+    return _predict_sources(predictor, Path(in_dir), Path(out_dir), options, run_folder, overwrite,
+                            save_probabilities)
+
+
+def _predict_sources(predictor, in_dir: Path, out_dir: Path, options, run_folder, overwrite: bool,
+                     save_probabilities: bool):
+    """DICOM input, output types, statistics, sharding: :func:`autoseg.inference.sources.predict_sources`
+    with the segment descriptions of the model's dataset.json."""
+    from autoseg import __version__
+    from autoseg.inference.export import dataset_json_path
+    from autoseg.inference.outputs import OutputContext
+    from autoseg.inference.sources import SourceRequest, predict_sources
+    from autoseg.io.segments import DESCRIPTIONS_KEY, label_values, segments_of
+
+    found = dataset_json_path(predictor.model_dir)
+    descriptions = json.loads(found.read_text()).get(DESCRIPTIONS_KEY) if found is not None else None
+    context = OutputContext(segments_of(predictor.spec, descriptions, str(found or "dataset.json")),
+                            algorithm=f"autoseg {predictor.spec.name} {predictor.config.name}", version=__version__)
+    request = SourceRequest(channels=tuple(predictor.spec.channel_names),
+                            label_values=tuple(label_values(predictor.spec)), context=context, options=options,
+                            overwrite=overwrite, save_probabilities=save_probabilities)
+    return predict_sources(in_dir, out_dir, request, lambda src, dst: run_folder(src, dst, overwrite=True))
 
 
 def ensemble(in_dirs: Sequence[Path], out_dir: Path, postprocessing: Path | None = None,

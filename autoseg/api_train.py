@@ -10,6 +10,7 @@ another; ``all`` trains on every case. Under torchrun every rank calls :func:`tr
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,22 @@ from autoseg.workspace import Workspace
 # Settings that may change when resuming; any other difference would make the resumed run differ
 # from the uninterrupted one, so it is refused.
 RESUMABLE_CHANGES = frozenset({"epochs", "early_stop", "device", "num_workers", "compile", "save_probabilities",
-                               "val_mirroring"})
+                               "val_mirroring", "time_budget"})
 
 
 class TrainError(ValueError):
     """A training request that cannot run as given (the message says what to change)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became NaN/inf; the run stopped and its last good checkpoints are kept."""
+
+
+def _kept_checkpoints(run_dir: Path) -> str:
+    from autoseg.training.checkpoint import BEST, FINAL, LATEST
+
+    kept = [n for n in (LATEST, BEST, FINAL) if (run_dir / n).is_file()]
+    return f"kept from earlier epochs: {', '.join(kept)}" if kept else "no checkpoint had been written yet"
 
 
 def run_dir_for(workspace: Workspace, dataset_name: str, arch: str, plans_name: str, config: str,
@@ -143,6 +155,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
     from autoseg.training import ddp
     from autoseg.training.runlock import RunLock
 
+    started = time.monotonic()  # a time budget counts from here
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
     settings, ckpt = resolve_settings(given, run_dir, resume)
@@ -168,6 +181,8 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         elif pretrained is not None:
             load_pretrained(run.model, pretrained)
         run.network = _wrap(run, dist)
+        if settings.time_budget is not None:
+            run.budget = make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started)
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
@@ -177,7 +192,10 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
             _finish_checkpoints(run)
         ddp.barrier(dist)
         if dist.is_main and (not finished or not (run_dir / "validation" / "summary.json").is_file()):
+            validation_started = time.monotonic()
             _final_validation(workspace, name, plans, config, run, fold_cases, progress)
+            if run.budget is not None:
+                _log_budget_use(run, time.monotonic() - validation_started)
     finally:
         if lock is not None:
             lock.release()
@@ -252,6 +270,48 @@ def make_batch_factories(folder: Path, fold_cases, cfg, spec, settings, batch_si
     return train_batches, (lambda epoch: val_loader)
 
 
+def make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started: float):
+    """The run's :class:`~autoseg.training.budget.TimeBudget`: the final validation's network
+    evaluations counted from the validation cases' preprocessed shapes (sliding-window patches at
+    the validation's step, times the mirrorings), the epoch cap from the run's settings (or the
+    plan an interrupted run stored)."""
+    import math
+
+    from autoseg.inference.sliding import window_starts
+    from autoseg.preprocessing import data_folder
+    from autoseg.storage import CaseProperties
+    from autoseg.training import ddp
+    from autoseg.training.budget import TimeBudget
+
+    cfg = plans.configuration(config)
+    folder = data_folder(workspace.preprocessed_dir(name), plans, config)
+    windows = 0
+    for case in fold_cases.val:
+        shape = CaseProperties.load(folder / f"{case}.json").shape_after_resample
+        windows += math.prod(len(window_starts(n, p, 0.5)) for n, p in zip(shape[-len(cfg.patch_size):],
+                                                                             cfg.patch_size))
+    mirrorings = 2 ** len(cfg.patch_size) if run.settings.val_mirroring else 1
+    stored = run.state.budget_plan or {}
+    cap = int(stored.get("cap") or run.settings.epochs)
+    batch = ddp.batch_share(run.settings.batch_size or cfg.batch_size, dist)
+    budget = TimeBudget(run.settings.time_budget, windows * mirrorings, cap, batch)
+    budget.session_start = started
+    return budget
+
+
+def _log_budget_use(run, validation_seconds: float) -> None:
+    """How the budget was spent, beside its plan: the final validation's actual time and the total."""
+    from autoseg.training.durations import format_duration
+    from autoseg.training.logging import log_line
+
+    plan = run.state.budget_plan or {}
+    used = run.budget.elapsed()
+    log_line(run.run_dir, f"time budget {format_duration(run.budget.seconds)}: used {format_duration(used)} "
+                          f"({100 * used / run.budget.seconds:.0f}%); final validation took "
+                          f"{format_duration(validation_seconds)} (estimated "
+                          f"{format_duration(plan.get('final_validation', 0.0))})")
+
+
 def _wrap(run, dist):
     import torch
 
@@ -262,14 +322,19 @@ def _wrap(run, dist):
 
 
 def _fit(run, loaders, progress: bool, extra_callbacks: Sequence) -> None:
-    from autoseg.training.checkpoint import CheckpointCallback
+    from autoseg.training.checkpoint import CheckpointCallback, NonFiniteWeightsError
     from autoseg.training.logging import LogCallback, ProgressBarCallback
-    from autoseg.training.trainer import fit
+    from autoseg.training.trainer import NonFiniteLossError, fit
 
     bar = ProgressBarCallback() if progress else None
     callbacks = [LogCallback(), CheckpointCallback(), *([bar] if bar else []), *extra_callbacks]
     try:
         fit(run, loaders[0], loaders[1], callbacks)
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
+        raise TrainingDivergedError(f"{run.run_dir}: {e}; {_kept_checkpoints(run.run_dir)}. Check the data "
+                                    "(`autoseg plan --check-only` on the raw dataset; preprocessed files changed by "
+                                    "hand: delete the preprocessed folder and rerun `autoseg plan`), or start a new "
+                                    "run with --amp fp32 or another --seed") from e
     finally:
         if bar is not None and bar._progress is not None:
             bar._progress.stop()

@@ -58,6 +58,27 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                         "fold, else fp32), fp32, bf16, fp16 (GPU) or int8 (OpenVINO on the CPU; not exact)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _source_arguments(p)
+
+
+OUTPUT_TYPES = ("nifti", "nrrd", "seg.nrrd", "dicom-seg", "rtstruct")  # autoseg.inference.outputs.OUTPUT_TYPES
+
+
+def _source_arguments(p: argparse.ArgumentParser) -> None:
+    """DICOM input, output types, statistics and sharding (autoseg.inference.sources)."""
+    p.add_argument("--output-type", default=None, choices=OUTPUT_TYPES,
+                   help="label-map format: nifti ({case}.nii.gz), nrrd, seg.nrrd (3D Slicer segmentation), dicom-seg "
+                        "({case}.seg.dcm) or rtstruct ({case}.rtstruct.dcm; both for DICOM input); default: the "
+                        "input's format, nifti for DICOM input")
+    p.add_argument("--series-channels", nargs="+", default=(), metavar="PATTERN",
+                   help="multi-channel models and DICOM folders/zips of several series: one pattern per model "
+                        "channel, in channel order: a glob on SeriesDescription (case-insensitive) or a SeriesNumber")
+    p.add_argument("--statistics", action="store_true",
+                   help="write statistics.json/.csv: per case and label volume (mL), voxels, intensity of each "
+                        "channel (mean/std/min/max), bounding box (mm)")
+    p.add_argument("--num-parts", type=int, default=1, metavar="N",
+                   help="split the sorted cases into N parts and predict only --part-id's (default 1: all)")
+    p.add_argument("--part-id", type=int, default=0, metavar="K", help="which part to predict, 0 to N-1 (default 0)")
 
 
 def _report(report, what: str) -> int:
@@ -70,6 +91,10 @@ def _report(report, what: str) -> int:
     out(f"{what}: {', '.join(parts)} in {report.seconds:.1f} s{engine} -> {report.out_dir}")
     for case, message in report.failed:
         print(f"failed: {case}: {message}", file=sys.stderr)
+    for note in getattr(report, "notes", ()):
+        print(f"note: {note}", file=sys.stderr)
+    for line in getattr(report, "summary", ()):
+        out(line)
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -79,13 +104,17 @@ def _report(report, what: str) -> int:
          "input's exact geometry. Exit code 1 when any case failed (the others are written).")
 def run_predict(args: argparse.Namespace) -> int:
     from autoseg import api_predict
+    from autoseg.inference.sources import PredictOptions, check_shard
 
+    check_shard(args.num_parts, args.part_id)  # before the model is loaded
+    options = PredictOptions(output_type=args.output_type, series_channels=tuple(args.series_channels),
+                             num_parts=args.num_parts, part_id=args.part_id, statistics=args.statistics)
     report = api_predict.predict(
         workspace_from(args), args.in_dir, args.out_dir, dataset=args.dataset, config=args.config, arch=args.arch,
         plans=args.plans,
         folds=args.folds, checkpoint=args.checkpoint, model=args.model, step=args.step, tta=not args.no_tta,
         save_probabilities=args.save_probabilities, device=args.device, backend=args.backend,
-        precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
+        precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress, options=options)
     return _report(report, "predicted")
 
 
@@ -107,7 +136,7 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @command("quantize", "make int8 networks for fast CPU prediction, checked against fp32", _quantize_arguments,
-         "Per fold: calibrate int8 quantization of the network (OpenVINO + NNCF; pip install 'autoseg[quantize]') "
+         "Per fold: calibrate int8 quantization of the network (OpenVINO + NNCF; pip install -e '.[quantize]') "
          "on patches of the fold's training cases, then predict the fold's validation cases with int8 and f32 and "
          "compare their Dice. A network that passes is used by `autoseg predict` on the CPU (--precision auto or "
          "int8); --precision fp32 keeps the exact path.")
@@ -171,14 +200,14 @@ def run_ensemble(args: argparse.Namespace) -> int:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="model folder (results/<Dataset>/<arch>__<plans>__<config>), fold "
                                               "folder, or a trained dataset's name or number")
-    p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write")
+    p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write (must end in .zip)")
     p.add_argument("--config", default=None, help="configuration, when RUN is a dataset with several")
     p.add_argument("--arch", default=None, help="architecture, when RUN is a dataset with several")
     p.add_argument("--plans", default=None, metavar="NAME", help="plans (preset or plans name), when RUN is a "
                                                                  "dataset with several")
     _folds_option(p)
     p.add_argument("--onnx", action="store_true",
-                   help="also export each fold's network as ONNX, checked with onnxruntime (pip install 'autoseg[onnx]')")
+                   help="also export each fold's network as ONNX, checked with onnxruntime (pip install -e '.[onnx]')")
 
 
 @command("export", "write a trained model to a self-contained zip", _export_arguments)

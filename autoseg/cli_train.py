@@ -19,6 +19,15 @@ def _fold(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"unknown fold '{text}': use 0-4 or 'all'") from None
 
 
+def _duration(text: str) -> float:
+    from autoseg.training.durations import BudgetError, parse_duration
+
+    try:
+        return parse_duration(text)
+    except BudgetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", metavar="DATASET", nargs="?", default=None,
                    help="planned dataset (name or number); may be left out when only one is planned")
@@ -29,7 +38,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plans", default=None, metavar="NAME",
                    help="which plans, when the dataset was planned with several presets: the preset (resenc_m) or "
                         "plans name (autosegPlans_resenc_m); default: the default preset's, or the only ones")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 1000; with --time-budget, the most)")
+    p.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                   help="wall-clock time for training plus the final validation of each fold (90m, 8h, 2d): the "
+                        "run times its first epochs and fits the number of epochs (and the learning-rate schedule) to it")
     p.add_argument("--iters-per-epoch", type=int, default=None, help="training iterations per epoch (default 250)")
     p.add_argument("--val-iters", type=int, default=None, help="validation batches per epoch (default 50)")
     p.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE",
@@ -48,12 +60,23 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="also save validation probabilities (.npz) for ensembling")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--logger", default=None, choices=["tensorboard", "mlflow"],
+                   help="experiment tracking of settings, per-epoch scalars and the progress plot: tensorboard "
+                        "(<run folder>/tensorboard/) or mlflow (the store MLFLOW_TRACKING_URI names); "
+                        "pip install -e '.[tracking]'; default: none")
 
 
 OPTION_TO_SETTING = {"epochs": "epochs", "iters_per_epoch": "iters_per_epoch", "val_iters": "val_iters",
                      "early_stop": "early_stop", "device": "device", "amp": "amp", "seed": "seed",
                      "num_workers": "num_workers", "save_probabilities": "save_probabilities",
-                     "compile": "compile"}
+                     "compile": "compile", "time_budget": "time_budget"}
+
+
+def _callbacks(args: argparse.Namespace) -> list:
+    """The warning for long CPU schedules, and the experiment tracker of --logger."""
+    from autoseg.training.tracking import CpuScheduleWarning, make_logger
+
+    return [CpuScheduleWarning(), *([make_logger(args.logger)] if args.logger else [])]
 
 
 @command("train", "train a network on a planned dataset (one or more cross-validation folds)", _train_arguments,
@@ -66,10 +89,16 @@ def run_train(args: argparse.Namespace) -> int:
 
     settings = {key: getattr(args, opt) for opt, key in OPTION_TO_SETTING.items() if getattr(args, opt) is not None}
     dist = ddp.detect(os.environ)
+    if args.time_budget is not None and dist.is_main and (len(args.fold) > 1 or "all" in args.fold):
+        from autoseg.training.durations import format_duration
+
+        out(f"time budget {format_duration(args.time_budget)} for each fold ({len(args.fold)} folds, one after "
+            f"another)")
     try:
         runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
                                settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
-                               progress=not args.no_progress and dist.is_main, plans_name=args.plans)
+                               progress=not args.no_progress and dist.is_main, plans_name=args.plans,
+                               callbacks=_callbacks(args))
     finally:
         ddp.shutdown(dist)
     if dist.is_main:

@@ -26,6 +26,18 @@ class WorkspaceError(ValueError):
     pass
 
 
+def folder_name(name: str, what: str = "name") -> str:
+    """``name`` when it can be one folder inside another; raises :class:`WorkspaceError` for an empty
+    name, ``.``/``..``, a path separator (``/``, ``\\``) or a control character, any of which would
+    put what is written outside the folder it is meant for (``--name ../x``)."""
+    bad = (not name or name in (".", "..") or any(sep in name for sep in ("/", "\\"))
+           or any(not ch.isprintable() for ch in name))
+    if bad:
+        raise WorkspaceError(f"{what} {name!r} is not a plain folder name (no '/', '\\', '..' or control "
+                             "characters); choose a name like Dataset999_Mine")
+    return name
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -43,10 +55,10 @@ class Workspace:
         return self.root / "results"
 
     def preprocessed_dir(self, dataset_name: str) -> Path:
-        return self.preprocessed / dataset_name
+        return self.preprocessed / folder_name(dataset_name, "dataset name")
 
     def results_dir(self, dataset_name: str) -> Path:
-        return self.results / dataset_name
+        return self.results / folder_name(dataset_name, "dataset name")
 
     def resolve_raw(self, dataset: str | Path) -> Path:
         """A raw dataset folder from a path, a folder name under ``raw/`` or a dataset number."""

@@ -219,7 +219,7 @@ def build_network(ckpt: dict[str, Any], plans: Plans, config: ConfigurationPlan,
 def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpoint: str = "final") -> Predictor:
     """Load the chosen folds' checkpoints of a model folder (or one fold folder); their networks are
     built when first used (:class:`FoldNetworks`)."""
-    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.training.checkpoint import load_checkpoint, nonfinite_tensors
 
     paths = choose_checkpoints(model_dir, folds, checkpoint)
     first_path = next(iter(paths.values()))
@@ -244,6 +244,10 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
         elif _describe(ckpt) != reference:
             raise PredictorError(f"{path}: fold {fold} was trained with other plans, configuration, architecture or "
                                  f"labels than {first_path}; predict with the folds of one training only (--folds)")
+        bad = nonfinite_tensors(ckpt["model"])
+        if bad:  # e.g. written by an autoseg that saved diverged runs: it would predict background everywhere
+            raise PredictorError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+                                 "the training diverged: use another checkpoint (--checkpoint best) or retrain")
         states.append({"model": ckpt["model"], "settings": ckpt.get("settings"), "arch": ckpt["arch"],
                        "source": path})
         del ckpt  # the optimiser state and the rest are not needed

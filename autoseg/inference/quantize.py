@@ -1,6 +1,6 @@
 """int8 networks for CPU prediction: post-training quantization (NNCF) of each fold, checked against fp32.
 
-``autoseg quantize`` (``pip install 'autoseg[quantize]'``), per fold of a trained model:
+``autoseg quantize`` (``pip install -e '.[quantize]'``), per fold of a trained model:
 
 1. converts the checkpoint's network to OpenVINO (the f32 model ``predict --backend openvino`` runs);
 2. **calibrates** int8 quantization on patches of the fold's *training* cases (preprocessed data of the
@@ -181,7 +181,7 @@ def quantize_network(model, patches: Sequence[np.ndarray]):
         try:
             import nncf
         except ImportError:
-            raise QuantizeError("`autoseg quantize` needs NNCF: pip install 'autoseg[quantize]' "
+            raise QuantizeError("`autoseg quantize` needs NNCF: pip install -e '.[quantize]' "
                                 "(or: pip install nncf openvino)") from None
         nncf.set_log_level(logging.ERROR)
         return nncf.quantize(model, nncf.Dataset(list(patches)), preset=nncf.QuantizationPreset.MIXED,
@@ -231,9 +231,10 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
     from autoseg.inference.predictor import CHECKPOINTS
 
     if patches < 1 or check_cases < 1:
-        raise QuantizeError(f"need at least one calibration patch and one check case (got {patches}, {check_cases})")
+        raise QuantizeError(f"need at least one calibration patch (--patches) and one check case (--check-cases); "
+                            f"got {patches} and {check_cases}")
     if tolerance < 0:
-        raise QuantizeError(f"tolerance must be >= 0, got {tolerance}")
+        raise QuantizeError(f"--tolerance must be >= 0, got {tolerance}")
     shape = (1, model.num_channels, *model.config.patch_size)
     say = progress or (lambda message: None)
     results = []

@@ -74,6 +74,21 @@ def _lowres_search(spacing, median_shape, fullres: PatchPlan, n_cases: int, n_cl
     return lowres
 
 
+def _check_intensity(fingerprint: Fingerprint) -> None:
+    """Every channel's intensity statistics must be finite: CT normalisation uses them, and NaN or inf
+    there means the images hold no usable voxel or values beyond float32 (plans would normalise to NaN)."""
+    bad = []
+    for name, st in zip(fingerprint.channel_names, fingerprint.intensity):
+        values = {k: getattr(st, k) for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}
+        if not all(math.isfinite(v) for v in values.values()):
+            bad.append(f"channel '{name}' ({', '.join(f'{k} {v:g}' for k, v in values.items())})")
+    if bad:
+        raise PlanningError(f"the fingerprint of {fingerprint.dataset_name} has non-finite intensity statistics for "
+                            f"{'; '.join(bad)}: the images hold no non-zero voxel or values beyond the float32 "
+                            "range; fix the images (`autoseg plan --check-only` lists them), then rerun "
+                            "`autoseg plan --fresh`")
+
+
 def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: PlannerSettings,
                     plans_name: str = "autosegPlans") -> Plans:
     """Plan every configuration for a dataset. Pure: reads nothing from disk."""
@@ -83,6 +98,7 @@ def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: Plann
     if len(fingerprint.intensity) != spec.num_channels:
         raise PlanningError(f"the fingerprint has {len(fingerprint.intensity)} channel(s) but dataset.json of "
                             f"{spec.name} declares {spec.num_channels}; rerun `autoseg fingerprint`")
+    _check_intensity(fingerprint)
     spacing_xyz = target_spacing(fingerprint.spacings, fingerprint.shapes_after_crop,
                                  settings.anisotropy_threshold, settings.anisotropic_spacing_percentile)
     median_xyz = median_resampled_shape(fingerprint.spacings, fingerprint.shapes_after_crop, spacing_xyz)

@@ -38,6 +38,10 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or not one this autoseg can read."""
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """Weights with NaN or infinite values were about to be saved (training diverged)."""
+
+
 def rng_state() -> dict[str, Any]:
     """Generator states of python, numpy and torch (CPU and every CUDA device) as primitives/tensors."""
     np_state = np.random.get_state(legacy=False)
@@ -81,14 +85,28 @@ def make_checkpoint(run: Run) -> dict[str, Any]:
                      "max_epochs": s.epochs},
         "rng": rng_state(),
         "train_state": {"epoch": run.state.epoch, "ema": run.state.ema, "best_ema": run.state.best_ema,
-                        "epochs_since_best": run.state.epochs_since_best, "history": run.state.history},
+                        "epochs_since_best": run.state.epochs_since_best, "history": run.state.history,
+                        "budget_elapsed": run.state.budget_elapsed, "budget_plan": run.state.budget_plan},
         "settings": s.to_dict(),
         **run.meta,
     }
 
 
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Write ``checkpoint`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    Weights holding NaN or inf are refused (:class:`NonFiniteWeightsError`), so a diverged run can never
+    leave them behind as ``checkpoint_best.pt`` or ``checkpoint_final.pt``."""
+    bad = nonfinite_tensors(checkpoint.get("model") or {})
+    if bad:
+        raise NonFiniteWeightsError(f"{path}: not written: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                                    f"(e.g. {bad[0]}); training diverged, the checkpoints already there are kept")
     return atomic_write_with(path, lambda f: torch.save(checkpoint, f))
 
 
@@ -126,7 +144,8 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
         run.scaler.load_state_dict(ckpt["scaler"])
     t = ckpt["train_state"]
     run.state = TrainState(epoch=int(t["epoch"]), ema=t["ema"], best_ema=t["best_ema"],
-                           epochs_since_best=int(t["epochs_since_best"]), history=list(t["history"]))
+                           epochs_since_best=int(t["epochs_since_best"]), history=list(t["history"]),
+                           budget_elapsed=float(t.get("budget_elapsed") or 0.0), budget_plan=t.get("budget_plan"))
     set_rng_state(ckpt["rng"])
 
 

@@ -31,7 +31,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, root: str, port: int) -> None:
+def _worker(rank: int, root: str, port: int, extra: dict | None = None) -> None:
     from pathlib import Path
 
     from autoseg import api_train
@@ -48,8 +48,8 @@ def _worker(rank: int, root: str, port: int) -> None:
     api_train._fit = fit_and_keep
     ctx = ddp.DistContext(rank, 2, rank)
     try:
-        api_train.train(Workspace(Path(root) / "ws"), None, [0], settings=dict(FAST, epochs=2), dist=ctx,
-                        progress=False)
+        api_train.train(Workspace(Path(root) / "ws"), None, [0], settings={**FAST, "epochs": 2, **(extra or {})},
+                        dist=ctx, progress=False)
     finally:
         ddp.shutdown(ctx)
 
@@ -65,6 +65,19 @@ def test_two_gloo_processes_train_in_sync_with_deep_supervision(tmp_path):
     assert all(torch.equal(ckpt["model"][k], w0[k]) for k in w0)
     assert len((run_dir / "log.jsonl").read_text().splitlines()) == 2
     assert (run_dir / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_fit_one_time_budget_plan(tmp_path):
+    """Under a time budget every rank times itself; the ranks fit the same plan from their mean times
+    (a rank that stopped earlier than another would hang the next all-reduce)."""
+    make_workspace(tmp_path / "ws")
+    mp.spawn(_worker, args=(str(tmp_path), _free_port(), {"time_budget": 3600.0, "epochs": 3}), nprocs=2, join=True)
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    run_dir = tmp_path / "ws" / "results" / "Dataset990_Tiny" / "unet__autosegPlans__3d_fullres" / "fold_0"
+    state = load_checkpoint(run_dir / FINAL)["train_state"]
+    assert state["epoch"] == 3 and state["budget_plan"]["epochs"] == 3 and state["budget_elapsed"] > 0
 
 
 @pytest.mark.slow

@@ -141,9 +141,10 @@ def import_(workspace: Workspace, source: Path, overwrite: bool = False,
     source = Path(source)
     if source.is_dir():
         if not is_nnunet_folder(source):
-            raise ExportError(f"{source}: a folder to import must be an nnU-Net v2 results folder "
-                              "(<Trainer>__<Plans>__<configuration> with plans.json, dataset.json and fold_*/"
-                              "checkpoint_final.pth); autoseg's own models are imported from their exported .zip")
+            raise ExportError(f"{source}: is a folder, but not an nnU-Net v2 results folder (<Trainer>__<Plans>__"
+                              "<configuration> with plans.json, dataset.json and fold_*/checkpoint_final.pth); give "
+                              "that, or the .zip written by `autoseg export` (a model folder of autoseg is used as it "
+                              "is: autoseg predict --model FOLDER)")
         return install_nnunet(source, workspace, overwrite, tuple(allowed_trainers))
     if source.is_file() and zipfile.is_zipfile(source):
         with zipfile.ZipFile(source) as zf:

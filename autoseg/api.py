@@ -144,6 +144,18 @@ def planner_settings(planner: str | Path, gpu_memory_gb: float | None = None):
     return settings
 
 
+def planner_architecture(settings):
+    """The registry entry of the architecture a preset plans for; an unknown name is a preset error
+    that lists the choices."""
+    from autoseg.models import ARCHITECTURES, get_architecture
+    from autoseg.planning.settings import PresetError
+
+    if settings.architecture not in ARCHITECTURES:
+        raise PresetError(f"planner preset '{settings.preset}': architecture '{settings.architecture}' is unknown; "
+                          f"choices: {', '.join(ARCHITECTURES)}")
+    return get_architecture(settings.architecture)
+
+
 def _parse_user_splits(path: Path) -> Splits:
     """Our splits artifact, or nnU-Net's ``splits_final.json`` (a list of {"train", "val"})."""
     try:
@@ -225,6 +237,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
 
     raw_dir = Path(raw_dir).resolve()
     settings = planner_settings(planner, gpu_memory_gb)  # a bad preset fails before any slow work
+    arch = planner_architecture(settings)
     plans_name = plans_name_for(settings.preset)
     n_workers = max(1, workers or os.cpu_count() or 1)
     spec, cases, found_warnings = _check(raw_dir, n_workers, progress)
@@ -238,7 +251,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
         signature = raw_signature(raw_dir, cases)
         fingerprint, reused = _fingerprint(spec, cases, dataset_dir, signature, n_workers, seed, progress, fresh)
         source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(dataset_dir / "source.json")
-        plans = plan_experiment(fingerprint, spec, settings, plans_name)
+        plans = plan_experiment(fingerprint, spec, settings, plans_name, arch=arch)
         if configs:
             unknown = [c for c in configs if c not in plans.configurations]
             if unknown:

@@ -75,7 +75,7 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
     ``settings`` holds the :class:`~autoseg.training.trainer.TrainSettings` fields chosen
     explicitly; on ``resume`` the run's stored settings are used and only fields in
     :data:`RESUMABLE_CHANGES` may differ. Returns the run folders."""
-    from autoseg.models import MODELS
+    from autoseg.models import ARCHITECTURES
     from autoseg.planning.plans import Plans, find_plans
     from autoseg.splits import Splits
     from autoseg.training import ddp
@@ -93,8 +93,8 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
         raise TrainError(f"configuration '{config}' is not planned for {name}; choices: "
                          f"{', '.join(plans.configurations)}")
     arch = arch or plans.configurations[config].architecture
-    if arch not in MODELS:
-        raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(MODELS)}")
+    if arch not in ARCHITECTURES:
+        raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(ARCHITECTURES)}")
     splits = Splits.load(pre / "splits.json")
     fold_list = parse_folds(folds, len(splits.folds))
     if resume and pretrained is not None:
@@ -361,8 +361,9 @@ def _final_validation(workspace, name, plans, config, run, fold_cases, progress:
 
 def load_pretrained(model, source: Path) -> None:
     """Fine-tuning: copy weights from a run folder (its final, else best, else latest checkpoint) or
-    a checkpoint file. Output heads whose shape differs (another number of classes) keep their fresh
-    weights; any other shape difference is an error."""
+    a checkpoint file. Output heads (the head names of the checkpoint's architecture entry) whose shape
+    differs (another number of classes) keep their fresh weights; any other shape difference is an error."""
+    from autoseg.models import ARCHITECTURES
     from autoseg.training.checkpoint import BEST, FINAL, LATEST, load_checkpoint
 
     source = Path(source)
@@ -372,10 +373,12 @@ def load_pretrained(model, source: Path) -> None:
         if not found:
             raise TrainError(f"--pretrained {source}: no checkpoint there (checkpoint_final.pt, _best.pt, _latest.pt)")
         path = found[0]
-    weights = load_checkpoint(path)["model"]
+    ckpt = load_checkpoint(path)
+    weights = ckpt["model"]
     own = model.state_dict()
     mismatched = [k for k in own if k in weights and weights[k].shape != own[k].shape]
-    heads = [k for k in mismatched if "output_block" in k or "super_head" in k or k.startswith("out.")]
+    arch = ARCHITECTURES.get(ckpt.get("arch"))
+    heads = [k for k in mismatched if arch is not None and arch.is_head(k)]
     others = [k for k in mismatched if k not in heads]
     missing = [k for k in own if k not in weights] + [k for k in weights if k not in own]
     if others or missing:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from autoseg.cli import EXIT_FAILURE, EXIT_OK, command, out, workspace_from
+from autoseg.models.registry import ARCHITECTURES, IMPORTED
 
 BACKEND_CHOICES = ("auto", "torch", "openvino")  # autoseg.inference.backends.BACKENDS (not imported: torch)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -25,7 +26,8 @@ def _model_options(p: argparse.ArgumentParser, dataset_positional: bool = False)
         p.add_argument("-d", "--dataset", default=None,
                        help="trained dataset (name or number); may be left out when only one is trained")
     p.add_argument("--config", default=None, help="configuration (3d_fullres, 2d, ...) when several are trained")
-    p.add_argument("--arch", default=None, help="architecture (unet, resenc_unet, ...) when several are trained")
+    p.add_argument("--arch", default=None,
+                   help=f"architecture when several are trained ({', '.join([*ARCHITECTURES, *IMPORTED])})")
     p.add_argument("--plans", default=None, metavar="NAME",
                    help="plans (planner preset such as resenc_m, or plans name) when several are trained")
 

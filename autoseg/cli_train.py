@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from autoseg.cli import EXIT_OK, command, out, workspace_from
+from autoseg.models.registry import ARCHITECTURES
 
 
 def _fold(text: str) -> int | str:
@@ -34,7 +35,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", nargs="+", type=_fold, default=[0], metavar="K",
                    help="fold(s) 0-4 trained one after another, or 'all' (every case); default 0")
     p.add_argument("--config", default=None, help="3d_fullres | 3d_lowres | 2d (default: the plans' default)")
-    p.add_argument("--arch", default=None, help="unet | resenc_unet | swin_unetr (default: the plan's, unet)")
+    p.add_argument("--arch", default=None, help=f"{' | '.join(ARCHITECTURES)} (default: the plan's, the one its "
+                                                 "planner preset plans for)")
     p.add_argument("--plans", default=None, metavar="NAME",
                    help="which plans, when the dataset was planned with several presets: the preset (resenc_m) or "
                         "plans name (autosegPlans_resenc_m); default: the default preset's, or the only ones")

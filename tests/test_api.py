@@ -186,3 +186,14 @@ def test_a_preset_name_that_would_break_run_folder_names_is_refused(raw, ws, tmp
     with pytest.raises(ValueError, match="my__preset"):
         _plan(raw, ws, planner=preset)
     assert not (ws.preprocessed_dir(raw.name) / "fingerprint.json").exists()
+
+
+def test_a_preset_for_an_unknown_architecture_lists_the_registered_ones_before_any_work(raw, ws, tmp_path):
+    from autoseg.planning.settings import PresetError
+
+    preset = tmp_path / "vit.toml"
+    preset.write_text('architecture = "vit"\n')
+    with pytest.raises(PresetError, match="preset 'vit': architecture 'vit' is unknown; choices: unet, resenc_unet, "
+                                          "swin_unetr"):
+        _plan(raw, ws, planner=preset)
+    assert not (ws.preprocessed_dir(raw.name) / "fingerprint.json").exists()

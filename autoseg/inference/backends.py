@@ -193,13 +193,13 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
 
 def _convert(network: nn.Module, shape: Sequence[int]):
     """``ov.convert_model`` of a copy of ``network`` whose per-channel norms are written out for
-    OpenVINO (:func:`~autoseg.models.registry.spatial_instance_norms`: one MVN each instead of
+    OpenVINO (:func:`~autoseg.models.norms.spatial_instance_norms`: one MVN each instead of
     reshape -> MVN -> reshape and two layout conversions)."""
     import copy
 
     import openvino as ov
 
-    from autoseg.models.registry import spatial_instance_norms
+    from autoseg.models.norms import spatial_instance_norms
 
     deployed = spatial_instance_norms(copy.deepcopy(network).eval())
     with warnings.catch_warnings(), torch.no_grad(), no_telemetry():

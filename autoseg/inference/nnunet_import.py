@@ -38,7 +38,7 @@ from typing import Any
 
 from autoseg import __version__
 from autoseg.dataset import DatasetError, DatasetSpec
-from autoseg.models.registry import ModelError
+from autoseg.models.architecture import ModelError
 from autoseg.planning.plans import ConfigurationPlan, NormalizationPlan, Plans, ResamplingPlan
 from autoseg.workspace import Workspace
 

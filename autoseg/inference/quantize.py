@@ -59,7 +59,8 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
         t = t.detach().cpu().contiguous()
         t = t.float() if t.is_floating_point() else t
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # flattened first: a 0-dim tensor (batch norm's num_batches_tracked) cannot be viewed as bytes
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

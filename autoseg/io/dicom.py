@@ -280,6 +280,9 @@ def read_dicom_volume(path: Path, series_number: int | None = None):
     with tempfile.TemporaryDirectory(prefix="autoseg-dicom-") as tmp:
         found = image_series(Path(path), Path(tmp) / "zip")
         picked = [s for s in found if series_number is None or s.number == series_number]
+        if not found and path.is_dir():
+            raise ImageReadError(f"{path}: is a folder holding no DICOM image series; give an image file "
+                                 "(.nii.gz, .nrrd, .mha, ...) or a folder or .zip of one DICOM series")
         if len(picked) != 1:
             listing = "; ".join(f"#{s.number} '{s.description}'" for s in found) or "none"
             hint = "give --series NUMBER" if series_number is None else f"no series #{series_number}"

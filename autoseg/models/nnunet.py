@@ -16,9 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
-from autoseg.models.registry import ModelError
+from autoseg.models.architecture import Architecture, ModelError
 from autoseg.planning.plans import ConfigurationPlan, NnUNetNetwork
 
 # network class -> the arch_kwargs key holding the encoder's convs / residual blocks per stage
@@ -127,9 +125,11 @@ def nnunet_network_from_plans(config: dict[str, Any], source: str) -> NnUNetNetw
         raise ModelError(f"{source}: arch_kwargs of {cls} lack {e}") from None
 
 
-def build_nnunet_network(net: NnUNetNetwork, in_channels: int, out_channels: int) -> nn.Module:
-    """The ``dynamic_network_architectures`` network ``net`` describes, without deep supervision."""
+def build_nnunet_network(net: NnUNetNetwork, in_channels: int, out_channels: int):
+    """The ``dynamic_network_architectures`` network ``net`` describes (a ``torch.nn.Module``), without
+    deep supervision."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    from torch import nn
 
     ops = {name: getattr(nn, name) for name in (net.conv_op, net.norm_op, net.dropout_op, net.nonlin) if name}
     common = dict(input_channels=in_channels, n_stages=net.n_stages, features_per_stage=list(net.features_per_stage),
@@ -149,10 +149,29 @@ def build_nnunet_network(net: NnUNetNetwork, in_channels: int, out_channels: int
     raise ModelError(f"unknown nnU-Net network class '{net.class_name}'; choices: {', '.join(NETWORK_CLASSES)}")
 
 
-def build_nnunet(plan: ConfigurationPlan, in_channels: int, out_channels: int, deep_supervision: bool) -> nn.Module:
+def build_nnunet(plan: ConfigurationPlan, in_channels: int, out_channels: int, deep_supervision: bool):
     """Registry builder of architecture ``nnunet``: the network of a model imported from nnU-Net v2
     (``plan.nnunet_network``). Inference only: ``deep_supervision`` is ignored."""
     if plan.nnunet_network is None:
         raise ModelError(f"configuration '{plan.name}': architecture 'nnunet' runs models imported from nnU-Net v2 "
                          "(`autoseg import RESULTS_FOLDER`); it cannot be trained from autoseg's plans")
     return build_nnunet_network(plan.nnunet_network, in_channels, out_channels)
+
+
+def _not_planned(*args, **kwargs):
+    raise ModelError("architecture 'nnunet' runs models imported from nnU-Net v2 (`autoseg import`); autoseg does "
+                     "not plan or train it: choose another --arch")
+
+
+# Registry entry (autoseg.models.registry.IMPORTED): built from imported plans only, never planned or trained.
+ARCHITECTURE = Architecture(
+    name="nnunet",
+    summary="a network imported from nnU-Net v2 (PlainConvUNet or ResidualEncoderUNet, as its plans describe)",
+    preset="",
+    deep_supervision=False,
+    head_names=("seg_layers",),
+    layout=_not_planned,
+    features=_not_planned,
+    estimate=_not_planned,
+    build=build_nnunet,
+)

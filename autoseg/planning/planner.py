@@ -25,6 +25,7 @@ from autoseg.planning.heuristics import (PatchPlan, median_resampled_shape, need
                                          transpose_order)
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.planning.settings import PlannerSettings
+from autoseg.planning.topology import ArchitectureRules
 
 
 class PlanningError(ValueError):
@@ -52,7 +53,7 @@ def _configuration(name: str, spacing, median_shape, pp: PatchPlan, batch_dice: 
 
 
 def _lowres_search(spacing, median_shape, fullres: PatchPlan, n_cases: int, n_classes: int,
-                   settings: PlannerSettings):
+                   settings: PlannerSettings, arch: ArchitectureRules):
     """Coarsen the spacing until a patch covers ``lowres_threshold`` of the median image.
 
     Returns ``(spacing, median_shape, PatchPlan)`` or ``None`` (not needed, or too close to fullres).
@@ -66,7 +67,7 @@ def _lowres_search(spacing, median_shape, fullres: PatchPlan, n_cases: int, n_cl
         low_median = base / np.asarray(low_spacing) * median
         shape = tuple(float(round(m)) for m in low_median)
         voxels = float(np.prod(low_median))
-        pp = patch_and_batch(low_spacing, shape, voxels * n_cases, n_classes, settings)
+        pp = patch_and_batch(low_spacing, shape, voxels * n_cases, n_classes, settings, arch)
         lowres = (low_spacing, shape, pp)
         patch = pp.patch_size
     if lowres is not None and float(np.prod(median) / np.prod(low_median)) < settings.lowres_min_voxel_ratio:
@@ -90,8 +91,14 @@ def _check_intensity(fingerprint: Fingerprint) -> None:
 
 
 def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: PlannerSettings,
-                    plans_name: str = "autosegPlans") -> Plans:
-    """Plan every configuration for a dataset. Pure: reads nothing from disk."""
+                    plans_name: str = "autosegPlans", *, arch: ArchitectureRules) -> Plans:
+    """Plan every configuration for a dataset. Pure: reads nothing from disk.
+
+    ``arch`` is the registry entry of ``settings.architecture``
+    (``autoseg.models.get_architecture(settings.architecture)``): its rules lay out the networks."""
+    if arch.name != settings.architecture:
+        raise PlanningError(f"planner preset '{settings.preset}' plans for architecture '{settings.architecture}' "
+                            f"but the rules of '{arch.name}' were given")
     if not fingerprint.cases:
         raise PlanningError(f"the fingerprint of {fingerprint.dataset_name} holds no cases; "
                             f"rerun `autoseg fingerprint` on a dataset with training cases")
@@ -111,12 +118,12 @@ def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: Plann
     thr = settings.anisotropy_threshold
     configs: dict[str, ConfigurationPlan] = {}
 
-    pp2d = patch_and_batch(spacing[1:], median[1:], dataset_voxels, n_classes, settings)
+    pp2d = patch_and_batch(spacing[1:], median[1:], dataset_voxels, n_classes, settings, arch)
     configs["2d"] = _configuration("2d", spacing[1:], median[1:], pp2d, True, "3d_fullres", settings, thr)
     is_3d = median[0] != 1
     if is_3d:
-        full = patch_and_batch(spacing, median, dataset_voxels, n_classes, settings)
-        low = _lowres_search(spacing, median, full, n_cases, n_classes, settings)
+        full = patch_and_batch(spacing, median, dataset_voxels, n_classes, settings, arch)
+        low = _lowres_search(spacing, median, full, n_cases, n_classes, settings, arch)
         fullres = _configuration("3d_fullres", spacing, median, full, low is not None, "3d_fullres", settings, thr)
         configs["3d_fullres"] = fullres
         if low is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg.artifacts import Artifact
+from autoseg.planning.settings import DEFAULT_ARCHITECTURE
 
 PLANS_SCHEMA_VERSION = 1
 DEFAULT_PRESET = "default"
@@ -105,7 +106,7 @@ class ConfigurationPlan:
     features: tuple[int, ...]
     batch_dice: bool
     data_identifier: str
-    architecture: str = "unet"
+    architecture: str = DEFAULT_ARCHITECTURE
     blocks_per_stage: tuple[int, ...] = ()
     resampling: ResamplingPlan = field(default_factory=ResamplingPlan)
     previous_stage: str | None = None

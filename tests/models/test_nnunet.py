@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoseg.models import ModelError, build_model
+from autoseg.models import ARCHITECTURES, ModelError, build_model, get_architecture
 from autoseg.models.nnunet import build_nnunet_network, nnunet_network_from_plans
 from autoseg.planning.plans import ConfigurationPlan
 
@@ -62,6 +62,12 @@ def test_unsupported_arguments_are_named(key, value, words):
     config["architecture"]["arch_kwargs"][key] = value
     with pytest.raises(ModelError, match=words):
         nnunet_network_from_plans(config, "plans.json")
+
+
+def test_nnunet_is_an_imported_entry_not_a_trainable_one():
+    assert "nnunet" not in ARCHITECTURES and get_architecture("nnunet").name == "nnunet"
+    with pytest.raises(ModelError, match="does not plan or train"):
+        get_architecture("nnunet").layout((1.0,) * 3, (32,) * 3, None)
 
 
 def test_architecture_nnunet_cannot_be_built_from_autoseg_plans():

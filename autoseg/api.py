@@ -28,7 +28,7 @@ from autoseg import jsonfiles
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case
 from autoseg.paths import PathError, inside
-from autoseg.splits import Fold, Splits, make_splits
+from autoseg.splits import RULE_USER, Fold, Splits, make_splits
 from autoseg.workspace import Workspace, WorkspaceError
 
 FINGERPRINT_SEED = 1234  # nnU-Net seeds the foreground intensity sampling with 1234
@@ -167,9 +167,9 @@ def _parse_user_splits(path: Path) -> Splits:
             folds = tuple(Fold(train=tuple(f["train"]), val=tuple(f["val"])) for f in data)
         except (TypeError, KeyError):
             raise ArtifactError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds") from None
-        return Splits(folds=folds, seed=-1, user_provided=True)
+        return Splits(folds=folds, seed=-1, user_provided=True, rule=RULE_USER)
     splits = Splits.from_dict(data, source=str(path))
-    return Splits(folds=splits.folds, seed=splits.seed, user_provided=True)
+    return Splits(folds=splits.folds, seed=splits.seed, user_provided=True, rule=RULE_USER)
 
 
 def _validate_splits(splits: Splits, case_ids: list[str], source: Path) -> None:
@@ -187,9 +187,12 @@ def _validate_splits(splits: Splits, case_ids: list[str], source: Path) -> None:
 
 
 def resolve_splits(raw_dir: Path, dataset_dir: Path, case_ids: list[str]) -> Splits:
-    """User splits from the raw folder, else an existing user-provided splits.json, else 5 seeded folds."""
-    for name in USER_SPLITS_NAMES:
-        path = Path(raw_dir) / name
+    """The folds to use, first found of: the user's ``splits.json`` / ``splits_final.json`` in the raw
+    folder, nnU-Net's ``splits_final.json`` in the preprocessed dataset folder, the existing
+    ``splits.json`` (user-provided, or automatic over the same cases: runs already trained on it keep
+    their folds), else nnU-Net's five folds (:func:`~autoseg.splits.make_splits`)."""
+    user_files = [Path(raw_dir) / name for name in USER_SPLITS_NAMES] + [Path(dataset_dir) / "splits_final.json"]
+    for path in user_files:
         if path.is_file():
             splits = _parse_user_splits(path)
             _validate_splits(splits, case_ids, path)
@@ -202,6 +205,8 @@ def resolve_splits(raw_dir: Path, dataset_dir: Path, case_ids: list[str]) -> Spl
             old = None
         if old is not None and old.user_provided:
             _validate_splits(old, case_ids, existing)
+            return old
+        if old is not None and old.folds and old.case_ids() == set(case_ids):
             return old
     return make_splits(case_ids)
 

@@ -43,7 +43,7 @@ ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-3  # max |ONNX Runtime - PyTorch| logits, relative to max(1, |logits|)
 # Checkpoint keys kept in an export: weights and self-description, no optimiser or RNG state.
 EXPORT_KEYS = ("format", "format_version", "autoseg_version", "model", "settings", "plans", "configuration",
-               "arch", "fold", "dataset")
+               "arch", "fold", "dataset", "inference_mirror_axes", "imported_from")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 

@@ -92,7 +92,8 @@ class Predictor:
     """The networks of the chosen folds of one trained configuration (CPU, eval mode) and their context.
 
     ``spec`` is rebuilt from the checkpoint's dataset record (labels, channels, regions, file ending);
-    ``mirror_axes`` are the patch axes mirrored in training (all of them), used for test-time
+    ``mirror_axes`` are the patch axes mirrored in training (all of them; for a model imported from
+    nnU-Net, those its trainer allowed, none for ``NoMirroring`` trainers), used for test-time
     augmentation; ``postprocessing`` is the cross-validation decision when one was saved."""
 
     model_dir: Path
@@ -105,9 +106,12 @@ class Predictor:
     networks: Sequence[Any]  # a tuple of modules, or FoldNetworks (built on first use)
     postprocessing: PostprocessingDecision | None = None
     checkpoint_paths: tuple[Path, ...] = ()  # one per network (empty for hand-built predictors)
+    allowed_mirror_axes: tuple[int, ...] | None = None  # from the checkpoint (imported nnU-Net models); None: all
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
+        if self.allowed_mirror_axes is not None:
+            return self.allowed_mirror_axes
         return tuple(range(len(self.config.patch_size)))
 
     @property
@@ -194,7 +198,8 @@ def spec_from_checkpoint(ckpt: dict[str, Any], source: Path) -> DatasetSpec:
 
 def _describe(ckpt: dict[str, Any]) -> tuple:
     """What must be equal across the folds of one model."""
-    return ckpt.get("plans"), ckpt.get("configuration"), ckpt.get("arch"), ckpt.get("dataset")
+    return (ckpt.get("plans"), ckpt.get("configuration"), ckpt.get("arch"), ckpt.get("dataset"),
+            ckpt.get("inference_mirror_axes"))
 
 
 def build_network(ckpt: dict[str, Any], plans: Plans, config: ConfigurationPlan, spec: DatasetSpec, source: Path):
@@ -219,7 +224,7 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     paths = choose_checkpoints(model_dir, folds, checkpoint)
     first_path = next(iter(paths.values()))
     states, reference = [], None
-    plans = config = spec = arch = None
+    plans = config = spec = arch = mirror_axes = None
     for fold, path in paths.items():
         ckpt = load_checkpoint(path, mmap=True)
         if reference is None:
@@ -229,6 +234,8 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
             except KeyError:
                 raise PredictorError(f"{path}: checkpoint has no plans; retrain with this autoseg") from None
             config, arch = plans.configuration(ckpt["configuration"]), ckpt["arch"]
+            if ckpt.get("inference_mirror_axes") is not None:
+                mirror_axes = tuple(int(a) for a in ckpt["inference_mirror_axes"])
             spec = spec_from_checkpoint(ckpt, path)
             _check_owner(model_dir, spec, path)
             if config.previous_stage:
@@ -251,7 +258,8 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     model_root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=FoldNetworks(states, build),
-                     postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()))
+                     postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()),
+                     allowed_mirror_axes=mirror_axes)
 
 
 def _check_owner(model_dir: Path, spec: DatasetSpec, path: Path) -> None:

@@ -7,7 +7,8 @@ names and builder; this registry lists them explicitly (adding one: write the mo
 
 from __future__ import annotations
 
-from autoseg.models import attention_unet, mednext, resenc_unet, segresnet, swin_unetr, unet, unet_plusplus, unetr
+from autoseg.models import (attention_unet, mednext, nnunet, resenc_unet, segresnet, swin_unetr, unet, unet_plusplus,
+                            unetr)
 from autoseg.models.architecture import Architecture, ModelError
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.planning.trainable import configuration_problems
@@ -15,10 +16,15 @@ from autoseg.planning.trainable import configuration_problems
 ENTRIES = (unet, resenc_unet, swin_unetr, segresnet, attention_unet, unet_plusplus, mednext, unetr)
 
 ARCHITECTURES: dict[str, Architecture] = {m.ARCHITECTURE.name: m.ARCHITECTURE for m in ENTRIES}
+# Networks of imported models (`autoseg import`): built for prediction, never planned or trained.
+IMPORTED: dict[str, Architecture] = {nnunet.ARCHITECTURE.name: nnunet.ARCHITECTURE}
 
 
 def get_architecture(name: str) -> Architecture:
-    """The entry named ``name``; an unknown name lists the choices."""
+    """The entry named ``name`` (also an imported model's, :data:`IMPORTED`); an unknown name lists the
+    choices."""
+    if name in IMPORTED:
+        return IMPORTED[name]
     if name not in ARCHITECTURES:
         raise ModelError(f"unknown architecture '{name}'; choices: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]

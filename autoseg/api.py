@@ -29,7 +29,7 @@ from autoseg.artifacts import Artifact, ArtifactError
 from autoseg.core.fileops import atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case
 from autoseg.paths import PathError, inside
-from autoseg.splits import Fold, Splits, make_splits
+from autoseg.splits import RULE_USER, Fold, Splits, make_splits
 from autoseg.workspace import Workspace, WorkspaceError
 
 FINGERPRINT_SEED = 1234  # nnU-Net seeds the foreground intensity sampling with 1234
@@ -168,9 +168,9 @@ def _parse_user_splits(path: Path) -> Splits:
             folds = tuple(Fold(train=tuple(f["train"]), val=tuple(f["val"])) for f in data)
         except (TypeError, KeyError):
             raise ArtifactError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds") from None
-        return Splits(folds=folds, seed=-1, user_provided=True)
+        return Splits(folds=folds, seed=-1, user_provided=True, rule=RULE_USER)
     splits = Splits.from_dict(data, source=str(path))
-    return Splits(folds=splits.folds, seed=splits.seed, user_provided=True)
+    return Splits(folds=splits.folds, seed=splits.seed, user_provided=True, rule=RULE_USER)
 
 
 def _validate_splits(splits: Splits, case_ids: list[str], source: Path) -> None:
@@ -188,9 +188,12 @@ def _validate_splits(splits: Splits, case_ids: list[str], source: Path) -> None:
 
 
 def resolve_splits(raw_dir: Path, dataset_dir: Path, case_ids: list[str]) -> Splits:
-    """User splits from the raw folder, else an existing user-provided splits.json, else 5 seeded folds."""
-    for name in USER_SPLITS_NAMES:
-        path = Path(raw_dir) / name
+    """The folds to use, first found of: the user's ``splits.json`` / ``splits_final.json`` in the raw
+    folder, nnU-Net's ``splits_final.json`` in the preprocessed dataset folder, the existing
+    ``splits.json`` (user-provided, or automatic over the same cases: runs already trained on it keep
+    their folds), else nnU-Net's five folds (:func:`~autoseg.splits.make_splits`)."""
+    user_files = [Path(raw_dir) / name for name in USER_SPLITS_NAMES] + [Path(dataset_dir) / "splits_final.json"]
+    for path in user_files:
         if path.is_file():
             splits = _parse_user_splits(path)
             _validate_splits(splits, case_ids, path)
@@ -203,6 +206,8 @@ def resolve_splits(raw_dir: Path, dataset_dir: Path, case_ids: list[str]) -> Spl
             old = None
         if old is not None and old.user_provided:
             _validate_splits(old, case_ids, existing)
+            return old
+        if old is not None and old.folds and old.case_ids() == set(case_ids):
             return old
     return make_splits(case_ids)
 
@@ -228,7 +233,7 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     from autoseg.preprocessing import preprocess_dataset
     from autoseg.core.runlock import RunLock
 
-    from autoseg.planning.planner import plan_experiment
+    from autoseg.planning.planner import plan_experiment, unplanned_configurations
     from autoseg.planning.plans import plans_name_for, plans_path
 
     raw_dir = Path(raw_dir).resolve()
@@ -248,10 +253,13 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
         fingerprint, reused = _fingerprint(spec, cases, dataset_dir, signature, n_workers, seed, progress, fresh)
         source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(dataset_dir / "source.json")
         plans = plan_experiment(fingerprint, spec, settings, plans_name, arch=arch)
+        unplanned = unplanned_configurations(plans)
+        found_warnings = (*found_warnings, *(f"configuration {c} is not planned: {why}" for c, why in unplanned.items()))
         if configs:
             unknown = [c for c in configs if c not in plans.configurations]
             if unknown:
-                raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}; "
+                why = "".join(f" ({c}: {unplanned[c]})" for c in unknown if c in unplanned)
+                raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}{why}; "
                                  f"choices: {', '.join(plans.configurations)}")
         # plans.json and splits.json are written after the cases, so a failed preprocessing (e.g. the disk
         # check) leaves no plans.json a later `autoseg train` could take for a finished plan

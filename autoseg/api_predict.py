@@ -27,6 +27,11 @@ def model_dir_for(workspace: Workspace, dataset: str | None = None, config: str 
         return find_model_dir(workspace, dataset, config, arch, plans)
     model = Path(model)
     if model.is_dir():
+        from autoseg.inference.nnunet_import import is_nnunet_folder
+
+        if is_nnunet_folder(model) and not any(model.glob("fold_*/checkpoint_*.pt")):
+            raise PredictorError(f"--model {model}: an nnU-Net v2 results folder; install it first with `autoseg "
+                                 f"import {model}`, then predict with the folder it prints")
         return model
     if not model.is_file():
         raise PredictorError(f"--model {model}: not found; give a model folder "
@@ -124,11 +129,29 @@ def export(workspace: Workspace, run: str | Path, out_zip: Path, config: str | N
     return export_model(model_dir, Path(out_zip), folds=folds, checkpoint=checkpoint, onnx=onnx)
 
 
-def import_(workspace: Workspace, zip_path: Path, overwrite: bool = False) -> Path:
-    """Install an exported model into ``workspace``; returns its model folder."""
-    from autoseg.inference.export import import_model
+def import_(workspace: Workspace, source: Path, overwrite: bool = False,
+            allowed_trainers: Sequence[str] = ()) -> list[Path]:
+    """Install a model into ``workspace``: a zip written by ``autoseg export``, an nnU-Net v2 results
+    folder, or a zip written by ``nnUNetv2_export_model_to_zip``
+    (:mod:`autoseg.inference.nnunet_import`; ``allowed_trainers``: custom nnU-Net trainers known to
+    keep the plans' network). Returns the installed model folders."""
+    from autoseg.inference.export import ExportError, import_model
+    from autoseg.inference.nnunet_import import install_nnunet, is_nnunet_folder, is_nnunet_zip
 
-    return import_model(Path(zip_path), workspace, overwrite=overwrite)
+    source = Path(source)
+    if source.is_dir():
+        if not is_nnunet_folder(source):
+            raise ExportError(f"{source}: is a folder, but not an nnU-Net v2 results folder (<Trainer>__<Plans>__"
+                              "<configuration> with plans.json, dataset.json and fold_*/checkpoint_final.pth); give "
+                              "that, or the .zip written by `autoseg export` (a model folder of autoseg is used as it "
+                              "is: autoseg predict --model FOLDER)")
+        return install_nnunet(source, workspace, overwrite, tuple(allowed_trainers))
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            nnunet = "manifest.json" not in zf.namelist() and is_nnunet_zip(zf)
+        if nnunet:
+            return install_nnunet(source, workspace, overwrite, tuple(allowed_trainers))
+    return [import_model(source, workspace, overwrite=overwrite)]
 
 
 def _cv_inputs(workspace: Workspace, dataset: str | None):
@@ -199,11 +222,13 @@ def find_best(workspace: Workspace, dataset: str | None = None, configs: Sequenc
 
 def quantize(workspace: Workspace, dataset: str | None = None, config: str | None = None, arch: str | None = None,
              folds: Sequence | None = None, checkpoint: str = "final", model: Path | None = None,
-             plans: str | None = None, **options):
+             plans: str | None = None, raw_data: Path | None = None, **options):
     """Make and check the int8 network of each chosen fold (:func:`autoseg.inference.quantize.quantize_model`;
     ``options``: ``patches``, ``check_cases``, ``tolerance``, ``seed``, ``progress``). Calibration and check
     read the model's preprocessed training data, so the dataset must be planned in ``workspace`` with the
-    model's plans. Returns one :class:`~autoseg.inference.quantize.FoldResult` per fold."""
+    model's plans; ``raw_data`` (a raw dataset folder) is first preprocessed with the model's plans
+    (:func:`preprocess_for_model`: models imported from nnU-Net come without preprocessed data).
+    Returns one :class:`~autoseg.inference.quantize.FoldResult` per fold."""
     from autoseg.inference.predictor import load_predictor
     from autoseg.inference.quantize import QuantizeError, quantize_model
     from autoseg.planning.plans import Plans, plans_path
@@ -212,12 +237,15 @@ def quantize(workspace: Workspace, dataset: str | None = None, config: str | Non
 
     predictor = load_predictor(model_dir_for(workspace, dataset, config, arch, model, plans), folds, checkpoint)
     name = predictor.spec.name or predictor.plans.dataset_name
+    if raw_data is not None:
+        preprocess_for_model(workspace, predictor, Path(raw_data))
     pre = workspace.preprocessed_dir(name)
     plans_file = plans_path(pre, predictor.plans.plans_name)
     if not plans_file.is_file() or not (pre / "splits.json").is_file():
         raise QuantizeError(f"{pre}: no planned dataset with the model's plans ({plans_file.name}); `autoseg "
                             f"quantize` calibrates on the preprocessed training cases of {name}: run `autoseg plan "
-                            f"{name}` in this workspace first")
+                            f"{name}` in this workspace first (a model imported from nnU-Net: pass --raw-data with "
+                            "its raw training dataset)")
     if Plans.load(plans_file).to_dict() != predictor.plans.to_dict():
         raise QuantizeError(f"{plans_file} differs from the plans the model was trained with; the "
                             "preprocessed data do not fit it (planned again since?)")
@@ -226,3 +254,32 @@ def quantize(workspace: Workspace, dataset: str | None = None, config: str | Non
         raise QuantizeError(f"{folder}: preprocessed data of configuration {predictor.config.name} not found; run "
                             f"`autoseg plan {name}` to preprocess it")
     return quantize_model(predictor, folder, Splits.load(pre / "splits.json"), **options)
+
+
+def preprocess_for_model(workspace: Workspace, predictor, raw_dir: Path, progress: bool = False) -> Path:
+    """Preprocess the training cases of ``raw_dir`` with ``predictor``'s plans into ``workspace`` (plans
+    file, preprocessed cases of its configuration, ``splits.json`` unless one exists: nnU-Net's folds),
+    so that ``quantize`` can calibrate a model that came without its data. Returns the dataset folder."""
+    from autoseg.api import resolve_splits
+    from autoseg.core.fileops import atomic_write_bytes, ensure_writable_dir
+    from autoseg.inference.quantize import QuantizeError
+    from autoseg.integrity import check_dataset
+    from autoseg.planning.plans import plans_path
+    from autoseg.preprocessing import preprocess_dataset
+    from autoseg.core.runlock import RunLock
+
+    spec, cases = check_dataset(raw_dir, workers=1, progress=progress)
+    name, plans = predictor.plans.dataset_name, predictor.plans
+    if spec.name != name or dict(spec.labels) != dict(plans.labels) or spec.num_channels != predictor.num_channels:
+        raise QuantizeError(f"{raw_dir}: dataset {spec.name} (labels {dict(spec.labels)}, {spec.num_channels} "
+                            f"channel(s)) is not the one the model was trained on ({name}, labels {dict(plans.labels)}, "
+                            f"{predictor.num_channels} channel(s)); give the model's raw training dataset")
+    pre = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
+    with RunLock(pre, doing="planned"):
+        preprocess_dataset(spec, cases, plans, pre, configs=[predictor.config.name], workers=1, progress=False)
+        plans.save(plans_path(pre, plans.plans_name))
+        if not (pre / "splits.json").is_file():
+            resolve_splits(raw_dir, pre, [c.case_id for c in cases]).save(pre / "splits.json")
+        if not (pre / "dataset.json").is_file():
+            atomic_write_bytes(pre / "dataset.json", (Path(raw_dir) / "dataset.json").read_bytes())
+    return pre

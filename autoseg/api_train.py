@@ -10,6 +10,7 @@ another; ``all`` trains on every case. Under torchrun every rank calls :func:`tr
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,7 +68,7 @@ def parse_folds(folds: Sequence[int | str], n_folds: int) -> list[int | str]:
 def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence[int | str] = (0,),
           config: str | None = None, arch: str | None = None, settings: Mapping[str, Any] | None = None,
           resume: bool = False, pretrained: Path | None = None, dist=None, progress: bool = True,
-          callbacks: Sequence = (), plans_name: str | None = None) -> list[Path]:
+          callbacks: Sequence = (), plans_name: str | None = None, stop=None) -> list[Path]:
     """Train ``config`` (default: the plans') with ``arch`` (default: the plan's) on each fold.
 
     ``plans_name`` picks the dataset's plans by plans name or planner preset (``resenc_m``); default:
@@ -75,8 +76,12 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
 
     ``settings`` holds the :class:`~autoseg.training.trainer.TrainSettings` fields chosen
     explicitly; on ``resume`` the run's stored settings are used and only fields in
-    :data:`RESUMABLE_CHANGES` may differ. Returns the run folders."""
+    :data:`RESUMABLE_CHANGES` may differ. ``stop``: the installed
+    :class:`~autoseg.training.stopping.StopSignals` (SIGTERM/SIGINT end training after the current
+    step with :class:`~autoseg.training.stopping.TrainingStopped`). Returns the run folders."""
     from autoseg.models import ARCHITECTURES
+    from autoseg.models.registry import check_buildable
+    from autoseg.planning.planner import unplanned_configurations
     from autoseg.planning.plans import Plans, find_plans
     from autoseg.splits import Splits
     from autoseg.training import ddp
@@ -91,11 +96,13 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
     plans = Plans.load(plans_file)
     config = config or plans.default_configuration
     if config not in plans.configurations:
-        raise TrainError(f"configuration '{config}' is not planned for {name}; choices: "
+        why = unplanned_configurations(plans).get(config)
+        raise TrainError(f"configuration '{config}' is not planned for {name}{f' ({why})' if why else ''}; choices: "
                          f"{', '.join(plans.configurations)}")
     arch = arch or plans.configurations[config].architecture
     if arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(ARCHITECTURES)}")
+    check_buildable(arch, plans.configurations[config])  # before any run folder is made
     splits = Splits.load(pre / "splits.json")
     fold_list = parse_folds(folds, len(splits.folds))
     if resume and pretrained is not None:
@@ -105,7 +112,7 @@ def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence
     for fold in fold_list:
         run_dir = run_dir_for(workspace, name, arch, plans.plans_name, config, fold)
         runs.append(train_fold(workspace, name, plans, config, arch, splits.fold(fold), fold, run_dir,
-                               dict(settings or {}), resume, pretrained, dist, progress, callbacks))
+                               dict(settings or {}), resume, pretrained, dist, progress, callbacks, stop))
     return runs
 
 
@@ -150,7 +157,7 @@ def model_record(plans, config: str, arch: str, fold, spec, settings) -> ModelRe
 
 def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, fold_cases, fold, run_dir: Path,
                given: dict[str, Any], resume: bool, pretrained: Path | None, dist, progress: bool,
-               callbacks: Sequence) -> Path:
+               callbacks: Sequence, stop=None) -> Path:
     """Build, (resume,) fit and validate one fold; returns its run folder."""
     from autoseg.training import ddp
     from autoseg.core.runlock import RunLock
@@ -170,7 +177,9 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         raise TrainError(f"--resume: {plans_path(workspace.preprocessed_dir(name), plans.plans_name).name} of {name} "
                          f"changed since {run_dir} was started; train a new run (delete the folder) or restore the "
                          "old plans")
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
+    made = missing_folders(run_dir, workspace.root) if dist.is_main else []
+    lock = RunLock(run_dir, notify=_tell).acquire() if dist.is_main else None
+    done = False  # a failure removes the folders this call made, when they are still empty
     try:
         if lock is not None:
             remove_temporaries(run_dir)
@@ -182,6 +191,8 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         elif pretrained is not None:
             load_pretrained(run.model, pretrained)
         run.network = _wrap(run, dist)
+        if stop is not None:
+            run.stop = stop
         if settings.time_budget is not None:
             run.budget = make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started)
         history = run.state.history
@@ -197,10 +208,40 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
             _final_validation(workspace, name, plans, config, run, fold_cases, progress)
             if run.budget is not None:
                 _log_budget_use(run, time.monotonic() - validation_started)
+        done = True
     finally:
         if lock is not None:
             lock.release()
+        if not done:
+            remove_empty(made)
     return run_dir
+
+
+def _tell(line: str) -> None:
+    """A line for the user while the command works (stderr, so stdout keeps only results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def missing_folders(folder: Path, root: Path) -> list[Path]:
+    """``folder`` and those of its parents below ``root`` that do not exist yet, deepest first: what
+    a start that fails before training must remove again."""
+    root = Path(root).resolve()
+    out = []
+    for p in (folder, *folder.parents):
+        if p.exists() or p.resolve() == root or root not in p.resolve().parents:
+            break
+        out.append(p)
+    return out
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty: a failed start leaves no half-made run
+    folder, and a folder holding anything (an earlier run's files) is never touched."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty, or already gone
+            return
 
 
 def remove_temporaries(run_dir: Path) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from autoseg.cli import EXIT_FAILURE, EXIT_OK, command, out, workspace_from
-from autoseg.models.registry import ARCHITECTURES
+from autoseg.models.registry import ARCHITECTURES, IMPORTED
 
 BACKEND_CHOICES = ("auto", "torch", "openvino")  # autoseg.inference.backends.BACKENDS (not imported: torch)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -26,7 +26,8 @@ def _model_options(p: argparse.ArgumentParser, dataset_positional: bool = False)
         p.add_argument("-d", "--dataset", default=None,
                        help="trained dataset (name or number); may be left out when only one is trained")
     p.add_argument("--config", default=None, help="configuration (3d_fullres, 2d, ...) when several are trained")
-    p.add_argument("--arch", default=None, help=f"architecture when several are trained ({', '.join(ARCHITECTURES)})")
+    p.add_argument("--arch", default=None,
+                   help=f"architecture when several are trained ({', '.join([*ARCHITECTURES, *IMPORTED])})")
     p.add_argument("--plans", default=None, metavar="NAME",
                    help="plans (planner preset such as resenc_m, or plans name) when several are trained")
 
@@ -131,6 +132,9 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=0.005,
                    help="largest Dice loss per class that passes the check (default 0.005)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration patches (default 0)")
+    p.add_argument("--raw-data", type=Path, default=None, metavar="DATASET_DIR",
+                   help="raw dataset to preprocess with the model's plans first (models imported from nnU-Net, "
+                        "which come without preprocessed data)")
 
 
 @command("quantize", "make int8 networks for fast CPU prediction, checked against fp32", _quantize_arguments,
@@ -145,7 +149,7 @@ def run_quantize(args: argparse.Namespace) -> int:
                                    plans=args.plans,
                                    folds=args.folds, checkpoint=args.checkpoint, model=args.model,
                                    patches=args.patches, check_cases=args.check_cases, tolerance=args.tolerance,
-                                   seed=args.seed, progress=out)
+                                   seed=args.seed, progress=out, raw_data=args.raw_data)
     passed = True
     for r in results:
         c = r.record["check"]
@@ -220,17 +224,24 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _import_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("zip", type=Path, metavar="MODEL_ZIP", help="zip written by `autoseg export`")
+    p.add_argument("zip", type=Path, metavar="MODEL",
+                   help="zip written by `autoseg export`, an nnU-Net v2 results folder "
+                        "(<Trainer>__<Plans>__<configuration>) or a zip of nnUNetv2_export_model_to_zip")
     p.add_argument("--overwrite", action="store_true", help="replace a model installed at the same place")
+    p.add_argument("--allow-trainer", action="append", default=[], metavar="NAME",
+                   help="nnU-Net models: accept this custom trainer (one that changes only training, not the "
+                        "network); repeatable")
 
 
-@command("import", "install an exported model zip into the workspace", _import_arguments)
+@command("import", "install an exported model (autoseg or nnU-Net v2) into the workspace", _import_arguments)
 def run_import(args: argparse.Namespace) -> int:
     from autoseg import api_predict
 
-    target = api_predict.import_(workspace_from(args), args.zip, overwrite=args.overwrite)
-    out(f"installed {target}")
-    out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {target}")
+    targets = api_predict.import_(workspace_from(args), args.zip, overwrite=args.overwrite,
+                                  allowed_trainers=args.allow_trainer)
+    for target in targets:
+        out(f"installed {target}")
+    out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {targets[0]}")
     return EXIT_OK
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 from autoseg.cli import EXIT_OK, command, out, workspace_from
@@ -68,6 +71,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                         "pip install -e '.[tracking]'; default: none")
 
 
+EXIT_SIGNAL = 128  # exit status 128 + signal number, as a shell reports a process ended by a signal
+
 OPTION_TO_SETTING = {"epochs": "epochs", "iters_per_epoch": "iters_per_epoch", "val_iters": "val_iters",
                      "early_stop": "early_stop", "device": "device", "amp": "amp", "seed": "seed",
                      "num_workers": "num_workers", "save_probabilities": "save_probabilities",
@@ -88,6 +93,7 @@ def _callbacks(args: argparse.Namespace) -> list:
 def run_train(args: argparse.Namespace) -> int:
     from autoseg import api_train
     from autoseg.training import ddp
+    from autoseg.training.stopping import StopSignals, TrainingStopped
 
     settings = {key: getattr(args, opt) for opt, key in OPTION_TO_SETTING.items() if getattr(args, opt) is not None}
     dist = ddp.detect(os.environ)
@@ -97,10 +103,16 @@ def run_train(args: argparse.Namespace) -> int:
         out(f"time budget {format_duration(args.time_budget)} for each fold ({len(args.fold)} folds, one after "
             f"another)")
     try:
-        runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
-                               settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
-                               progress=not args.no_progress and dist.is_main, plans_name=args.plans,
-                               callbacks=_callbacks(args))
+        with StopSignals() as stop:
+            runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
+                                   settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
+                                   progress=not args.no_progress and dist.is_main, plans_name=args.plans, stop=stop,
+                                   callbacks=_callbacks(args))
+    except TrainingStopped as e:
+        if dist.is_main:
+            print(f"autoseg train: {stopped_message(e)}; resume with: {resume_command(args, dist, e.epochs_done != 0)}",
+                  file=sys.stderr)
+        return EXIT_SIGNAL + e.signum
     finally:
         ddp.shutdown(dist)
     if dist.is_main:
@@ -110,3 +122,34 @@ def run_train(args: argparse.Namespace) -> int:
             dice = f", validation Dice {mean:.4f}" if isinstance(mean, float) else ""
             out(f"trained {run_dir}{dice}")
     return EXIT_OK
+
+
+def stopped_message(e) -> str:
+    """What a SIGTERM/SIGINT left: which epochs are saved, and where."""
+    name = signal.Signals(e.signum).name
+    if e.epochs_done is None:
+        return f"stopped by {name} outside the training loop; every file written is whole"
+    saved = (f"{e.run_dir} holds the checkpoint of epoch {e.epochs_done}" if e.epochs_done else
+             f"no epoch of {e.run_dir} was finished, so it starts anew")
+    return f"stopped by {name}; {saved} (the unfinished epoch is dropped and redone exactly)"
+
+
+def resume_command(args: argparse.Namespace, dist, started: bool) -> str:
+    """The command line that continues this run: its options and --resume; a fine-tuning run
+    (--pretrained) with no finished epoch is started again as it was (--resume would start it without
+    the pretrained weights)."""
+    parts = ["autoseg", "train", *([args.dataset] if args.dataset else []), "--fold", *map(str, args.fold)]
+    for option in ("config", "arch", "plans", "workdir"):
+        if getattr(args, option, None):
+            parts += [f"--{option}", str(getattr(args, option))]
+    for option in OPTION_TO_SETTING:
+        value = getattr(args, option)
+        if value is True:
+            parts.append(f"--{option.replace('_', '-')}")
+        elif value is not None and value is not False:
+            parts += [f"--{option.replace('_', '-')}", str(value)]
+    parts += ["--no-progress"] if args.no_progress else []
+    again = args.pretrained is not None and not started
+    parts += ["--pretrained", str(args.pretrained)] if again else ["--resume"]
+    text = shlex.join(parts)
+    return f"torchrun --nproc-per-node {dist.world_size} -m {text}" if dist.is_distributed else text

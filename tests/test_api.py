@@ -8,7 +8,7 @@ from autoseg.artifacts import ArtifactError
 from autoseg.dataset import DatasetError
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning.plans import Plans
-from autoseg.splits import Splits
+from autoseg.splits import RULE_EARLIER, RULE_NNUNET, RULE_USER, Fold, Splits, make_splits
 from autoseg.storage import list_done_cases
 from autoseg.toy import make_toy_dataset
 from autoseg.workspace import Workspace, WorkspaceError
@@ -101,6 +101,39 @@ def test_user_splits_naming_unknown_cases_are_rejected(raw, ws):
     (raw / "splits.json").write_text(json.dumps(folds))
     with pytest.raises(ArtifactError, match="nobody"):
         _plan(raw, ws)
+
+
+def _earlier_splits_file(path, cases):
+    """A splits.json as autoseg wrote it before it used nnU-Net's folds (no "rule" key)."""
+    folds = [Fold(train=tuple(c for c in cases if c != v), val=(v,)) for v in cases]
+    data = Splits(folds=tuple(folds), seed=12345).to_dict()
+    del data["rule"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return folds
+
+
+def test_existing_automatic_splits_json_is_kept(tmp_path):
+    cases = ["a", "b", "c", "d", "e", "f"]
+    folds = _earlier_splits_file(tmp_path / "pre" / "splits.json", cases)
+    kept = api.resolve_splits(tmp_path / "raw", tmp_path / "pre", cases)
+    assert list(kept.folds) == folds and kept.rule == RULE_EARLIER and not kept.user_provided
+    # other cases than the file's: new folds, nnU-Net's
+    assert api.resolve_splits(tmp_path / "raw", tmp_path / "pre", cases + ["g"]) == make_splits(cases + ["g"])
+
+
+def test_nnunet_splits_final_json_in_preprocessed_folder_wins(tmp_path):
+    cases = ["a", "b", "c"]
+    _earlier_splits_file(tmp_path / "pre" / "splits.json", cases)
+    (tmp_path / "pre" / "splits_final.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["c"]}]))
+    splits = api.resolve_splits(tmp_path / "raw", tmp_path / "pre", cases)
+    assert splits.user_provided and splits.rule == RULE_USER and splits.folds == (Fold(("a", "b"), ("c",)),)
+
+
+def test_new_dataset_gets_nnunet_folds(raw, ws):
+    result = _plan(raw, ws)
+    assert Splits.load(result.splits) == make_splits(["toy_000", "toy_001", "toy_002"])
+    assert Splits.load(result.splits).rule == RULE_NNUNET
 
 
 def test_find_raw_dir_falls_back_to_workspace_raw(tmp_path):

@@ -91,7 +91,8 @@ class Predictor:
     """The networks of the chosen folds of one trained configuration (CPU, eval mode) and their context.
 
     ``spec`` is rebuilt from the checkpoint's dataset record (labels, channels, regions, file ending);
-    ``mirror_axes`` are the patch axes mirrored in training (all of them), used for test-time
+    ``mirror_axes`` are the patch axes mirrored in training (all of them; for a model imported from
+    nnU-Net, those its trainer allowed, none for ``NoMirroring`` trainers), used for test-time
     augmentation; ``postprocessing`` is the cross-validation decision when one was saved."""
 
     model_dir: Path
@@ -104,9 +105,12 @@ class Predictor:
     networks: Sequence[Any]  # a tuple of modules, or FoldNetworks (built on first use)
     postprocessing: PostprocessingDecision | None = None
     checkpoint_paths: tuple[Path, ...] = ()  # one per network (empty for hand-built predictors)
+    allowed_mirror_axes: tuple[int, ...] | None = None  # from the checkpoint (imported nnU-Net models); None: all
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
+        if self.allowed_mirror_axes is not None:
+            return self.allowed_mirror_axes
         return tuple(range(len(self.config.patch_size)))
 
     @property
@@ -209,13 +213,14 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     paths = choose_checkpoints(model_dir, folds, checkpoint)
     first_path = next(iter(paths.values()))
     states, reference = [], None
-    plans = config = spec = arch = None
+    plans = config = spec = arch = mirror_axes = None
     for fold, path in paths.items():
         ckpt, record = _load(path)
         if reference is None:
             reference = record
             plans = Plans.from_dict(record.plans, source=str(path))
             config, arch = plans.configuration(record.configuration), record.arch
+            mirror_axes = record.inference_mirror_axes
             spec = spec_from_record(record)
             _check_owner(model_dir, spec, path)
             if config.previous_stage:
@@ -237,7 +242,8 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     model_root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=FoldNetworks(states, build),
-                     postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()))
+                     postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()),
+                     allowed_mirror_axes=mirror_axes)
 
 
 def _load(path: Path) -> tuple[dict[str, Any], ModelRecord]:

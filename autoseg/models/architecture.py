@@ -43,6 +43,13 @@ EstimateRule = Callable[[Topology, Sequence[int], int, Sequence[int], Sequence[i
 ShrinkRule = Callable[[Sequence[int], Sequence[int], int], bool]
 # (plan, input channels, output channels, deep supervision) -> torch.nn.Module
 Builder = Callable[[ConfigurationPlan, int, int, bool], Any]
+# plan -> what keeps this network from being built and trained on it (sentences; empty when it can be)
+ProblemRule = Callable[[ConfigurationPlan], list]
+
+
+def no_problems(plan: ConfigurationPlan) -> list:
+    """The rule of a network that takes any plan its own layout rule makes."""
+    return []
 
 
 def shrink_while_positive(patch: Sequence[int], steps: Sequence[int], axis: int) -> bool:
@@ -82,7 +89,9 @@ class Architecture:
     """A registry entry. ``layout``, ``features``, ``estimate`` and ``can_shrink`` are the planner's
     rules (:func:`autoseg.planning.heuristics.patch_and_batch` calls them); ``build`` makes the network
     of a configuration plan; ``head_names`` are the module names of the output heads (see :meth:`is_head`;
-    fine-tuning on another number of classes keeps those fresh); ``preset`` is the planner preset in ``planners/`` that plans for it."""
+    fine-tuning on another number of classes keeps those fresh); ``preset`` is the planner preset in ``planners/`` that plans for it;
+    ``problems`` says what keeps a plan from being built and trained as this network
+    (:func:`autoseg.planning.trainable.configuration_problems`)."""
 
     name: str
     summary: str
@@ -94,6 +103,7 @@ class Architecture:
     estimate: EstimateRule
     build: Builder
     can_shrink: ShrinkRule = shrink_while_positive
+    problems: ProblemRule = no_problems  # checked by the planner (left out) and before training (refused)
 
     def is_head(self, key: str) -> bool:
         """Whether the state-dict ``key`` is a tensor of an output head: one of ``head_names`` (a module

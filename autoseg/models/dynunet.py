@@ -16,6 +16,7 @@ from torch import nn
 from autoseg.models.architecture import ModelError
 from autoseg.models.norms import instance_to_group_norm
 from autoseg.planning.plans import ConfigurationPlan
+from autoseg.planning.trainable import configuration_problems, unet_problems
 
 
 class DeepSupervisedDynUNet(nn.Module):
@@ -89,14 +90,27 @@ def concat_free_up_blocks(module: nn.Module, _done: dict | None = None) -> nn.Mo
     return module
 
 
+class TwoStageDynUNet(DynUNet):
+    """MONAI ``DynUNet`` that also accepts 2 stages (input block, strided bottleneck, one up block).
+
+    MONAI's ``check_kernel_stride`` asks for at least 3 kernel sizes and strides, but its blocks
+    compose into a working 1-pool U-Net with 2 (no middle downsampling block; the skip layer joins
+    the input block and the bottleneck): the network nnU-Net plans for small images. MONAI's other
+    checks are kept."""
+
+    def check_kernel_stride(self):
+        if not len(self.kernel_size) == len(self.strides) == 2:
+            return super().check_kernel_stride()
+        for value in (*self.kernel_size, *self.strides):  # MONAI's per-block check
+            if not isinstance(value, int) and len(value) != self.spatial_dims:
+                raise ValueError("length of kernel_size and strides in every block should be spatial_dims")
+
+
 def _check_plan(plan: ConfigurationPlan) -> None:
-    n = len(plan.strides)
-    if len(plan.kernel_sizes) != n or len(plan.features) < n:
-        raise ModelError(f"configuration '{plan.name}': {len(plan.kernel_sizes)} kernel sizes, {n} strides and "
-                         f"{len(plan.features)} feature counts do not describe one network; rerun `autoseg plan`")
-    if n < 3:  # MONAI DynUNet: input block, at least one down/up stage, bottleneck
-        raise ModelError(f"configuration '{plan.name}': DynUNet needs at least 3 stages, the plan has {n}; "
-                         f"its patch {tuple(plan.patch_size)} is too small to pool twice")
+    problems = configuration_problems(plan) or unet_problems(plan)
+    if problems:
+        raise ModelError(f"configuration '{plan.name}': {'; '.join(problems)}; rerun `autoseg plan` (it plans only "
+                         "configurations that can be built)")
 
 
 def build_dynunet(plan: ConfigurationPlan, in_channels: int, out_channels: int, deep_supervision: bool) -> nn.Module:
@@ -105,7 +119,7 @@ def build_dynunet(plan: ConfigurationPlan, in_channels: int, out_channels: int, 
     _check_plan(plan)
     n_stages = len(plan.strides)
     heads = n_stages - 3  # decoder outputs below full resolution, minus the weight-0 lowest one
-    net = DynUNet(
+    net = TwoStageDynUNet(
         spatial_dims=plan.spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from autoseg.models.architecture import Architecture
 from autoseg.models.unet import nnunet_features, nnunet_layout
 from autoseg.planning.topology import Topology, estimate_feature_map_size
+from autoseg.planning.trainable import unet_problems
 
 ARCHITECTURE_NAME = "resenc_unet"
 
@@ -58,4 +59,5 @@ ARCHITECTURE = Architecture(
     features=nnunet_features,
     estimate=resenc_estimate,
     build=build,
+    problems=unet_problems,
 )

@@ -54,18 +54,25 @@ def estimate(topology: Topology, features_, n_classes: int, encoder_blocks, deco
                                      decoder_blocks)
 
 
+def swin_problems(plan) -> list[str]:
+    """SwinUNETR's constraints on a plan: every patch edge a multiple of 32 (MONAI raises otherwise) and
+    more than one bottleneck voxel (instance norm rejects a single one)."""
+    patch = tuple(plan.patch_size)
+    if any(p % DIVISOR for p in patch):
+        return [f"swin_unetr needs every patch edge divisible by {DIVISOR}, the patch is {patch}"]
+    if all(p == DIVISOR for p in patch):
+        return [f"swin_unetr cannot train on patch {patch}: its bottleneck would be a single voxel, which instance "
+                f"norm rejects; it needs an edge of {2 * DIVISOR} or more"]
+    return []
+
+
 def build(plan, in_channels: int, out_channels: int, deep_supervision: bool):
     """MONAI SwinUNETR; ``feature_size`` from ``plan.features[0]`` (see :func:`swin_feature_size`)."""
     from monai.networks.nets import SwinUNETR  # MONAI loads only when a network is made
 
-    bad = [p for p in plan.patch_size if p % DIVISOR]
-    if bad:
-        raise ModelError(f"swin_unetr needs every patch edge divisible by {DIVISOR}, configuration "
-                         f"'{plan.name}' has patch {tuple(plan.patch_size)}; choose --arch unet or re-plan")
-    if all(p == DIVISOR for p in plan.patch_size):
-        raise ModelError(f"swin_unetr cannot train on patch {tuple(plan.patch_size)}: its bottleneck would be a "
-                         f"single voxel, which instance norm rejects; use a patch with an edge of "
-                         f"{2 * DIVISOR} or more, or --arch unet")
+    problems = swin_problems(plan)
+    if problems:
+        raise ModelError(f"configuration '{plan.name}': {'; '.join(problems)}; choose --arch unet or re-plan")
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels,
                      feature_size=swin_feature_size(plan.features[0]), spatial_dims=plan.spatial_dims)
 
@@ -81,4 +88,5 @@ ARCHITECTURE = Architecture(
     estimate=estimate,
     can_shrink=shrink_keeping_one_step,
     build=build,
+    problems=swin_problems,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from autoseg.models.architecture import Architecture
 from autoseg.planning.settings import PlannerSettings
 from autoseg.planning.topology import Topology, estimate_feature_map_size, network_topology, stage_features
+from autoseg.planning.trainable import unet_problems
 
 
 def nnunet_layout(spacing, patch, settings: PlannerSettings) -> Topology:
@@ -45,4 +46,5 @@ ARCHITECTURE = Architecture(
     features=nnunet_features,
     estimate=plain_estimate,
     build=build,
+    problems=unet_problems,
 )

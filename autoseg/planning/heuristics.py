@@ -74,7 +74,8 @@ def median_resampled_shape(spacings, shapes, new_spacing) -> tuple[float, ...]:
     return tuple(float(m) for m in np.median(np.asarray(new, dtype=np.float64), axis=0))
 
 
-NORMALIZATION_BY_NAME = {"ct": "ct", "nonorm": "none", "rescale_to_0_1": "rescale_0_1", "zscore": "zscore"}
+NORMALIZATION_BY_NAME = {"ct": "ct", "nonorm": "none", "rescale_to_0_1": "rescale_0_1", "rgb_to_0_1": "rgb_0_1",
+                         "zscore": "zscore"}
 
 
 def normalization_plan(channel_names: Sequence[str], intensity_stats: Sequence[IntensityStats],
@@ -83,7 +84,8 @@ def normalization_plan(channel_names: Sequence[str], intensity_stats: Sequence[I
     """One plan per channel, chosen by channel name (case-insensitive).
 
     "CT": clip to the dataset foreground [p0.5, p99.5], then subtract the foreground mean and divide
-    by its std (global statistics). "noNorm": none. "rescale_to_0_1": per-image min-max. Any other
+    by its std (global statistics). "noNorm": none. "rescale_to_0_1": per-image min-max. "rgb_to_0_1":
+    divided by 255. Any other
     name: per-image z-score, computed inside the non-zero mask when the median relative size after
     cropping is below ``mask_threshold`` (cropping removed over a quarter of the typical image, so
     the zero background is large and would dominate the statistics).

@@ -10,6 +10,11 @@ nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py):
   covers less than ``lowres_threshold`` of the median image: the spacing grows in steps of
   ``lowres_spacing_step`` until a patch covers enough; dropped again when the lowres median image
   is less than ``lowres_min_voxel_ratio`` times smaller than the fullres one.
+
+Only configurations whose network can be built and trained are kept
+(:mod:`autoseg.planning.trainable`); the others are named with their reason in
+``settings["unplanned_configurations"]``, and a default configuration that cannot be built refuses
+the plan (the images are too small for a U-Net).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from autoseg.planning.heuristics import (PatchPlan, median_resampled_shape, need
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.planning.settings import PlannerSettings
 from autoseg.planning.topology import ArchitectureRules
+from autoseg.planning.trainable import configuration_problems
+
+UNPLANNED_KEY = "unplanned_configurations"  # Plans.settings: {configuration: why it was left out}
 
 
 class PlanningError(ValueError):
@@ -132,6 +140,11 @@ def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: Plann
             configs["3d_lowres"] = _configuration("3d_lowres", low_spacing, low_median, low_pp, False,
                                                   "3d_lowres", settings, thr)
             configs["3d_cascade_fullres"] = replace(fullres, name="3d_cascade_fullres", previous_stage="3d_lowres")
+    default = "3d_fullres" if is_3d else "2d"
+    wanted = configs[default]
+    configs, unplanned = _trainable_only(configs, arch)
+    if default in unplanned:
+        raise PlanningError(_too_small(spec.name, wanted, unplanned[default], settings))
     norm = normalization_plan(spec.channel_names, fingerprint.intensity, fingerprint.median_relative_size_after_crop,
                               settings.mask_for_norm_threshold)
     return Plans(
@@ -144,7 +157,43 @@ def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: Plann
         labels=dict(spec.labels),
         normalization=norm,
         configurations=configs,
-        default_configuration="3d_fullres" if is_3d else "2d",
+        default_configuration=default,
         settings={**settings.to_dict(), "target_spacing_xyz": list(spacing_xyz),
-                  "median_shape_xyz": list(median_xyz)},
+                  "median_shape_xyz": list(median_xyz), **({UNPLANNED_KEY: unplanned} if unplanned else {})},
     )
+
+
+def unplanned_configurations(plans: Plans) -> dict[str, str]:
+    """The configurations the planner left out of ``plans`` because their network could not be built
+    or trained, each with the reason (:mod:`autoseg.planning.trainable`)."""
+    found = plans.settings.get(UNPLANNED_KEY)
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _trainable_only(configs: dict[str, ConfigurationPlan], architecture: ArchitectureRules
+                    ) -> tuple[dict[str, ConfigurationPlan], dict[str, str]]:
+    """The configurations whose network can be built and trained, and why each other one cannot
+    (:func:`~autoseg.planning.trainable.configuration_problems`); the cascade goes with its lowres stage."""
+    kept, unplanned = {}, {}
+    for name, cfg in configs.items():
+        problems = configuration_problems(cfg, architecture)
+        if cfg.previous_stage is not None and cfg.previous_stage not in kept and not problems:
+            problems = [f"its previous stage {cfg.previous_stage} is not planned"]
+        if problems:
+            unplanned[name] = "; ".join(problems)
+        else:
+            kept[name] = cfg
+    return kept, unplanned
+
+
+def _too_small(dataset: str, cfg: ConfigurationPlan, reason: str, settings: PlannerSettings) -> str:
+    """The refusal when the default configuration cannot be built: what is wrong and what to do."""
+    shape = "x".join(str(m) for m in cfg.median_shape)
+    mm = "x".join(f"{s:.3g}" for s in cfg.spacing)
+    edge = settings.min_feature_map_edge
+    return (f"{dataset}: the images are too small for a {cfg.spatial_dims}D U-Net: the median image is {shape} "
+            f"voxels at {mm} mm "
+            f"after resampling, and {reason} (an axis needs at least {2 * edge} voxels to be downsampled, "
+            f"{settings.single_axis_pool_factor * edge} when it is the only one). Pad or resample the images to "
+            f"more voxels, or plan a smaller network with a planner preset that sets a smaller bottleneck edge: "
+            f"a .toml file holding `min_feature_map_edge = {max(1, edge // 2)}`, given as `--planner FILE.toml`")

@@ -58,6 +58,9 @@ class ArchitectureRules(Protocol):
     def can_shrink(self, patch: Sequence[int], steps: Sequence[int], axis: int) -> bool:
         """Whether the planner may take one divisibility step off ``patch[axis]``."""
 
+    def problems(self, plan) -> list:
+        """What keeps a configuration plan from being built and trained as this network (empty: nothing)."""
+
 
 def pad_to_multiple(size: float, step: int) -> int:
     """Smallest multiple of ``step`` that is >= ``size`` (``size`` may be fractional)."""

@@ -145,7 +145,8 @@ class CpuScheduleWarning(Callback):
         self.active = False
 
     def on_train_start(self, run: Run) -> None:
-        self.active = run.device.type == "cpu" and run.settings.epochs - run.state.epoch >= LONG_SCHEDULE_EPOCHS
+        self.active = (run.device.type == "cpu" and run.settings.time_budget is None  # a budget fits the schedule
+                       and run.settings.epochs - run.state.epoch >= LONG_SCHEDULE_EPOCHS)
 
     def on_batch_end(self, run: Run, epoch: int, step: int, loss) -> None:
         if not self.active:
@@ -162,6 +163,7 @@ class CpuScheduleWarning(Callback):
         left = (s.epochs - epoch) * s.iters_per_epoch - step
         hours = schedule_estimate(per_step, left)
         print(f"warning: training on the CPU: {per_step:.2f} s per step, so the {s.epochs}-epoch schedule "
-              f"({s.iters_per_epoch} steps each) would take about {hours:.0f} h ({hours / 24:.1f} days). Shorten it "
-              "with --epochs (e.g. 50), --iters-per-epoch, --early-stop PATIENCE, or train on a GPU "
+              f"({s.iters_per_epoch} steps each) would take about {hours:.0f} h ({hours / 24:.1f} days). Give it the "
+              "time you have with --time-budget (e.g. 8h), or shorten it with --epochs (e.g. 50), --iters-per-epoch, "
+              "--early-stop PATIENCE, or train on a GPU "
               "(--device cuda); see docs/benchmarks.md", file=self.stream or sys.stderr, flush=True)

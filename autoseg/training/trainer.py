@@ -31,6 +31,7 @@ from autoseg.core.runtime import AMP_CHOICES, DEVICE_CHOICES, autocast
 from autoseg.training import ddp
 from autoseg.training.losses import labels_to_regions, one_hot
 from autoseg.training.schedule import poly_lr
+from autoseg.training.stopping import NEVER, StopSignals, TrainingStopped, pending_stop
 
 EMA_OLD = 0.9  # nnU-Net logger: ema = 0.9 * old + 0.1 * new
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -140,6 +141,7 @@ class Run:
     stop_requested: bool = False  # ends training after this epoch (callbacks run on rank 0 only, so
     # a callback may set it in single-process runs; early stopping sets it on every rank alike)
     budget: Any = None  # training.budget.TimeBudget: fits settings.epochs to --time-budget as the run goes
+    stop: StopSignals = NEVER  # SIGTERM/SIGINT recorded while training (autoseg.training.stopping)
 
 
 class Callback:
@@ -169,8 +171,10 @@ def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
     for cb in hooks:
         cb.on_train_start(run)
     train_iter = train_batches(run.state.epoch * run.settings.iters_per_epoch)
+    run.stop.deferred = True  # SIGTERM/SIGINT now only stop the loop at its next check_stop
     try:
         while run.state.epoch < run.settings.epochs and not run.stop_requested:
+            check_stop(run)  # the finished epochs are saved: stop here rather than start another
             s = run.settings
             epoch = run.state.epoch
             started = time.perf_counter()
@@ -197,7 +201,9 @@ def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
                 run.budget.after_epoch(run, record)
             for cb in hooks:
                 cb.on_epoch_end(run, record)
+        check_stop(run)
     finally:
+        run.stop.deferred = False
         close = getattr(train_iter, "close", None)
         if close is not None:
             close()
@@ -241,10 +247,19 @@ def train_epoch(run: Run, batches: Iterator[Batch], epoch: int, hooks: Sequence[
         loss_sum += loss
         for cb in hooks:
             cb.on_batch_end(run, epoch, step, loss)
+        check_stop(run)  # a step is never cut in half; the unfinished epoch is dropped
     elapsed = time.perf_counter() - started
     totals = ddp.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(run.settings.iters_per_epoch),
                                                                     device=run.device)]), run.dist)
     return float(totals[0] / totals[1]), wait / max(elapsed, 1e-9)
+
+
+def check_stop(run: Run) -> None:
+    """Raise :class:`~autoseg.training.stopping.TrainingStopped` on every rank alike when a rank got
+    SIGTERM/SIGINT; the checkpoint of the last finished epoch is the one to resume from."""
+    signum = pending_stop(run.stop, run.dist, run.device)
+    if signum is not None:
+        raise TrainingStopped(signum, run.state.epoch, run.run_dir)
 
 
 def train_step(run: Run, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -281,6 +296,7 @@ def validate_epoch(run: Run, batches: Iterable[Batch]) -> tuple[float, list[floa
             logits = run.network(image)
             loss_sum += run.loss_fn(logits, target).float()
         counts += confusion_counts(logits.float(), target, run.targets)
+        check_stop(run)
     ddp.all_reduce_sum(counts, run.dist)
     n = torch.tensor(float(run.settings.val_iters), device=run.device)
     mean_loss = ddp.all_reduce_sum(torch.stack([loss_sum, n]), run.dist)

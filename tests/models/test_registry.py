@@ -56,3 +56,44 @@ def test_the_registry_and_the_planner_import_no_torch():
             "print(sorted(m for m in ('torch', 'monai', 'dynamic_network_architectures') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"
+
+
+def test_too_few_stages_is_a_clear_error():
+    with pytest.raises(ModelError, match="at least 2 stages.*rerun `autoseg plan`"):
+        build_model("unet", make_plan(features=(4,)), 1, 2)
+
+
+@pytest.mark.parametrize("arch", ["unet", "resenc_unet"])
+@pytest.mark.parametrize("patch", [(12, 16), (16, 12, 16)])
+def test_two_stage_unet_builds_and_trains(arch, patch):
+    """One downsampling is enough (nnU-Net plans such networks for small images); MONAI's DynUNet
+    alone refuses fewer than 3 stages."""
+    net = build_model(arch, make_plan(patch=patch, features=(4, 8), architecture=arch), 1, 3,
+                      deep_supervision=True).train()
+    out = net(torch.randn(2, 1, *patch))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3, *patch)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+    assert net.eval()(torch.randn(1, 1, *patch)).shape == (1, 3, *patch)
+
+
+@pytest.mark.parametrize("patch, strides, words", [
+    ((10, 16, 16), None, "not divisible by"),  # 10 does not halve twice: the decoder's maps would not fit
+    ((4, 4, 4), None, "single-voxel bottleneck"),
+    ((16, 16, 16), ((1, 1, 1), (2, 2)), "need 3 entries"),
+])
+def test_plans_the_network_cannot_take_are_refused_before_building(patch, strides, words):
+    from autoseg.models.registry import check_buildable
+
+    p = make_plan(patch=patch, strides=strides, features=(4, 8, 8) if strides is None else (4, 8))
+    with pytest.raises(ModelError, match=words):
+        check_buildable("unet", p)
+
+
+def test_swin_unetr_plans_it_cannot_take_are_refused_before_building():
+    from autoseg.models.registry import check_buildable
+
+    with pytest.raises(ModelError, match="divisible by 32"):
+        check_buildable("swin_unetr", make_plan(patch=(32, 32, 48), features=(12, 24, 48), architecture="swin_unetr"))
+    with pytest.raises(ModelError, match="single voxel"):
+        check_buildable("swin_unetr", make_plan(patch=(32, 32, 32), features=(12, 24, 48), architecture="swin_unetr"))

@@ -47,8 +47,9 @@ def test_epoch_scalars_leave_out_nan_and_flags():
     assert epoch_scalars(record) == {"train/loss": 0.5, "train/lr": 0.01, "val/pseudo_dice/1": 0.25}
 
 
-def _run(epochs, device="cpu", done=0):
-    return types.SimpleNamespace(device=torch.device(device), settings=TrainSettings(epochs=epochs),
+def _run(epochs, device="cpu", done=0, time_budget=None):
+    return types.SimpleNamespace(device=torch.device(device), settings=TrainSettings(epochs=epochs,
+                                                                                     time_budget=time_budget),
                                  state=TrainState(epoch=done))
 
 
@@ -64,8 +65,10 @@ def test_cpu_warning_gives_the_estimate_and_the_flags(monkeypatch):
     text = stream.getvalue()
     hours = schedule_estimate(2.0, 1000 * 250 - 5)
     assert "2.00 s per step" in text and f"about {hours:.0f} h" in text and "--epochs" in text
+    assert "--time-budget" in text
     assert round(hours) == 153  # 250 000 steps x 2 s x 1.1
-    for run in (_run(1000, "cuda"), _run(50), _run(1000, done=950)):  # GPU, short, nearly done: silent
+    # GPU, short, nearly done, or fitted to a time budget: silent
+    for run in (_run(1000, "cuda"), _run(50), _run(1000, done=950), _run(1000, time_budget=3600.0)):
         quiet = CpuScheduleWarning(io.StringIO())
         quiet.on_train_start(run)
         assert not quiet.active

@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.artifacts import writing_into
-from autoseg.dataset import Case
 from autoseg.inference.predictor import Predictor
 from autoseg.inference import probabilities as probability_files
 from autoseg.inference.probabilities import SavedProbabilities, labels_from_probabilities
@@ -209,15 +208,24 @@ class Prepared:
 def prepare_case(case: InputCase, model: Predictor) -> Prepared:
     """Read and preprocess one case exactly as training data were (no label). ``.gz`` files are
     decompressed to the end first so a damaged one fails here instead of decoding to wrong voxels."""
-    from autoseg.io.images import ImageReadError, gzip_problem
-    from autoseg.preprocessing import finish_case, load_case
+    from autoseg.io.images import ImageReadError, gzip_problem, read_image
 
     for path in case.files:
         problem = gzip_problem(path)
         if problem:
             raise ImageReadError(problem)
+    data, geometry = read_image(list(case.files), force_itk=model.spec.force_itk)
+    return prepare_arrays(case, data, geometry, model, case.files)
 
-    cropped = load_case(Case(case.case_id, case.files, None), model.spec, model.plans)
+
+def prepare_arrays(case: InputCase, data: np.ndarray, geometry, model: Predictor, sources: tuple) -> Prepared:
+    """Preprocess one case already in memory (float32 ``(C, X, Y, Z)`` with its
+    :class:`~autoseg.io.Geometry`) exactly as training data were: crop, transpose, normalise, resample.
+    ``sources`` names each channel in messages. The folder pipeline and
+    :class:`~autoseg.inference.segmenter.Segmenter` both prepare cases here."""
+    from autoseg.preprocessing import crop_case, finish_case
+
+    cropped = crop_case(case.case_id, data, None, geometry, model.plans, tuple(sources))
     data, _, props, _ = finish_case(cropped, model.spec, model.config.spacing, model.config.resampling)
     return Prepared(case, data, props)
 
@@ -271,19 +279,21 @@ def labels_at_crop(probs: np.ndarray, props, model: Predictor) -> np.ndarray:
     return out
 
 
-def write_case(prepared: Prepared, probs: np.ndarray, model: Predictor, out_dir: Path,
-               save_probabilities: bool) -> Path:
-    """Resample back, label, un-crop, transpose back, post-process and write one case."""
-    from autoseg.io import write_like
+def finish_prediction(prepared: Prepared, probs: np.ndarray, model: Predictor,
+                      with_probabilities: bool) -> tuple[np.ndarray, SavedProbabilities | None]:
+    """Resample back, label, un-crop, transpose back and post-process one case: the label map in the
+    input's shape ``(X, Y, Z)`` (int16) and, ``with_probabilities``, the probabilities over the crop box
+    in the input's axes (:class:`SavedProbabilities`, not post-processed; the labels then come from
+    them, as :func:`labels_from_probabilities`). The folder pipeline and
+    :class:`~autoseg.inference.segmenter.Segmenter` both finish cases here."""
     from autoseg.postprocessing import apply_postprocessing
     from autoseg.training.validation import to_original
 
-    case, props = prepared.case, prepared.props
-    if save_probabilities:
+    props, saved = prepared.props, None
+    if with_probabilities:
         full = _resample_back(probs, props, model)
         axes = (0,) + tuple(a + 1 for a in model.plans.transpose_backward)
         saved = SavedProbabilities(full.transpose(axes), props.bbox, props.original_shape, _regions_order(model))
-        probability_files.save_probabilities(Path(out_dir) / f"{case.case_id}.npz", saved)
         labels = labels_from_probabilities(full, _regions_order(model))
         del full
     else:
@@ -291,6 +301,19 @@ def write_case(prepared: Prepared, probs: np.ndarray, model: Predictor, out_dir:
     seg = to_original(labels, props, model.plans)
     if model.postprocessing is not None:
         seg = apply_postprocessing(seg, model.postprocessing)
+    return seg, saved
+
+
+def write_case(prepared: Prepared, probs: np.ndarray, model: Predictor, out_dir: Path,
+               save_probabilities: bool) -> Path:
+    """Finish one case (:func:`finish_prediction`) and write it: probabilities first, the label map last."""
+    from autoseg.io import write_like
+
+    case = prepared.case
+    seg, saved = finish_prediction(prepared, probs, model, save_probabilities)
+    if saved is not None:
+        probability_files.save_probabilities(Path(out_dir) / f"{case.case_id}.npz", saved)
+        del saved
     return write_like(seg, case.files[0], Path(out_dir) / case.output_name())
 
 
@@ -418,21 +441,30 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
                               precision, progress, started, release_networks)
 
 
+def model_engine(model: Predictor, backend: str, precision: str, device: str, release_networks: bool = False):
+    """The :class:`~autoseg.inference.backends.Engine` that runs ``model``'s networks (``--backend``,
+    ``--precision``, ``--device``). ``release_networks``: for an owner done with the PyTorch networks,
+    drop them once OpenVINO has compiled its own copies (``model.networks`` becomes empty)."""
+    from autoseg.inference.backends import make_engine
+    from autoseg.training.trainer import resolve_device
+
+    example = (1, model.num_channels, *model.config.patch_size)
+    sources = model.checkpoint_paths or None
+    engine = make_engine(model.networks, backend, precision, resolve_device(device), example, sources)
+    if release_networks and engine.backend == "openvino":
+        model.networks = ()  # only the compiled copies run from here on
+    return engine
+
+
 def _predict_cases(model: Predictor, cases: list[InputCase], out_dir: Path, step: float, tta: bool,
                    save_probabilities: bool, overwrite: bool, device: str, backend: str, precision: str,
                    progress: bool, started: float, release_networks: bool = False) -> PredictReport:
-    from autoseg.inference.backends import make_engine
     from autoseg.progress import progress_bar
-    from autoseg.training.trainer import resolve_device
 
     bad = [c for c in cases if c.problem]
     skipped = [c for c in cases if not c.problem and not overwrite and is_done(c, out_dir, save_probabilities)]
     todo = [c for c in cases if not c.problem and c not in skipped]
-    example = (1, model.num_channels, *model.config.patch_size)
-    sources = model.checkpoint_paths or None
-    engine = make_engine(model.networks, backend, precision, resolve_device(device), example, sources) if todo else None
-    if release_networks and engine is not None and engine.backend == "openvino":
-        model.networks = ()  # only the compiled copies run from here on
+    engine = model_engine(model, backend, precision, device, release_networks) if todo else None
     results = _Results()
     for c in bad:
         results.fail(c, c.problem)

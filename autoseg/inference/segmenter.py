@@ -208,18 +208,7 @@ class Segmenter:
             raise InputImageError(f"spacing= and affine= are for NumPy arrays; a {kind} input carries its own geometry")
         if out is not None and kind not in ("file", "dicom"):
             raise InputImageError(f"out= is for images given by path; save the returned {kind} result yourself")
-        if kind == "file":
-            files = tuple(Path(c) for c in channels)
-            check_files(files)
-            prepared = prepare_case(InputCase(CASE_ID, files, file_ending(files[0])), self.predictor)
-            geometry = None
-        else:
-            sources = [self._source(kind, i, c) for i, c in enumerate(channels)]
-            data, geometry = stack_channels((src, src, ch.voxels, ch.geometry) for src, ch in
-                                            ((s, read_channel(c, kind, s, spacing, affine))
-                                             for s, c in zip(sources, channels)))
-            prepared = prepare_arrays(InputCase(CASE_ID, (), ""), data, geometry, self.predictor, tuple(sources))
-            del data
+        prepared, geometry = self._prepare(channels, kind, spacing, affine)
         probs = self._probabilities(prepared)
         seg, saved = finish_prediction(prepared, probs, self.predictor, return_probabilities)
         del probs
@@ -228,6 +217,17 @@ class Segmenter:
             return labels
         full = place(saved, tuple((0, int(s)) for s in saved.original_shape))
         return labels, probabilities_like(full, kind)
+
+    def _prepare(self, channels: list, kind: str, spacing, affine):
+        """The preprocessed case and the input's geometry (None for files: the reader keeps the file's)."""
+        if kind == "file":
+            files = tuple(Path(c) for c in channels)
+            check_files(files)
+            return prepare_case(InputCase(CASE_ID, files, file_ending(files[0])), self.predictor), None
+        sources = [self._source(kind, i, c) for i, c in enumerate(channels)]
+        read = (read_channel(c, kind, s, spacing, affine) for s, c in zip(sources, channels))
+        data, geometry = stack_channels((ch.source, ch.source, ch.voxels, ch.geometry) for ch in read)
+        return prepare_arrays(InputCase(CASE_ID, (), ""), data, geometry, self.predictor, tuple(sources)), geometry
 
     def _probabilities(self, prepared):
         """The networks' probabilities on the preprocessed grid; one case at a time (see the class)."""

@@ -3,6 +3,7 @@ and its labels equal the file `autoseg predict` writes for the same image."""
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def _reference(predicted, i=0) -> np.ndarray:
     return np.asarray(nib.load(str(predicted / f"c{i}.nii.gz")).dataobj)
 
 
-def test_nibabel_image_comes_back_with_its_affine_and_header_and_predicts_labels(segmenter, trained, predicted):
+def test_nibabel_image_comes_back_with_its_affine_and_header_and_predicts_labels(segmenter, trained, predicted,
+                                                                                  tmp_path):
     _, images = trained
     img = nib.load(str(images / "c0_0000.nii.gz"))
     out = segmenter.predict(img)
@@ -91,6 +93,8 @@ def test_nibabel_image_comes_back_with_its_affine_and_header_and_predicts_labels
     assert set(np.unique(labels)) == {0, 1, 2}  # a real prediction, not one class
     np.testing.assert_array_equal(labels, _reference(predicted))
     assert labels.dtype == np.asarray(ref.dataobj).dtype == np.uint8
+    nib.save(out, str(tmp_path / "saved.nii.gz"))  # saved, it is the file `autoseg predict` writes
+    assert gzip.open(tmp_path / "saved.nii.gz").read() == gzip.open(predicted / "c0.nii.gz").read()
 
 
 def test_path_gives_a_nibabel_image_or_writes_out_like_predict(segmenter, trained, predicted, tmp_path):

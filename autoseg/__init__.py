@@ -7,3 +7,13 @@ to this convention at the edge (``autoseg.io``).
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``from autoseg import Segmenter`` imports the inference stack (PyTorch) only when asked for, so
+    ``import autoseg`` stays light."""
+    if name == "Segmenter":
+        from autoseg.inference.segmenter import Segmenter
+
+        return Segmenter
+    raise AttributeError(f"module 'autoseg' has no attribute '{name}'")

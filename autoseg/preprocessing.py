@@ -108,6 +108,14 @@ def load_case(case: Case, spec: DatasetSpec, plans: Plans) -> CroppedCase:
                                  f"{tuple(geometry.shape[:3])}; run `autoseg plan --check-only` for details")
         top = max(spec.label_values, default=0)
         seg = np.rint(np.asarray(raw)).astype(label_dtype(top))[None]
+    return crop_case(case.case_id, data, seg, geometry, plans, tuple(case.images))
+
+
+def crop_case(case_id: str, data: np.ndarray, seg: np.ndarray | None, geometry: Geometry, plans: Plans,
+              sources: tuple) -> CroppedCase:
+    """Crop to non-zero, transpose and normalise one case already in memory: ``data`` float32
+    (C, X, Y, Z) with ``geometry``, ``seg`` (1, X, Y, Z) or None; ``sources`` names each channel in
+    messages (its file, or a description of an in-memory image)."""
     data, seg, bbox, mask = crop_to_nonzero(data, seg)
     tf = tuple(plans.transpose_forward)
     axes = (0,) + tuple(a + 1 for a in tf)
@@ -116,19 +124,19 @@ def load_case(case: Case, spec: DatasetSpec, plans: Plans) -> CroppedCase:
     mask = mask.transpose(tf)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_finite, with the file
         data = normalize(data, plans.normalization, mask)
-    _check_finite(data, case, plans)
+    _check_finite(data, sources, plans)
     spacing = tuple(float(geometry.spacing[a]) for a in tf)
-    return CroppedCase(case.case_id, data, seg, bbox, geometry, spacing)
+    return CroppedCase(case_id, data, seg, bbox, geometry, spacing)
 
 
-def _check_finite(data: np.ndarray, case: Case, plans: Plans) -> None:
+def _check_finite(data: np.ndarray, sources: tuple, plans: Plans) -> None:
     """Normalised channels must be finite: finite float32 input can still overflow in normalisation
     (e.g. values near 3e38 minus a mean of the other sign), and the network would turn NaN into an
     all-background prediction without complaint."""
     for c, norm in enumerate(plans.normalization):
         n_bad = int(data[c].size - np.count_nonzero(np.isfinite(data[c])))
         if n_bad:
-            raise ImageReadError(f"{case.images[c]}: {n_bad} voxel(s) become NaN or infinite in '{norm.scheme}' "
+            raise ImageReadError(f"{sources[c]}: {n_bad} voxel(s) become NaN or infinite in '{norm.scheme}' "
                                  f"normalisation (channel '{norm.channel_name}'): the intensities are too large "
                                  "for float32 arithmetic; rescale the image to a normal range and re-export it")
 

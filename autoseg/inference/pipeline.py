@@ -34,16 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.core.fileops import writing_into
-from autoseg.dataset import Case
 from autoseg.inference import probabilities as probability_files
 from autoseg.inference.predictor import Predictor
-from autoseg.inference.probabilities import regions_order
+from autoseg.inference.probabilities import SavedProbabilities, regions_order
 from autoseg.inference.restore import to_input_geometry
 from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending, write_like
-from autoseg.io.images import ImageReadError, gzip_problem
+from autoseg.io.images import ImageReadError, gzip_problem, read_image
 from autoseg.paths import folder_output, os_error_message, same_path
 from autoseg.postprocessing import apply_postprocessing
-from autoseg.preprocessing import finish_case, load_case
+from autoseg.preprocessing import crop_case, finish_case
 from autoseg.progress import progress_bar
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -218,8 +217,16 @@ def prepare_case(case: InputCase, model: Predictor) -> Prepared:
         problem = gzip_problem(path)
         if problem:
             raise ImageReadError(problem)
+    data, geometry = read_image(list(case.files), force_itk=model.spec.force_itk)
+    return prepare_arrays(case, data, geometry, model, case.files)
 
-    cropped = load_case(Case(case.case_id, case.files, None), model.spec, model.plans)
+
+def prepare_arrays(case: InputCase, data: np.ndarray, geometry, model: Predictor, sources: tuple) -> Prepared:
+    """Preprocess one case already in memory (float32 ``(C, X, Y, Z)`` with its
+    :class:`~autoseg.io.Geometry`) exactly as training data were: crop, transpose, normalise, resample.
+    ``sources`` names each channel in messages. The folder pipeline and
+    :class:`~autoseg.inference.segmenter.Segmenter` both prepare cases here."""
+    cropped = crop_case(case.case_id, data, None, geometry, model.plans, tuple(sources))
     data, _, props, _ = finish_case(cropped, model.spec, model.config.spacing, model.config.resampling)
     return Prepared(case, data, props)
 
@@ -240,18 +247,28 @@ def case_probabilities(prepared: Prepared, model: Predictor, engine, step: float
     return logits_to_probabilities(logits, model.spec.has_regions).numpy()
 
 
+def finish_prediction(prepared: Prepared, probs: np.ndarray, model: Predictor,
+                      with_probabilities: bool) -> tuple[np.ndarray, SavedProbabilities | None]:
+    """Back to the input's geometry (:func:`~autoseg.inference.restore.to_input_geometry`) and
+    post-processed: the label map in the input's shape ``(X, Y, Z)`` (int16) and, ``with_probabilities``,
+    the probabilities over the crop box in the input's axes (:class:`SavedProbabilities`, not
+    post-processed). The folder pipeline and :class:`~autoseg.inference.segmenter.Segmenter` both
+    finish cases here."""
+    seg, saved = to_input_geometry(probs, prepared.props, model.config.resampling, model.plans.transpose_backward,
+                                   regions_order(model.spec), keep_probabilities=with_probabilities)
+    if model.postprocessing is not None:
+        seg = apply_postprocessing(seg, model.postprocessing)
+    return seg, saved
+
+
 def write_case(prepared: Prepared, probs: np.ndarray, model: Predictor, out_dir: Path,
                save_probabilities: bool) -> Path:
-    """Back to the input's geometry (:func:`~autoseg.inference.restore.to_input_geometry`),
-    post-process and write one case (its probabilities first when asked)."""
-    case, props = prepared.case, prepared.props
-    seg, saved = to_input_geometry(probs, props, model.config.resampling, model.plans.transpose_backward,
-                                   regions_order(model.spec), keep_probabilities=save_probabilities)
+    """Finish one case (:func:`finish_prediction`) and write it: probabilities first, the label map last."""
+    case = prepared.case
+    seg, saved = finish_prediction(prepared, probs, model, save_probabilities)
     if saved is not None:
         probability_files.save_probabilities(Path(out_dir) / f"{case.case_id}.npz", saved)
         del saved
-    if model.postprocessing is not None:
-        seg = apply_postprocessing(seg, model.postprocessing)
     return write_like(seg, case.files[0], Path(out_dir) / case.output_name())
 
 
@@ -379,20 +396,28 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
                               precision, progress, started, release_networks)
 
 
-def _predict_cases(model: Predictor, cases: list[InputCase], out_dir: Path, step: float, tta: bool,
-                   save_probabilities: bool, overwrite: bool, device: str, backend: str, precision: str,
-                   progress: bool, started: float, release_networks: bool = False) -> PredictReport:
+def model_engine(model: Predictor, backend: str, precision: str, device: str, release_networks: bool = False):
+    """The :class:`~autoseg.inference.backends.Engine` that runs ``model``'s networks (``--backend``,
+    ``--precision``, ``--device``). ``release_networks``: for an owner done with the PyTorch networks,
+    drop them once OpenVINO has compiled its own copies (``model.networks`` becomes empty)."""
     from autoseg.core.runtime import resolve_device  # torch: see case_probabilities
     from autoseg.inference.backends import make_engine
 
+    example = (1, model.num_channels, *model.config.patch_size)
+    sources = model.checkpoint_paths or None
+    engine = make_engine(model.networks, backend, precision, resolve_device(device), example, sources)
+    if release_networks and engine.backend == "openvino":
+        model.networks = ()  # only the compiled copies run from here on
+    return engine
+
+
+def _predict_cases(model: Predictor, cases: list[InputCase], out_dir: Path, step: float, tta: bool,
+                   save_probabilities: bool, overwrite: bool, device: str, backend: str, precision: str,
+                   progress: bool, started: float, release_networks: bool = False) -> PredictReport:
     bad = [c for c in cases if c.problem]
     skipped = [c for c in cases if not c.problem and not overwrite and is_done(c, out_dir, save_probabilities)]
     todo = [c for c in cases if not c.problem and c not in skipped]
-    example = (1, model.num_channels, *model.config.patch_size)
-    sources = model.checkpoint_paths or None
-    engine = make_engine(model.networks, backend, precision, resolve_device(device), example, sources) if todo else None
-    if release_networks and engine is not None and engine.backend == "openvino":
-        model.networks = ()  # only the compiled copies run from here on
+    engine = model_engine(model, backend, precision, device, release_networks) if todo else None
     results = _Results()
     for c in bad:
         results.fail(c, c.problem)

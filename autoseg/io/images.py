@@ -355,21 +355,30 @@ def read_image(paths: list[Path], force_itk: bool = False) -> tuple[np.ndarray, 
     Raises :class:`ImageReadError` when a file is not 3D, holds NaN/Inf voxels or the channels
     disagree in geometry.
     """
-    arrays, geometry = [], None
-    for p in paths:
-        arr, g = read_volume(p, force_itk)
+    return stack_channels((p, p.name, *read_volume(p, force_itk)) for p in map(Path, paths))
+
+
+def stack_channels(volumes) -> tuple[np.ndarray, Geometry]:
+    """Channels ``(source, short_name, voxels, geometry)`` (an iterable, consumed one at a time so only
+    one channel is held in its own dtype) -> float32 ``(C, X, Y, Z)`` with the first one's geometry.
+    ``source`` names the channel in messages (a file, or an in-memory image).
+
+    Raises :class:`ImageReadError` when a channel is not 3D, holds NaN/Inf voxels or the channels
+    disagree in geometry."""
+    arrays, geometry, first = [], None, ""
+    for source, name, arr, g in volumes:
         if arr.ndim != 3:
-            raise ImageReadError(f"{p}: expected a 3D image, got shape {arr.shape}; give one 3D volume per file "
+            raise ImageReadError(f"{source}: expected a 3D image, got shape {arr.shape}; give one 3D volume per file "
                                  "(channels as {case}_0000, {case}_0001, ...)")
-        problem = nonfinite_problem(p, arr)
+        problem = nonfinite_problem(source, arr)
         if problem:
             raise ImageReadError(problem)
         if geometry is None:
-            geometry = g
+            geometry, first = g, name
         else:
             diff = geometry.mismatches(g)
             if diff:
-                raise ImageReadError(f"{p}: channel geometry differs from {paths[0].name}: {'; '.join(diff)}")
+                raise ImageReadError(f"{source}: channel geometry differs from {first}: {'; '.join(diff)}")
         arrays.append(np.asarray(arr, dtype=np.float32))
     if geometry is None:
         raise ImageReadError("no image files given")
@@ -384,11 +393,7 @@ def write_like(array: np.ndarray, reference: Path | str, out_path: Path | str, f
     """
     reference, out_path = Path(reference), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.asarray(array)
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        vmin, vmax = (int(array.min()), int(array.max())) if array.size else (0, 0)
-        dtype = np.uint8 if vmin >= 0 and vmax < 256 else (np.int16 if -32768 <= vmin and vmax < 32768 else np.int32)
-        array = array.astype(dtype)
+    array = compact_labels(array)
     ending = file_ending(out_path) or ".nii.gz"
     with atomic_path(out_path, suffix=ending) as tmp_path:
         tmp = str(tmp_path)
@@ -402,19 +407,47 @@ def write_like(array: np.ndarray, reference: Path | str, out_path: Path | str, f
         else:
             import nibabel as nib
 
-            if _use_itk(reference, force_itk):  # NRRD/MHA reference: only its geometry carries over
-                affine = read_geometry(reference, force_itk).affine_array
-                img = nib.Nifti1Image(array, affine)
-                img.set_qform(affine, code=1)
-                img.set_sform(affine, code=1)
-            else:
-                ref = _load_nifti(reference, check_header=False)  # checked when the case was read
-                header = ref.header.copy()
-                header.set_data_dtype(array.dtype)
-                img = nib.Nifti1Image(array, ref.affine, header)
-                img.header.set_slope_inter(1.0, 0.0)
-                # keep the reference's qform/sform codes so viewers place it identically
-                img.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
-                img.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
-            nib.save(img, tmp)
+            nib.save(nifti_like(array, reference, force_itk), tmp)
     return out_path
+
+
+def compact_labels(array: np.ndarray) -> np.ndarray:
+    """An integer (or boolean) label map as uint8 when its values fit, else int16/int32; other arrays as they are."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        vmin, vmax = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        dtype = np.uint8 if vmin >= 0 and vmax < 256 else (np.int16 if -32768 <= vmin and vmax < 32768 else np.int32)
+        array = array.astype(dtype)
+    return array
+
+
+def nifti_like(array: np.ndarray, reference: Path | str, force_itk: bool = False):
+    """An (X, Y, Z) volume as a nibabel ``Nifti1Image`` placed like the file ``reference``: with a NIfTI
+    reference its header (qform/sform and their codes), with an NRRD/MHA one its geometry."""
+    if _use_itk(Path(reference), force_itk):  # NRRD/MHA reference: only its geometry carries over
+        return nifti_with_affine(array, read_geometry(reference, force_itk).affine_array)
+    return nifti_like_image(array, _load_nifti(Path(reference), check_header=False))  # checked when read
+
+
+def nifti_with_affine(array: np.ndarray, affine: np.ndarray):
+    """A ``Nifti1Image`` of ``array`` whose qform and sform are ``affine`` (code 1, scanner anatomical)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
+def nifti_like_image(array: np.ndarray, ref):
+    """A ``Nifti1Image`` of ``array`` with a copy of the nibabel image ``ref``'s header and affine (data
+    type set to ``array``'s, no scaling), keeping its qform/sform codes so viewers place it identically."""
+    import nibabel as nib
+
+    header = ref.header.copy()
+    header.set_data_dtype(array.dtype)
+    img = nib.Nifti1Image(array, ref.affine, header)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(ref.header.get_qform(), code=int(ref.header["qform_code"]))
+    img.set_sform(ref.header.get_sform(), code=int(ref.header["sform_code"]))
+    return img

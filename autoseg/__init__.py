@@ -6,14 +6,14 @@ same order, affines are 4x4 voxel-to-RAS+ (nibabel convention). Readers for othe
 to this convention at the edge (``autoseg.io``).
 """
 
-__version__ = "0.1.0"
+from autoseg.core.version import __version__  # noqa: F401  (the package's version, kept in core)
 
 
 def __getattr__(name: str):
     """``from autoseg import Segmenter`` imports the inference stack (PyTorch) only when asked for, so
     ``import autoseg`` stays light."""
     if name == "Segmenter":
-        from autoseg.inference.segmenter import Segmenter
+        from autoseg.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(f"module 'autoseg' has no attribute '{name}'")

@@ -89,7 +89,7 @@ def _predict_sources(predictor, in_dir: Path, out_dir: Path, options, run_folder
                      save_probabilities: bool):
     """DICOM input, output types, statistics, sharding: :func:`autoseg.inference.sources.predict_sources`
     with the segment descriptions of the model's dataset.json."""
-    from autoseg import __version__
+    from autoseg.core.version import __version__
     from autoseg.inference.export import dataset_json_path
     from autoseg.inference.outputs import OutputContext
     from autoseg.inference.sources import SourceRequest, predict_sources

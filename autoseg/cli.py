@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:  # a module not in this checkout: its commands are absent
             if e.name != module:
                 raise
-    from autoseg import __version__
+    from autoseg.core.version import __version__
 
     parser = argparse.ArgumentParser(prog="autoseg", parents=[_common(True)],
                                      description="Self-configuring segmentation of 3D medical volumes.")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoseg import __version__
+from autoseg.core.version import __version__
 from autoseg.core.fileops import atomic_write_with
 
 if TYPE_CHECKING:

@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg import __version__, jsonfiles
+from autoseg import jsonfiles
+from autoseg.core.version import __version__
 from autoseg.artifacts import Artifact, ArtifactError
 from autoseg.core.checkpoint import (TRAINING_KEYS, CheckpointError, ModelRecord, checkpoint_bytes, load_checkpoint,
                                      weights_digest)

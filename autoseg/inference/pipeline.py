@@ -225,7 +225,7 @@ def prepare_arrays(case: InputCase, data: np.ndarray, geometry, model: Predictor
     """Preprocess one case already in memory (float32 ``(C, X, Y, Z)`` with its
     :class:`~autoseg.io.Geometry`) exactly as training data were: crop, transpose, normalise, resample.
     ``sources`` names each channel in messages. The folder pipeline and
-    :class:`~autoseg.inference.segmenter.Segmenter` both prepare cases here."""
+    :class:`~autoseg.segmenter.Segmenter` both prepare cases here."""
     cropped = crop_case(case.case_id, data, None, geometry, model.plans, tuple(sources))
     data, _, props, _ = finish_case(cropped, model.spec, model.config.spacing, model.config.resampling)
     return Prepared(case, data, props)
@@ -252,7 +252,7 @@ def finish_prediction(prepared: Prepared, probs: np.ndarray, model: Predictor,
     """Back to the input's geometry (:func:`~autoseg.inference.restore.to_input_geometry`) and
     post-processed: the label map in the input's shape ``(X, Y, Z)`` (int16) and, ``with_probabilities``,
     the probabilities over the crop box in the input's axes (:class:`SavedProbabilities`, not
-    post-processed). The folder pipeline and :class:`~autoseg.inference.segmenter.Segmenter` both
+    post-processed). The folder pipeline and :class:`~autoseg.segmenter.Segmenter` both
     finish cases here."""
     seg, saved = to_input_geometry(probs, prepared.props, model.config.resampling, model.plans.transpose_backward,
                                    regions_order(model.spec), keep_probabilities=with_probabilities)

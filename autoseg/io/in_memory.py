@@ -1,5 +1,5 @@
 """Images handed over in memory (nibabel, SimpleITK, NumPy) or by path, and label maps handed back
-in the same kind, for the Python API (:class:`autoseg.inference.segmenter.Segmenter`).
+in the same kind, for the Python API (:class:`autoseg.segmenter.Segmenter`).
 
 Each kind is converted at this edge to the package convention (voxels ``(X, Y, Z)``, spacing in mm,
 4x4 voxel-to-RAS+ affine; :class:`~autoseg.io.Geometry`) exactly as the file readers of

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.api_predict import model_dir_for
 from autoseg.inference.pipeline import (InputCase, PredictError, case_probabilities, finish_prediction,
                                         model_engine, prepare_arrays, prepare_case)
 from autoseg.inference.predictor import Predictor, PredictorError, load_predictor
@@ -107,8 +108,6 @@ class Segmenter:
         ``arch``, ``plans`` pick among several trained models, ``folds`` (default: every trained fold,
         their logits averaged) and ``checkpoint`` (``final`` or ``best``). ``options``: ``device``,
         ``backend``, ``precision``, ``tta``, ``step`` (:class:`SegmenterOptions`)."""
-        from autoseg.api_predict import model_dir_for
-
         settings = SegmenterOptions.of(options)
         root = Path(workdir)
         if not root.is_dir():
@@ -125,8 +124,6 @@ class Segmenter:
         ``autoseg predict --model model.zip`` installs it (once; the installed copy is used next time), or,
         without ``workdir``, into a temporary folder deleted by :meth:`close` (or when the Segmenter is
         garbage-collected). ``folds``, ``checkpoint`` and ``options`` as in :meth:`from_workspace`."""
-        from autoseg.api_predict import model_dir_for
-
         settings = SegmenterOptions.of(options)
         path = Path(path)
         if not path.is_file() or not zipfile.is_zipfile(path):

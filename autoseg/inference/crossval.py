@@ -27,8 +27,8 @@ import numpy as np
 
 from autoseg.artifacts import Artifact, atomic_write_bytes, staged_folder
 from autoseg.dataset import DatasetSpec
-from autoseg.inference.predictor import ModelFolder, fold_dirs
 from autoseg.splits import Splits
+from autoseg.workspace import ModelFolder, fold_dirs
 
 CROSSVAL_DIR = "crossval_results"
 ENSEMBLES_DIR = "ensembles"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from autoseg import __version__
 from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, staged_folder, writing_into
-from autoseg.workspace import Workspace
+from autoseg.workspace import DATASET_FILE, Workspace, fold_folder_name, model_folder_name
 
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "network.onnx"
@@ -93,9 +93,11 @@ def _checkpoint_bytes(ckpt: dict) -> bytes:
 def _dataset_json(model_root: Path, ckpt: dict) -> bytes:
     """The dataset.json the model was trained with (imported model or workspace copy), else rebuilt
     from the checkpoint's dataset record."""
-    candidates = [model_root / "dataset.json"]
-    if len(model_root.parents) > 2:  # <workdir>/results/<Dataset>/<model folder>
-        candidates.append(model_root.parents[2] / "preprocessed" / model_root.parent.name / "dataset.json")
+    candidates = [model_root / DATASET_FILE]
+    owner = Workspace.holding_model(model_root)  # <workdir>/results/<Dataset>/<model folder>
+    if owner is not None:
+        workspace, dataset_name = owner
+        candidates.append(workspace.dataset_json(dataset_name))
     for candidate in candidates:
         if candidate.is_file():
             return candidate.read_bytes()
@@ -146,17 +148,18 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
     model_dir = Path(model_dir)
     model = load_predictor(model_dir, folds, checkpoint)  # validates folds agree and networks build
     root = model.model_dir
-    folder = root.name if len(root.name.split("__")) == 3 else f"{model.arch}__{model.plans.plans_name}__{model.config.name}"
+    folder = root.name if len(root.name.split("__")) == 3 else model_folder_name(model.arch, model.plans.plans_name,
+                                                                                 model.config.name)
     entries: dict[str, bytes] = {}
     diffs: dict[str, float] = {}
     ckpt = None
     example = (1, model.num_channels, *model.config.patch_size)
     for (fold, path), net in zip(choose_checkpoints(model_dir, folds, checkpoint).items(), model.networks):
         ckpt = load_checkpoint(path)
-        entries[f"{folder}/fold_{fold}/{path.name}"] = _checkpoint_bytes(ckpt)
+        entries[f"{folder}/{fold_folder_name(fold)}/{path.name}"] = _checkpoint_bytes(ckpt)
         if onnx:
-            entries[f"{folder}/fold_{fold}/{ONNX_NAME}"], diffs[str(fold)] = export_onnx(net, example)
-        entries.update(_int8_entries(path, net, example, f"{folder}/fold_{fold}"))
+            entries[f"{folder}/{fold_folder_name(fold)}/{ONNX_NAME}"], diffs[str(fold)] = export_onnx(net, example)
+        entries.update(_int8_entries(path, net, example, f"{folder}/{fold_folder_name(fold)}"))
     entries[f"{folder}/plans.json"] = (json.dumps(model.plans.to_dict(), indent=2) + "\n").encode()
     entries[f"{folder}/dataset.json"] = _dataset_json(root, ckpt)
     post = root / "postprocessing.json"

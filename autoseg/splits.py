@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import Artifact
+from autoseg.artifacts import Artifact, ArtifactError
 
 DEFAULT_FOLDS = 5
 DEFAULT_SEED = 12345  # nnU-Net v2 uses KFold(5, shuffle=True, random_state=12345)
+USER_SPLITS_NAMES = ("splits.json", "splits_final.json")  # looked up in the raw dataset folder
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,54 @@ def make_splits(case_ids: list[str], n_folds: int = DEFAULT_FOLDS, seed: int = D
         val_set = set(val)
         folds.append(Fold(train=tuple(sorted(c for c in ids if c not in val_set)), val=tuple(sorted(val))))
     return Splits(folds=tuple(folds), seed=seed)
+
+
+def _parse_user_splits(path: Path) -> Splits:
+    """Our splits artifact, or nnU-Net's ``splits_final.json`` (a list of {"train", "val"})."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: cannot be read as JSON ({e}); fix or remove it") from None
+    if isinstance(data, list):
+        try:
+            folds = tuple(Fold(train=tuple(f["train"]), val=tuple(f["val"])) for f in data)
+        except (TypeError, KeyError):
+            raise ArtifactError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds") from None
+        return Splits(folds=folds, seed=-1, user_provided=True)
+    splits = Splits.from_dict(data, source=str(path))
+    return Splits(folds=splits.folds, seed=splits.seed, user_provided=True)
+
+
+def _validate_splits(splits: Splits, case_ids: list[str], source: Path) -> None:
+    known = set(case_ids)
+    unknown = sorted({c for f in splits.folds for c in f.train + f.val} - known)
+    if not splits.folds:
+        raise ArtifactError(f"{source}: holds no folds; add folds or delete it to get 5 automatic folds")
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise ArtifactError(f"{source}: names {len(unknown)} case(s) that are not training cases of the dataset "
+                            f"({shown}); fix the file or delete it to get automatic folds")
+    for k, f in enumerate(splits.folds):
+        if not f.train or not f.val:
+            raise ArtifactError(f"{source}: fold {k} has an empty train or val list; fix the file")
+
+
+def resolve_splits(raw_dir: Path, existing: Path, case_ids: list[str]) -> Splits:
+    """User splits from the raw folder, else the user-provided splits in ``existing`` (the dataset's
+    splits.json, when it is one), else 5 seeded folds."""
+    for name in USER_SPLITS_NAMES:
+        path = Path(raw_dir) / name
+        if path.is_file():
+            splits = _parse_user_splits(path)
+            _validate_splits(splits, case_ids, path)
+            return splits
+    existing = Path(existing)
+    if existing.is_file():
+        try:
+            old = Splits.load(existing)
+        except ArtifactError:
+            old = None
+        if old is not None and old.user_provided:
+            _validate_splits(old, case_ids, existing)
+            return old
+    return make_splits(case_ids)

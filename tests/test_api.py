@@ -45,7 +45,7 @@ def test_plan_writes_every_artifact(raw, ws):
     assert list_done_cases(folder) == ["toy_000", "toy_001", "toy_002"]
     assert set(result.computed) == {"toy_000", "toy_001", "toy_002"}
     # the raw data live outside <workdir>/raw: later commands find them through source.json
-    assert api.find_raw_dir(ws, raw.name) == raw.resolve()
+    assert ws.raw_dir(raw.name) == raw.resolve()
 
 
 def test_rerun_reuses_fingerprint_and_skips_cases(raw, ws):
@@ -106,9 +106,9 @@ def test_user_splits_naming_unknown_cases_are_rejected(raw, ws):
 def test_find_raw_dir_falls_back_to_workspace_raw(tmp_path):
     ws = Workspace(tmp_path)
     (ws.raw / "Dataset001_X").mkdir(parents=True)
-    assert api.find_raw_dir(ws, "Dataset001_X") == ws.raw / "Dataset001_X"
+    assert ws.raw_dir("Dataset001_X") == ws.raw / "Dataset001_X"
     with pytest.raises(WorkspaceError, match="rerun `autoseg plan`"):
-        api.find_raw_dir(ws, "Dataset002_Y")
+        ws.raw_dir("Dataset002_Y")
 
 
 def test_gpu_memory_override_reaches_the_plans(raw, ws):
@@ -119,7 +119,7 @@ def test_gpu_memory_override_reaches_the_plans(raw, ws):
 
 
 def test_plans_of_another_preset_live_beside_the_default_ones(raw, ws, tmp_path):
-    from autoseg.planning.plans import find_plans, planned
+    from autoseg.workspace import find_plans, planned
 
     default = _plan(raw, ws)
     d = ws.preprocessed_dir(raw.name)

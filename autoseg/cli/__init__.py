@@ -10,9 +10,13 @@ Exit codes: 0 success; 2 invalid input (bad dataset, missing or stale artifact, 
 message says what to fix); 1 the command failed (disk full, a worker died, unexpected error).
 ``--debug`` shows the full traceback instead of the one-line message.
 
-Adding commands: write a function ``run(args) -> int | None`` and register it with
-``@command(name, help, add_arguments)`` in any module listed in ``EXTENSION_MODULES`` (e.g.
-``autoseg/cli_train.py``); import torch inside ``run``, never at module level.
+One module per command group, each registering its commands when imported: :mod:`.plan` (plan,
+convert-msd, demo-data), :mod:`.train`, :mod:`.evaluate` (evaluate, show) and :mod:`.predict`
+(predict, quantize, ensemble, export, import, postprocess, find-best). Adding commands: write a
+function ``run(args) -> int | None`` and register it with ``@command(name, help, add_arguments)`` in
+a module listed in ``EXTENSION_MODULES``; import torch, MONAI and SciPy inside ``run``, never at
+module level or while building the parser (``tests/test_cli_package.py`` checks that ``--help``
+imports none of them).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
 DEFAULT_WORKDIR = "autoseg_work"
 WORKDIR_ENV = "AUTOSEG_HOME"
-# Modules that register further commands when imported (train, predict, evaluate, ...).
-EXTENSION_MODULES: tuple[str, ...] = ("autoseg.cli_train", "autoseg.cli_evaluate", "autoseg.cli_predict")
+# Modules that register the commands when imported, in the order `autoseg --help` lists them.
+EXTENSION_MODULES: tuple[str, ...] = ("autoseg.cli.plan", "autoseg.cli.train", "autoseg.cli.evaluate",
+                                      "autoseg.cli.predict")
 
 
 @dataclass(frozen=True)
@@ -65,118 +70,30 @@ def out(text: str = "") -> None:
     print(text, flush=True)
 
 
-# --- plan --------------------------------------------------------------------------------------------
+# --- shared by the command groups ---------------------------------------------------------------
 
-def _plan_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", metavar="DATASET",
-                   help="raw dataset folder, or the name or number of one under <workdir>/raw/")
-    p.add_argument("--check-only", action="store_true", help="only run the integrity checks; write nothing")
-    p.add_argument("--planner", default="default", metavar="NAME|PATH",
-                   help="planner preset from planners/ (default, resenc_m, resenc_l, ...) or a .toml file")
-    p.add_argument("--gpu-memory-gb", type=float, default=None, metavar="GB",
-                   help="GPU memory to plan patch and batch size for (default: the preset's, 8)")
-    p.add_argument("--configs", nargs="+", default=None, metavar="CONFIG",
-                   help="preprocess only these configurations (plans.json always lists all)")
-    p.add_argument("-j", "--workers", type=int, default=None, metavar="N",
-                   help="parallel worker processes (default: CPU count, fewer when memory is short)")
-    p.add_argument("--fresh", action="store_true", help="recompute the fingerprint even if the raw data look unchanged")
-    p.add_argument("--no-progress", action="store_true", help="do not draw progress bars")
+def dataset_spec(dataset: str | None, args: argparse.Namespace, near: Path | None = None):
+    """The :class:`DatasetSpec` named by ``-d``: a dataset.json file, a raw dataset folder, a name or
+    number under ``<workdir>/raw`` or, failing that, the copy under ``<workdir>/preprocessed``.
+    Without ``-d``: the dataset.json next to ``near`` (e.g. ``labelsTr/..``), when there is one."""
+    import json
 
+    from autoseg.dataset import DatasetSpec
 
-def _fmt(values) -> str:
-    return "x".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in values)
-
-
-@command("plan", "check, fingerprint, plan and preprocess a raw dataset", _plan_arguments,
-         "Check a raw dataset, write fingerprint.json, plans.json, the preprocessed cases and splits.json "
-         "under <workdir>/preprocessed/<Dataset>/. Rerunning skips finished work.")
-def run_plan(args: argparse.Namespace) -> int:
-    from autoseg import api
-
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if dataset is None:
+        if near is not None and (Path(near).parent / "dataset.json").is_file():
+            return DatasetSpec.load(Path(near).resolve().parent)
+        raise ValueError("name the dataset with -d DATASET (its dataset.json gives the labels and file ending)")
+    p = Path(dataset)
+    if p.is_file():
+        return DatasetSpec.from_json(json.loads(p.read_text()), p, p.resolve().parent.name)
     ws = workspace_from(args)
-    raw = ws.resolve_raw(args.dataset)
-    result = api.plan(raw, ws, planner=args.planner, gpu_memory_gb=args.gpu_memory_gb, configs=args.configs,
-                      check_only=args.check_only, workers=args.workers, progress=not args.no_progress,
-                      fresh=args.fresh)
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    if result.checked_only:
-        out(f"{result.dataset_name}: {result.n_cases} training case(s) checked, no problems found ({raw})")
-        return EXIT_OK
-    _print_plan(result)
-    return EXIT_OK
-
-
-def _print_plan(result) -> None:
-    from autoseg.planning.plans import DEFAULT_PLANS_NAME, Plans
-
-    plans = Plans.load(result.plans)
-    done = f"{len(result.computed)} preprocessed now, {len(result.skipped)} already done"
-    out(f"{result.dataset_name}: {result.n_cases} case(s) planned and preprocessed ({done})")
-    for name, cfg in plans.configurations.items():
-        star = " (default)" if name == plans.default_configuration else ""
-        out(f"  {name}{star}: spacing {_fmt(cfg.spacing)} mm, patch {_fmt(cfg.patch_size)}, "
-            f"batch {cfg.batch_size}, {len(cfg.features)} stages")
-    rows = [("fingerprint", result.fingerprint), ("plans", result.plans),
-            ("splits", f"{result.splits}{' (user-provided)' if result.user_splits else ''}"),
-            ("dataset.json", result.dataset_json), ("source", result.source)]
-    rows += [(f"data {name}", folder) for name, folder in (result.data_folders or {}).items()]
-    width = max(len(k) for k, _ in rows)
-    out("artifacts:")
-    for key, value in rows:
-        out(f"  {key:<{width}}  {value}")
-    if plans.plans_name != DEFAULT_PLANS_NAME:  # `train` takes the default preset's plans unless told
-        out(f"next: autoseg train {result.dataset_name} --fold 0 --plans {plans.plans_name}")
-
-
-# --- convert-msd, demo-data --------------------------------------------------------------------------
-
-def _msd_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task_dir", metavar="TASK_DIR", type=Path, help="an MSD task folder such as Task04_Hippocampus")
-    p.add_argument("out_dir", metavar="OUT_DIR", type=Path, nargs="?", default=None,
-                   help="folder to put DatasetXXX_Name in (default: <workdir>/raw)")
-    p.add_argument("--dataset-id", type=int, default=None, help="dataset number (default: the task number)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing converted dataset")
-
-
-@command("convert-msd", "convert a Medical Segmentation Decathlon task to the raw layout", _msd_arguments)
-def run_convert_msd(args: argparse.Namespace) -> int:
-    from autoseg import api
-
-    out_dir = args.out_dir if args.out_dir is not None else workspace_from(args).raw
-    target = api.convert_msd(args.task_dir, out_dir, dataset_id=args.dataset_id, overwrite=args.overwrite)
-    out(f"converted {args.task_dir} -> {target}")
-    out(f"next: autoseg plan {target}")
-    return EXIT_OK
-
-
-def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("out", metavar="OUT", type=Path, nargs="?", default=None,
-                   help="folder to put the toy dataset in (default: <workdir>/raw)")
-    p.add_argument("--cases", type=int, default=8, help="number of training cases (default 8)")
-    p.add_argument("--test-cases", type=int, default=0, help="extra cases in imagesTs/labelsTs (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--modality", default="CT", type=str.upper, choices=["CT", "MR"], help="CT or MR (default CT)")
-    p.add_argument("--channels", type=int, default=1, help="MR sequences per case (default 1)")
-    p.add_argument("--anisotropic", action="store_true", help="thick slices (0.8 x 0.8 x 4 mm)")
-    p.add_argument("--regions", action="store_true", help="nested region labels (BraTS-like)")
-    p.add_argument("--name", default=None, help="dataset folder name (default Dataset999_Toy<modality>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing toy dataset")
-
-
-@command("demo-data", "write a small synthetic dataset for trying autoseg", _demo_arguments)
-def run_demo_data(args: argparse.Namespace) -> int:
-    from autoseg import api
-
-    out_dir = args.out if args.out is not None else workspace_from(args).raw
-    target = api.demo_data(out_dir, n_cases=args.cases, seed=args.seed, modality=args.modality,
-                           anisotropic=args.anisotropic, n_channels=args.channels, regions=args.regions,
-                           n_test=args.test_cases, name=args.name, overwrite=args.overwrite)
-    out(f"toy dataset written to {target}")
-    out(f"next: autoseg plan {target}")
-    return EXIT_OK
+    try:
+        return DatasetSpec.load(ws.resolve_raw(dataset))
+    except ValueError:
+        name = ws.resolve_planned(dataset)  # raises with the list of planned datasets
+        path = ws.dataset_json(name)
+        return DatasetSpec.from_json(json.loads(path.read_text()), path, name)
 
 
 # --- parser and entry point --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``autoseg train``: command-line options -> :func:`autoseg.api_train.train` (torch imported lazily)."""
+"""``autoseg train``: command-line options -> :func:`autoseg.api.train` (torch imported inside the command)."""
 
 from __future__ import annotations
 
@@ -61,15 +61,16 @@ OPTION_TO_SETTING = {"epochs": "epochs", "iters_per_epoch": "iters_per_epoch", "
          "and validation/summary.json to <workdir>/results/<Dataset>/<arch>__<plans>__<config>/fold_<k>/. "
          "Multi-GPU: torchrun --nproc-per-node N -m autoseg train ...")
 def run_train(args: argparse.Namespace) -> int:
-    from autoseg import api_train
+    from autoseg import api
     from autoseg.training import ddp
+    from autoseg.training.session import TrainRequest
 
     settings = {key: getattr(args, opt) for opt, key in OPTION_TO_SETTING.items() if getattr(args, opt) is not None}
+    request = TrainRequest(dataset=args.dataset, folds=tuple(args.fold), config=args.config, arch=args.arch,
+                           plans=args.plans, settings=settings, resume=args.resume, pretrained=args.pretrained)
     dist = ddp.detect(os.environ)
     try:
-        runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
-                               settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
-                               progress=not args.no_progress and dist.is_main, plans_name=args.plans)
+        runs = api.train(workspace_from(args), request, dist=dist, progress=not args.no_progress and dist.is_main)
     finally:
         ddp.shutdown(dist)
     if dist.is_main:

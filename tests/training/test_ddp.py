@@ -34,22 +34,23 @@ def _free_port() -> int:
 def _worker(rank: int, root: str, port: int) -> None:
     from pathlib import Path
 
-    from autoseg import api_train
+    from autoseg.training import session
+    from autoseg.training.session import TrainRequest
     from autoseg.workspace import Workspace
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    fit = api_train._fit
+    fit = session._fit
 
     def fit_and_keep(run, *args):  # every rank's final weights, to check they stayed in sync
         fit(run, *args)
         torch.save(run.model.state_dict(), Path(root) / f"rank{rank}.pt")
 
-    api_train._fit = fit_and_keep
+    session._fit = fit_and_keep
     ctx = ddp.DistContext(rank, 2, rank)
     try:
-        api_train.train(Workspace(Path(root) / "ws"), None, [0], settings=dict(FAST, epochs=2), dist=ctx,
-                        progress=False)
+        session.train(Workspace(Path(root) / "ws"), TrainRequest(settings=dict(FAST, epochs=2)), dist=ctx,
+                      progress=False)
     finally:
         ddp.shutdown(ctx)
 

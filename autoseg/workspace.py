@@ -29,7 +29,8 @@ from autoseg.planning.plans import DEFAULT_PLANS_NAME, Plans, matches_plans
 _DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
 _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 PLANS_FILE = "plans.json"  # the default preset's plans; preset P's are plans_P.json
-SOURCE_FILE, SPLITS_FILE, DATASET_FILE, FINGERPRINT_FILE = "source.json", "splits.json", "dataset.json", "fingerprint.json"
+SOURCE_FILE, SPLITS_FILE, FINGERPRINT_FILE = "source.json", "splits.json", "fingerprint.json"
+DATASET_FILE = "dataset.json"
 # the checkpoints a finished fold leaves (what prediction may use), by the name `--checkpoint` gives them
 CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt"}
 

@@ -26,7 +26,7 @@ from autoseg.progress import progress_bar
 from autoseg.splits import Fold, Splits
 from autoseg.training import ddp
 from autoseg.training.checkpoint import BEST, FINAL, LATEST, CheckpointCallback, load_checkpoint, restore
-from autoseg.training.loader import make_train_loader, make_val_loader
+from autoseg.training.loader import Sampling, Workers, make_train_loader, make_val_loader
 from autoseg.training.logging import LogCallback, ProgressBarCallback
 from autoseg.training.losses import make_loss
 from autoseg.training.runlock import LOCK_NAME, RunLock
@@ -273,14 +273,16 @@ def build_run(job: TrainJob, settings: TrainSettings, dist) -> tuple[Run, tuple]
 
 def make_batch_factories(folder: Path, fold_cases, cfg, spec, settings, batch_size: int, dist, device):
     """``(train_batches(start_iteration), val_batches(epoch))`` over the preprocessed cases."""
-    common = dict(batch_size=batch_size, seed=settings.seed, oversample_foreground=settings.oversample_foreground,
-                  rank=dist.rank, world_size=dist.world_size, num_workers=settings.num_workers,
-                  pin_memory=device.type == "cuda", foreground_classes=spec.foreground_classes or None,
-                  ignore_label=spec.ignore_label, regions=tuple(spec.regions) if spec.has_regions else None)
-    val_loader = make_val_loader(folder, list(fold_cases.val), cfg, num_batches=settings.val_iters, **common)
+    sampling = Sampling(batch_size=batch_size, seed=settings.seed, oversample_foreground=settings.oversample_foreground,
+                        foreground_classes=spec.foreground_classes or None, ignore_label=spec.ignore_label,
+                        regions=tuple(spec.regions) if spec.has_regions else None)
+    workers = Workers(rank=dist.rank, world_size=dist.world_size, num_workers=settings.num_workers,
+                      pin_memory=device.type == "cuda")
+    val_loader = make_val_loader(folder, list(fold_cases.val), cfg, sampling, settings.val_iters, workers)
 
     def train_batches(start_iteration: int):
-        return make_train_loader(folder, list(fold_cases.train), cfg, start_iteration=start_iteration, **common)
+        return make_train_loader(folder, list(fold_cases.train), cfg, sampling, workers,
+                                 start_iteration=start_iteration)
 
     return train_batches, (lambda epoch: val_loader)
 

@@ -94,7 +94,7 @@ def axis_map(autoseg_tf, nnunet_tf) -> tuple[int, ...]:
 
 def benchmark_models(model_dir: Path, nnunet_root: Path, dataset: str, n_folds: int, work: Path):
     """(autoseg model folder with ``n_folds`` folds, nnU-Net model folder with the same weights)."""
-    from autoseg.inference.predictor import fold_dirs
+    from autoseg.workspace import fold_dirs
     from autoseg.training.checkpoint import load_checkpoint
 
     trained = [d / "checkpoint_final.pt" for f, d in fold_dirs(model_dir).items()

@@ -25,7 +25,7 @@ from typing import Any
 from autoseg.dataset import DatasetSpec
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision
-from autoseg.workspace import CHECKPOINTS, Fold, ModelFolder, Workspace, fold_dirs, fold_of
+from autoseg.workspace import CHECKPOINTS, Fold, Workspace, fold_dirs, fold_of
 
 _DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
 

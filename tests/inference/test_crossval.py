@@ -95,7 +95,7 @@ def test_recommended_commands_name_plans_other_than_the_default(tmp_path):
     from pathlib import Path
 
     from autoseg.inference.crossval import CandidateScore, predict_commands
-    from autoseg.inference.predictor import ModelFolder
+    from autoseg.workspace import ModelFolder
 
     a = ModelFolder(Path("unet__autosegPlans__3d_fullres"), "unet", "autosegPlans", "3d_fullres")
     b = ModelFolder(Path("unet__autosegPlans_resenc_m__3d_fullres"), "unet", "autosegPlans_resenc_m", "3d_fullres")

@@ -94,8 +94,8 @@ def axis_map(autoseg_tf, nnunet_tf) -> tuple[int, ...]:
 
 def benchmark_models(model_dir: Path, nnunet_root: Path, dataset: str, n_folds: int, work: Path):
     """(autoseg model folder with ``n_folds`` folds, nnU-Net model folder with the same weights)."""
-    from autoseg.workspace import fold_dirs
     from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.workspace import fold_dirs
 
     trained = [d / "checkpoint_final.pt" for f, d in fold_dirs(model_dir).items()
                if f != "all" and (d / "checkpoint_final.pt").is_file()]

@@ -34,12 +34,13 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoseg.artifacts import ArtifactError, atomic_write_bytes, ensure_writable_dir
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.fingerprint import Fingerprint, extract_fingerprint
-from autoseg.inference.choice import ModelChoice, PredictOptions
 from autoseg.inference import crossval as cv
+from autoseg.inference.choice import ModelChoice, PredictOptions
 from autoseg.inference.ensemble import ensemble_folders
 from autoseg.inference.export import ExportError, export_model, import_model, read_manifest
 from autoseg.inference.pipeline import predict_folder
@@ -55,6 +56,9 @@ from autoseg.splits import Splits, resolve_splits
 from autoseg.toy import make_toy_dataset
 from autoseg.training.runlock import RunLock
 from autoseg.workspace import DatasetSource, Workspace, names_dataset
+
+if TYPE_CHECKING:  # the session imports torch; `train` imports it when called
+    from autoseg.training.session import TrainRequest
 
 FINGERPRINT_SEED = 1234  # nnU-Net seeds the foreground intensity sampling with 1234
 
@@ -195,7 +199,7 @@ def demo_data(out_dir: Path, n_cases: int = 8, seed: int = 0, modality: str = "C
 
 # --- train -------------------------------------------------------------------------------------------
 
-def train(workspace: Workspace, request, dist=None, progress: bool = True, callbacks: Sequence = ()) -> list[Path]:
+def train(workspace: Workspace, request: TrainRequest, dist=None, progress: bool = True, callbacks: Sequence = ()) -> list[Path]:
     """Train the folds of a :class:`~autoseg.training.session.TrainRequest`; returns the run folders
     (:func:`autoseg.training.session.train`; torch is imported here, not with this module)."""
     from autoseg.training import session

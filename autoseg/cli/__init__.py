@@ -2,9 +2,10 @@
 
 Thin by design: each command parses its options, resolves paths once (``--workdir``, else the
 ``AUTOSEG_HOME`` environment variable, else ``./autoseg_work``; this is the only place that reads
-the environment), calls one function of :mod:`autoseg.api` and prints where the artifacts went.
-Heavy libraries (torch, MONAI, SciPy) are imported inside the commands, so ``autoseg --help`` is
-instant.
+the environment), calls one function of :mod:`autoseg.api` (``evaluate`` and ``show`` call
+:func:`autoseg.evaluation.evaluate_folders` and :func:`autoseg.preview.render_preview`) and prints
+where the artifacts went. Heavy libraries (torch, MONAI, SciPy) are imported inside the commands, so
+``autoseg --help`` is instant.
 
 Exit codes: 0 success; 2 invalid input (bad dataset, missing or stale artifact, bad option; the
 message says what to fix); 1 the command failed (disk full, a worker died, unexpected error).

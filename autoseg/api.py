@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoseg.artifacts import ArtifactError, atomic_write_bytes, ensure_writable_dir
+from autoseg.artifacts import ArtifactError
+from autoseg.core.fileops import atomic_write_bytes, ensure_writable_dir
+from autoseg.core.runlock import RunLock
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.fingerprint import Fingerprint, extract_fingerprint
 from autoseg.inference import crossval as cv
@@ -54,7 +56,6 @@ from autoseg.postprocessing import PostprocessingDecision
 from autoseg.preprocessing import preprocess_dataset
 from autoseg.splits import Splits, resolve_splits
 from autoseg.toy import make_toy_dataset
-from autoseg.training.runlock import RunLock
 from autoseg.workspace import DatasetSource, Workspace, names_dataset
 
 if TYPE_CHECKING:  # the session imports torch; `train` imports it when called

@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from autoseg.artifacts import Artifact
+from autoseg.cropping import crop_to_nonzero
+from autoseg.io import read_geometry, read_image, read_volume
 
 if TYPE_CHECKING:
     from autoseg.dataset import Case, DatasetSpec
 
-# nnU-Net samples 1e8 foreground voxels per dataset (REFERENCE.md section 1) and holds them all for
+# nnU-Net samples 1e8 foreground voxels per dataset (DatasetFingerprintExtractor in
+# nnunetv2/experiment_planning/dataset_fingerprint/fingerprint_extractor.py) and holds them all for
 # the pooled percentiles: 400 MB per channel. A total of 1e7 bounds that by 40 MB per channel
 # whatever the case count. The per-case cap of 1e5 only matters for small datasets (< 100 cases):
 # measured against nnU-Net's statistics, BraTS (6 cases) p99.5 is off by 1.1% with 1e4 draws per
@@ -123,9 +126,6 @@ class _CaseResult:
 
 def analyze_case(case: "Case", index: int, n_samples: int, seed: int, force_itk: bool = False) -> _CaseResult:
     """Read, crop and sample one case (runs in a worker process)."""
-    from autoseg.cropping import crop_to_nonzero
-    from autoseg.io import read_image, read_volume
-
     data, geometry = read_image(list(case.images), force_itk)
     seg, _ = read_volume(case.label, force_itk)
     if seg.shape != data.shape[1:]:
@@ -167,8 +167,6 @@ def pool_size(n_cores: int, mem_available: float, per_case_bytes: float,
 
 def case_bytes(case: "Case", n_channels: int, force_itk: bool = False) -> int:
     """Peak memory estimate for analysing ``case``, from its image header."""
-    from autoseg.io import read_geometry
-
     voxels = math.prod(read_geometry(case.images[0], force_itk).shape[:3])
     return voxels * (CASE_BYTES_PER_VOXEL_PER_CHANNEL * n_channels + CASE_BYTES_PER_VOXEL_FIXED)
 

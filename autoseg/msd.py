@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from autoseg.artifacts import atomic_write_json, staged_folder
+from autoseg.core.fileops import atomic_write_json, staged_folder
 from autoseg.dataset import DatasetError, DatasetSpec
 
 FILE_ENDING = ".nii.gz"

@@ -1,6 +1,6 @@
 """Intensity normalisation of one image channel, as decided by a :class:`NormalizationPlan`.
 
-Schemes (nnU-Net v2, REFERENCE.md section 2 "Normalisation"):
+Schemes (nnU-Net v2, nnunetv2/preprocessing/normalization/default_normalization_schemes.py):
 
 - ``ct``: clip to the dataset's foreground [p0.5, p99.5], then subtract the foreground mean and
   divide by the foreground standard deviation (all four numbers come from the fingerprint, so every

@@ -1,6 +1,7 @@
 """Post-processing chosen on cross-validation: keep only the largest connected component.
 
-The decision follows nnU-Net (REFERENCE.md section 4), judged on the mean per-case Dice of the merged
+The decision follows nnU-Net (``determine_postprocessing`` in
+nunetv2/postprocessing/remove_connected_components.py), judged on the mean per-case Dice of the merged
 cross-validation predictions:
 
 1. Keep the largest component of the union of all foreground labels (removing every other island of
@@ -26,14 +27,9 @@ from scipy import ndimage
 from autoseg.artifacts import Artifact
 from autoseg.cropping import bounding_box
 from autoseg.dataset import DatasetSpec
-from autoseg.evaluation.evaluate import (
-    EvaluationError,
-    check_geometry,
-    match_cases,
-    read_label_map,
-    run_bounded,
-)
+from autoseg.evaluation.evaluate import EvaluationError, check_geometry, match_cases, read_label_map, run_bounded
 from autoseg.evaluation.metrics import evaluation_targets
+from autoseg.io import write_like
 
 POSTPROCESSING_FILE = "postprocessing.json"
 _FULL_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-neighbourhood
@@ -180,8 +176,6 @@ def determine_postprocessing_from_folders(gt_dir: Path, pred_dir: Path, spec: Da
 
 
 def _apply_file(src: Path, dst: Path, decision: PostprocessingDecision, force_itk: bool) -> Path:
-    from autoseg.io import write_like
-
     seg, _ = read_label_map(src, force_itk)
     return write_like(apply_postprocessing(seg, decision), src, dst, force_itk)
 

@@ -1,6 +1,7 @@
 """Preprocessing: raw cases -> normalised, resampled arrays in the storage format, per configuration.
 
-Per case (nnU-Net v2 order, REFERENCE.md section 2): read all channels and the label, crop to the
+Per case (nnU-Net v2 order, ``DefaultPreprocessor.run_case_npy`` in
+nunetv2/preprocessing/preprocessors/default_preprocessor.py): read all channels and the label, crop to the
 non-zero region (bounding box recorded in raw voxel indices), transpose with
 ``plans.transpose_forward``, normalise each channel (masked z-score uses the non-zero mask from the
 crop), resample to the configuration's spacing, draw foreground voxel locations for oversampling,
@@ -26,11 +27,12 @@ import numpy as np
 from autoseg.artifacts import Artifact
 from autoseg.cropping import BBox, crop_to_nonzero
 from autoseg.dataset import Case, DatasetSpec
-from autoseg.io import Geometry, ImageReadError, read_image, read_volume
+from autoseg.io import Geometry, ImageReadError, read_geometry, read_image, read_volume
 from autoseg.normalization import normalize
 from autoseg.planning.plans import NormalizationPlan, Plans, ResamplingPlan
-from autoseg.resampling import resample_image, resample_label
-from autoseg.storage import CaseProperties, label_dtype
+from autoseg.progress import progress_bar
+from autoseg.resampling import compute_new_shape, resample_image, resample_label
+from autoseg.storage import CaseProperties, is_case_done, label_dtype, write_case
 from autoseg.workspace import cases_folder, data_folder
 
 LOCATION_SEED = 1234  # nnU-Net seeds foreground location sampling with 1234 for every case
@@ -252,15 +254,11 @@ def prepare_folder(target: Target, record: PreprocessingRecord) -> None:
 
 
 def _is_done(target: Target, case: Case) -> bool:
-    from autoseg.storage import is_case_done
-
     return is_case_done(target.folder, case.case_id, labelled=case.label is not None)
 
 
 def process_case(case: Case, spec: DatasetSpec, plans: Plans, targets: list[Target]) -> str:
     """Read one case once and write it to every target folder (runs in a worker process)."""
-    from autoseg.storage import write_case
-
     cropped = load_case(case, spec, plans)
     for t in targets:
         data, seg, props, locations = finish_case(cropped, spec, t.spacing, t.resampling)
@@ -274,15 +272,12 @@ def _case_sizes(case: Case, spec: DatasetSpec, fingerprint) -> tuple[tuple[int, 
         for cf in fingerprint.cases:
             if cf.case_id == case.case_id:
                 return tuple(cf.shape_before_crop), tuple(cf.shape_after_crop), tuple(cf.spacing)
-    from autoseg.io import read_geometry
 
     g = read_geometry(case.images[0], force_itk=spec.force_itk)
     return tuple(g.shape[:3]), tuple(g.shape[:3]), tuple(g.spacing[:3])
 
 
 def _output_voxels(crop_shape, spacing, plans: Plans, target: Target) -> int:
-    from autoseg.resampling import compute_new_shape
-
     tf = plans.transpose_forward
     shape_t = [crop_shape[a] for a in tf]
     spacing_t = tuple(spacing[a] for a in tf)
@@ -363,8 +358,6 @@ def preprocess_dataset(spec: DatasetSpec, cases: list[Case], plans: Plans, datas
 
 
 def _run(todo, spec, plans, workers: int, progress: bool, description: str) -> None:
-    from autoseg.progress import progress_bar
-
     with progress_bar(description, len(todo), progress) as advance:
         if workers <= 1:
             for case, targets in todo:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import atomic_write_bytes
+from autoseg.core.fileops import atomic_write_bytes
 from autoseg.io import ImageReadError, read_volume
 
 OVERLAY_ALPHA = 0.45

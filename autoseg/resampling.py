@@ -4,7 +4,8 @@ Arrays are ``(C, X, Y, Z)`` (images, probabilities) or ``(X, Y, Z)`` / ``(1, X, 
 spacings are mm per spatial axis in the same order. The new shape for a target spacing is
 ``round(shape * spacing / target_spacing)`` per axis (at least 1).
 
-Interpolation follows the nnU-Net v2 rules (REFERENCE.md section 2, "Resampling"): spline order 3
+Interpolation follows the nnU-Net v2 rules (nnunetv2/preprocessing/resampling/default_resampling.py,
+``resample_data_or_seg_to_shape``): spline order 3
 for images, order 1 applied to each class's one-hot mask for labels, order 1 for probabilities;
 pixel-centre ("grid mode") alignment with edge replication and no anti-aliasing, like skimage's
 ``resize(mode="edge", anti_aliasing=False)``; results of order >= 2 are clipped to the input range.

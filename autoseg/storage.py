@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import Artifact, atomic_write_with
+from autoseg.artifacts import Artifact
+from autoseg.core.fileops import atomic_write_with
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from autoseg.artifacts import atomic_write_json, staged_folder
+from autoseg.core.fileops import atomic_write_json, staged_folder
 
 FILE_ENDING = ".nii.gz"
 MODALITIES = ("CT", "MR")

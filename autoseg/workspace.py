@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.artifacts import Artifact
+from autoseg.core.checkpoint import CHECKPOINTS  # the file names a finished fold leaves; core owns the format
 from autoseg.planning.plans import DEFAULT_PLANS_NAME, Plans, matches_plans
 
 _DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
@@ -31,8 +32,6 @@ _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 PLANS_FILE = "plans.json"  # the default preset's plans; preset P's are plans_P.json
 SOURCE_FILE, SPLITS_FILE, FINGERPRINT_FILE = "source.json", "splits.json", "fingerprint.json"
 DATASET_FILE = "dataset.json"
-# the checkpoints a finished fold leaves (what prediction may use), by the name `--checkpoint` gives them
-CHECKPOINTS = {"final": "checkpoint_final.pt", "best": "checkpoint_best.pt"}
 
 Fold = int | str  # 0, 1, ... or "all"
 

@@ -1,6 +1,6 @@
 """bf16 autocast vs fp32 for CPU training: step time and Dice at equal iterations.
 
-Decides ``CPU_BF16_BY_DEFAULT`` in autoseg/training/trainer.py. Prints:
+Decides ``CPU_BF16_BY_DEFAULT`` in autoseg/core/runtime.py. Prints:
 
 1. the median time of one training step (forward, Dice+CE loss with deep supervision, backward,
    SGD) of a 4-stage DynUNet (32-256 features) on a (2, 1, 40, 56, 40) batch, fp32 and bf16;
@@ -24,7 +24,7 @@ import torch
 from autoseg.models import build_model
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.training.losses import make_loss
-from autoseg.training.trainer import cpu_supports_bf16
+from autoseg.core.runtime import cpu_supports_bf16
 
 
 def plan(patch, features) -> ConfigurationPlan:

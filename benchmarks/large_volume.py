@@ -120,7 +120,7 @@ def make_model(work: Path, small: bool, folds: int = 1) -> Path:
 
     from autoseg.models import build_model
     from autoseg.planning.plans import Plans
-    from autoseg.training.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+    from autoseg.core.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
     from autoseg.workspace import Workspace
 
     plans = Plans.load(Workspace(work).plans_file(DATASET, "autosegPlans"))

@@ -94,7 +94,7 @@ def axis_map(autoseg_tf, nnunet_tf) -> tuple[int, ...]:
 
 def benchmark_models(model_dir: Path, nnunet_root: Path, dataset: str, n_folds: int, work: Path):
     """(autoseg model folder with ``n_folds`` folds, nnU-Net model folder with the same weights)."""
-    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.core.checkpoint import load_checkpoint
     from autoseg.workspace import fold_dirs
 
     trained = [d / "checkpoint_final.pt" for f, d in fold_dirs(model_dir).items()
@@ -248,7 +248,7 @@ def large_ct(work: Path) -> None:
 
     from autoseg.models import build_model
     from autoseg.planning.plans import ConfigurationPlan, NormalizationPlan, Plans
-    from autoseg.training.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+    from autoseg.core.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
 
     cfg = ConfigurationPlan("3d_fullres", 3, (1.0, 0.8, 0.8), (400, 512, 512), (128, 128, 128), 2, ((3, 3, 3),) * 4,
                             ((1, 1, 1),) + ((2, 2, 2),) * 3, (8, 16, 32, 64), False, "3d_fullres")

@@ -209,7 +209,7 @@ def make_clock(spec: dict):
             os.replace(tmp, out)
 
         def on_train_start(self, run):
-            cfg_batch = run.meta["plans"]["configurations"][CONFIG]["batch_size"]
+            cfg_batch = run.record.plans["configurations"][CONFIG]["batch_size"]
             self.data.update(train_started=time.perf_counter(), threads=torch.get_num_threads(),
                              precision="fp32" if run.amp_dtype is None else str(run.amp_dtype).replace("torch.", ""),
                              batch_size=run.settings.batch_size or cfg_batch)

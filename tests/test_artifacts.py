@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from autoseg.artifacts import atomic_path, atomic_write_bytes, exchange_paths, replace_folder, staged_folder
+from autoseg.core.fileops import atomic_path, atomic_write_bytes, exchange_paths, replace_folder, staged_folder
 
 
 def _mode(path):
@@ -34,7 +34,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 @pytest.mark.parametrize("exchange", [True, False])  # atomic swap (Linux), or renames where it is missing
 def test_replace_folder_swaps_in_the_new_one(tmp_path, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr("autoseg.artifacts.exchange_paths", lambda a, b: False)
+        monkeypatch.setattr("autoseg.core.fileops.exchange_paths", lambda a, b: False)
     (tmp_path / "new").mkdir()
     (tmp_path / "new" / "a").write_text("new")
     (tmp_path / "target").mkdir()

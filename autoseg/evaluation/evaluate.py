@@ -18,7 +18,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from autoseg.artifacts import Artifact, atomic_write_bytes, writing_into
+from autoseg.artifacts import Artifact
+from autoseg.core.fileops import atomic_write_bytes, writing_into
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -31,6 +32,7 @@ from autoseg.evaluation.metrics import (
 )
 from autoseg.io import ImageReadError, read_geometry, read_volume
 from autoseg.io.images import gzip_problem
+from autoseg.progress import progress_bar
 
 CONVENTIONS = (
     "Dice/IoU/HD95/NSD are null when reference and prediction are both empty and left out of means; "
@@ -132,8 +134,6 @@ def run_bounded(fn: Callable, jobs: Iterable[tuple], workers: int, progress: boo
                 description: str = "evaluating") -> Iterator:
     """Yield ``fn(*job)`` for every job, on at most ``workers`` processes with at most twice that many
     jobs in flight (results in completion order). Few jobs or ``workers <= 1`` run in this process."""
-    from autoseg.progress import progress_bar
-
     jobs = list(jobs)
     workers = min(workers, len(jobs) // MIN_JOBS_PER_WORKER)
     with progress_bar(description, len(jobs), progress) as advance:

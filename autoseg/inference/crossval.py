@@ -25,8 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import Artifact, atomic_write_bytes, staged_folder
+from autoseg.artifacts import Artifact
+from autoseg.core.fileops import atomic_write_bytes, staged_folder
 from autoseg.dataset import DatasetSpec
+from autoseg.evaluation.evaluate import read_label_map, run_bounded
+from autoseg.evaluation.metrics import case_metrics, evaluation_targets
+from autoseg.inference.ensemble import ensemble_folders
+from autoseg.planning.plans import DEFAULT_PLANS_NAME
+from autoseg.postprocessing import POSTPROCESSING_FILE, determine_postprocessing_from_folders
 from autoseg.splits import Splits
 from autoseg.workspace import ModelFolder, fold_dirs
 
@@ -52,7 +58,7 @@ def merge_folds(model_dir: Path, splits: Splits, file_ending: str) -> tuple[Path
 
     Every fold must have finished (``validation/summary.json``) with a prediction for each of its
     validation cases; if one has not, nothing is touched. The folder is built aside and replaces the
-    earlier one in one step (:func:`~autoseg.artifacts.staged_folder`), so a kill or an error leaves
+    earlier one in one step (:func:`~autoseg.core.fileops.staged_folder`), so a kill or an error leaves
     the earlier merge whole. Returns the folder and whether every case also has ``.npz``
     probabilities."""
     model_dir = Path(model_dir)
@@ -81,9 +87,6 @@ def merge_folds(model_dir: Path, splits: Splits, file_ending: str) -> tuple[Path
 
 
 def _dice_case(ref: Path, pred: Path, targets: dict[str, tuple[int, ...]], ignore_label, force_itk: bool):
-    from autoseg.evaluation.evaluate import read_label_map
-    from autoseg.evaluation.metrics import case_metrics
-
     ref_seg, spacing = read_label_map(ref, force_itk)
     pred_seg, _ = read_label_map(pred, force_itk)
     metrics = case_metrics(ref_seg, pred_seg, spacing, targets, ignore_label=ignore_label, distances=False)
@@ -93,9 +96,6 @@ def _dice_case(ref: Path, pred: Path, targets: dict[str, tuple[int, ...]], ignor
 def mean_dice(gt_dir: Path, pred_dir: Path, cases: Sequence[str], spec: DatasetSpec, workers: int = 1,
               progress: bool = False, description: str = "scoring") -> tuple[dict[str, float | None], float]:
     """Per-target mean Dice over ``cases`` (undefined cases left out) and their foreground mean."""
-    from autoseg.evaluation.evaluate import run_bounded
-    from autoseg.evaluation.metrics import evaluation_targets
-
     targets = evaluation_targets(spec.labels)
     e = spec.file_ending
     jobs = [(Path(gt_dir) / f"{c}{e}", Path(pred_dir) / f"{c}{e}", targets, spec.ignore_label, spec.force_itk)
@@ -112,8 +112,6 @@ def mean_dice(gt_dir: Path, pred_dir: Path, cases: Sequence[str], spec: DatasetS
 def decide_postprocessing(folder: Path, crossval: Path, gt_dir: Path, spec: DatasetSpec, workers: int = 1,
                           progress: bool = False) -> Path:
     """Decide post-processing on the merged predictions in ``crossval``; save it in ``folder``."""
-    from autoseg.postprocessing import POSTPROCESSING_FILE, determine_postprocessing_from_folders
-
     decision = determine_postprocessing_from_folders(gt_dir, crossval, spec, workers=workers, progress=progress)
     return decision.save(Path(folder) / POSTPROCESSING_FILE)
 
@@ -152,8 +150,6 @@ def score_candidates(results_dir: Path, merged: dict[str, tuple[Path, bool]], sp
     """Score each model (name -> merged folder, has probabilities; see :func:`merge_folds`) and, with
     ``ensembles``, each pair of models that saved probabilities. Returns ``(score, folder of the
     merged predictions)`` pairs, single models first."""
-    from autoseg.inference.ensemble import ensemble_folders
-
     cases = sorted({c for f in splits.folds for c in f.val})
     out = []
     for name, (folder, _) in merged.items():
@@ -187,8 +183,6 @@ def pick_best(scored: Sequence[CandidateScore]) -> CandidateScore:
 def predict_commands(dataset: str, best: CandidateScore, models: dict[str, ModelFolder],
                      postprocessing: Path) -> tuple[str, ...]:
     """The shell commands that predict with ``best`` (INPUT_FOLDER / OUTPUT_FOLDER to fill in)."""
-    from autoseg.planning.plans import DEFAULT_PLANS_NAME
-
     def other_plans(m: ModelFolder) -> bool:
         return m.plans_name != DEFAULT_PLANS_NAME
 

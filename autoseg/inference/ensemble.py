@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.core.fileops import writing_into
 from autoseg.cropping import uncrop
-from autoseg.artifacts import writing_into
 from autoseg.inference.pipeline import PredictError, PredictReport
 from autoseg.inference.probabilities import (
     ProbabilitiesError,
@@ -28,7 +28,9 @@ from autoseg.inference.probabilities import (
     place,
     save_probabilities,
 )
-from autoseg.io import file_ending, strip_ending
+from autoseg.io import file_ending, read_geometry, strip_ending, write_like
+from autoseg.postprocessing import apply_postprocessing
+from autoseg.progress import progress_bar
 
 
 def _index(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -68,9 +70,6 @@ def ensemble_case(npz_paths: Sequence[Path], reference: Path, out_dir: Path, cas
                   regions_class_order: tuple[int, ...] | None, postprocessing=None,
                   save_probs: bool = False) -> Path:
     """Average one case's probabilities and write its label map (and ``.npz`` when asked)."""
-    from autoseg.io import read_geometry, write_like
-    from autoseg.postprocessing import apply_postprocessing
-
     saved = [load_probabilities(p) for p in npz_paths]
     if regions_class_order is not None:
         saved = [SavedProbabilities(s.probabilities, s.bbox, s.original_shape, tuple(regions_class_order) or None)
@@ -96,8 +95,6 @@ def ensemble_folders(in_dirs: Sequence[Path], out_dir: Path, *, regions_class_or
     ``regions_class_order`` overrides what the files say (needed for region models' training-time
     validation files, which do not record it; ``()`` forces argmax); ``postprocessing`` (a
     :class:`~autoseg.postprocessing.PostprocessingDecision`) is applied to every label map."""
-    from autoseg.progress import progress_bar
-
     started = time.perf_counter()
     in_dirs = [Path(d) for d in in_dirs]
     out_dir = Path(out_dir)

@@ -33,16 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg import __version__
-from autoseg.artifacts import Artifact, ArtifactError, atomic_write_with, staged_folder, writing_into
+from autoseg.artifacts import Artifact, ArtifactError
+from autoseg.core.checkpoint import (TRAINING_KEYS, CheckpointError, ModelRecord, checkpoint_bytes, load_checkpoint,
+                                     weights_digest)
+from autoseg.core.fileops import atomic_write_with, staged_folder, writing_into
+from autoseg.inference.conversion import QUANTIZATION_FILE, QuantizeError, int8_status, read_records, records_document
+from autoseg.inference.predictor import choose_checkpoints, load_predictor
 from autoseg.workspace import DATASET_FILE, Workspace, fold_folder_name, model_folder_name
 
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "network.onnx"
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-3  # max |ONNX Runtime - PyTorch| logits, relative to max(1, |logits|)
-# Checkpoint keys kept in an export: weights and self-description, no optimiser or RNG state.
-EXPORT_KEYS = ("format", "format_version", "autoseg_version", "model", "settings", "plans", "configuration",
-               "arch", "fold", "dataset")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -82,15 +84,13 @@ def _versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": sys.version.split()[0]}
 
 
-def _checkpoint_bytes(ckpt: dict) -> bytes:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save({k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}, buf)
-    return buf.getvalue()
+def _exported_checkpoint(ckpt: dict) -> bytes:
+    """The checkpoint's weights and record, without what only resuming needs (optimiser, RNG state);
+    with digests of its own (:func:`~autoseg.core.checkpoint.checkpoint_bytes`)."""
+    return checkpoint_bytes({k: v for k, v in ckpt.items() if k not in TRAINING_KEYS})
 
 
-def _dataset_json(model_root: Path, ckpt: dict) -> bytes:
+def _dataset_json(model_root: Path, record: ModelRecord) -> bytes:
     """The dataset.json the model was trained with (imported model or workspace copy), else rebuilt
     from the checkpoint's dataset record."""
     candidates = [model_root / DATASET_FILE]
@@ -101,11 +101,11 @@ def _dataset_json(model_root: Path, ckpt: dict) -> bytes:
     for candidate in candidates:
         if candidate.is_file():
             return candidate.read_bytes()
-    d = ckpt["dataset"]
-    data = {"channel_names": {str(i): c for i, c in enumerate(d["channel_names"])}, "labels": d["labels"],
-            "numTraining": 0, "file_ending": d.get("file_ending", ".nii.gz")}
-    if d.get("regions_class_order"):
-        data["regions_class_order"] = d["regions_class_order"]
+    d = record.dataset
+    data = {"channel_names": {str(i): c for i, c in enumerate(d.channel_names)}, "labels": d.labels,
+            "numTraining": 0, "file_ending": d.file_ending}
+    if d.regions_class_order:
+        data["regions_class_order"] = list(d.regions_class_order)
     return (json.dumps(data, indent=2) + "\n").encode()
 
 
@@ -121,7 +121,7 @@ def export_onnx(network, example_shape: Sequence[int], tolerance: float = ONNX_T
     try:
         import onnxruntime
     except ImportError:
-        raise ExportError("--onnx needs onnx and onnxruntime: pip install 'autoseg[onnx]'") from None
+        raise ExportError("--onnx needs onnx and onnxruntime: pip install -e '.[onnx]'") from None
     network = network.eval()
     x = torch.randn(tuple(example_shape), generator=torch.Generator().manual_seed(seed))
     buf = io.BytesIO()
@@ -142,9 +142,6 @@ def export_onnx(network, example_shape: Sequence[int], tolerance: float = ONNX_T
 def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, checkpoint: str = "final",
                  onnx: bool = False) -> Path:
     """Write the chosen folds of ``model_dir`` (a model folder or one fold folder) to ``out_zip``."""
-    from autoseg.inference.predictor import choose_checkpoints, load_predictor
-    from autoseg.training.checkpoint import load_checkpoint
-
     model_dir = Path(model_dir)
     model = load_predictor(model_dir, folds, checkpoint)  # validates folds agree and networks build
     root = model.model_dir
@@ -152,16 +149,20 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
                                                                                  model.config.name)
     entries: dict[str, bytes] = {}
     diffs: dict[str, float] = {}
-    ckpt = None
+    record = None
     example = (1, model.num_channels, *model.config.patch_size)
     for (fold, path), net in zip(choose_checkpoints(model_dir, folds, checkpoint).items(), model.networks):
-        ckpt = load_checkpoint(path)
-        entries[f"{folder}/{fold_folder_name(fold)}/{path.name}"] = _checkpoint_bytes(ckpt)
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as e:
+            raise ExportError(str(e)) from None
+        entries[f"{folder}/{fold_folder_name(fold)}/{path.name}"] = _exported_checkpoint(ckpt)
+        record = ModelRecord.of(ckpt, path)
         if onnx:
             entries[f"{folder}/{fold_folder_name(fold)}/{ONNX_NAME}"], diffs[str(fold)] = export_onnx(net, example)
         entries.update(_int8_entries(path, net, example, f"{folder}/{fold_folder_name(fold)}"))
     entries[f"{folder}/plans.json"] = (json.dumps(model.plans.to_dict(), indent=2) + "\n").encode()
-    entries[f"{folder}/dataset.json"] = _dataset_json(root, ckpt)
+    entries[f"{folder}/dataset.json"] = _dataset_json(root, record)
     post = root / "postprocessing.json"
     if post.is_file():
         entries[f"{folder}/postprocessing.json"] = post.read_bytes()
@@ -176,9 +177,6 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
 
 def _int8_entries(checkpoint: Path, network, shape: Sequence[int], prefix: str) -> dict[str, bytes]:
     """The fold's int8 network and its record, when one passed its check for these weights."""
-    from autoseg.inference.quantize import (QUANTIZATION_FILE, QuantizeError, int8_status, read_records,
-                                            records_document, weights_digest)
-
     try:
         xml, _ = int8_status(checkpoint, weights_digest(network), shape)
     except QuantizeError:  # an unreadable record: exported without int8

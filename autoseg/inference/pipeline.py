@@ -32,12 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import writing_into
+from autoseg.core.fileops import writing_into
 from autoseg.dataset import Case
-from autoseg.inference.predictor import Predictor
 from autoseg.inference import probabilities as probability_files
-from autoseg.inference.probabilities import SavedProbabilities, labels_from_probabilities
-from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending
+from autoseg.inference.predictor import Predictor
+from autoseg.inference.probabilities import regions_order
+from autoseg.inference.restore import to_input_geometry
+from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending, write_like
+from autoseg.io.images import ImageReadError, gzip_problem
+from autoseg.postprocessing import apply_postprocessing
+from autoseg.preprocessing import finish_case, load_case
+from autoseg.progress import progress_bar
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 PREFETCH = 1  # cases read ahead of the networks (being prepared or waiting)
@@ -160,9 +165,6 @@ class Prepared:
 def prepare_case(case: InputCase, model: Predictor) -> Prepared:
     """Read and preprocess one case exactly as training data were (no label). ``.gz`` files are
     decompressed to the end first so a damaged one fails here instead of decoding to wrong voxels."""
-    from autoseg.io.images import ImageReadError, gzip_problem
-    from autoseg.preprocessing import finish_case, load_case
-
     for path in case.files:
         problem = gzip_problem(path)
         if problem:
@@ -178,7 +180,7 @@ def case_probabilities(prepared: Prepared, model: Predictor, engine, step: float
     float16 when the volume is very large, see ``sliding.HALF_ACCUMULATION_BYTES``): logits averaged
     over windows, mirrorings and folds (every fold runs on each window, so one ``(K, *S)`` buffer
     serves any number of folds; nnU-Net v2 averages fold logits too), then activated."""
-    import torch
+    import torch  # here, not at the top: `autoseg ensemble` imports this module and never needs torch
 
     from autoseg.inference.sliding import logits_to_probabilities, predict_logits
 
@@ -189,57 +191,16 @@ def case_probabilities(prepared: Prepared, model: Predictor, engine, step: float
     return logits_to_probabilities(logits, model.spec.has_regions).numpy()
 
 
-def _regions_order(model: Predictor) -> tuple[int, ...] | None:
-    return tuple(model.spec.regions_class_order) if model.spec.has_regions else None
-
-
-def _resample_back(channel: np.ndarray, props, model: Predictor) -> np.ndarray:
-    from autoseg.resampling import resample_probabilities
-
-    r = model.config.resampling
-    return resample_probabilities(channel, props.spacing, props.spacing_after_crop, new_shape=props.shape_after_crop,
-                                  order=r.probabilities_order, order_z=r.order_z_image,
-                                  anisotropy_threshold=r.anisotropy_threshold)
-
-
-def labels_at_crop(probs: np.ndarray, props, model: Predictor) -> np.ndarray:
-    """Label map ``(*shape_after_crop)`` from preprocessed-grid probabilities, resampling one channel at
-    a time (argmax kept as running maximum, so memory does not grow with the number of classes)."""
-    rco = _regions_order(model)
-    out = np.zeros(tuple(props.shape_after_crop), dtype=np.int16)
-    best = None
-    for k in range(probs.shape[0]):
-        p = _resample_back(probs[k:k + 1], props, model)[0]
-        if rco:
-            out[p > 0.5] = rco[k]
-        elif best is None:
-            best = p
-        else:
-            wins = p > best
-            out[wins] = k
-            np.maximum(best, p, out=best)
-        del p  # before the next class is resampled: two whole-volume channels alive, not three
-    return out
-
-
 def write_case(prepared: Prepared, probs: np.ndarray, model: Predictor, out_dir: Path,
                save_probabilities: bool) -> Path:
-    """Resample back, label, un-crop, transpose back, post-process and write one case."""
-    from autoseg.io import write_like
-    from autoseg.postprocessing import apply_postprocessing
-    from autoseg.training.validation import to_original
-
+    """Back to the input's geometry (:func:`~autoseg.inference.restore.to_input_geometry`),
+    post-process and write one case (its probabilities first when asked)."""
     case, props = prepared.case, prepared.props
-    if save_probabilities:
-        full = _resample_back(probs, props, model)
-        axes = (0,) + tuple(a + 1 for a in model.plans.transpose_backward)
-        saved = SavedProbabilities(full.transpose(axes), props.bbox, props.original_shape, _regions_order(model))
+    seg, saved = to_input_geometry(probs, props, model.config.resampling, model.plans.transpose_backward,
+                                   regions_order(model.spec), keep_probabilities=save_probabilities)
+    if saved is not None:
         probability_files.save_probabilities(Path(out_dir) / f"{case.case_id}.npz", saved)
-        labels = labels_from_probabilities(full, _regions_order(model))
-        del full
-    else:
-        labels = labels_at_crop(probs, props, model)
-    seg = to_original(labels, props, model.plans)
+        del saved
     if model.postprocessing is not None:
         seg = apply_postprocessing(seg, model.postprocessing)
     return write_like(seg, case.files[0], Path(out_dir) / case.output_name())
@@ -369,9 +330,8 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
 def _predict_cases(model: Predictor, cases: list[InputCase], out_dir: Path, step: float, tta: bool,
                    save_probabilities: bool, overwrite: bool, device: str, backend: str, precision: str,
                    progress: bool, started: float, release_networks: bool = False) -> PredictReport:
+    from autoseg.core.runtime import resolve_device  # torch: see case_probabilities
     from autoseg.inference.backends import make_engine
-    from autoseg.progress import progress_bar
-    from autoseg.training.trainer import resolve_device
 
     bad = [c for c in cases if c.problem]
     skipped = [c for c in cases if not c.problem and not overwrite and is_done(c, out_dir, save_probabilities)]

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoseg.core.checkpoint import (CHECKPOINTS, CheckpointError, ModelRecord, load_checkpoint, state_digest,
+                                     weights_digest)
 from autoseg.dataset import DatasetSpec
-from autoseg.planning.plans import ConfigurationPlan, Plans
+from autoseg.planning.plans import ConfigurationPlan, Plans, matches_plans
 from autoseg.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision
-from autoseg.workspace import CHECKPOINTS, Fold, Workspace, fold_dirs, fold_of
+from autoseg.workspace import Fold, Workspace, fold_dirs, fold_of
 
 _DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
 
@@ -73,13 +75,11 @@ class FoldNetworks(Sequence):
         return self._built[index] is not None
 
     def digest(self, index: int) -> str:
-        """The weights digest of network ``index`` (:func:`~autoseg.inference.quantize.weights_digest`),
-        from its checkpoint weights when it is not built yet."""
-        from autoseg.inference.quantize import state_digest, weights_digest
-
+        """The weights digest of network ``index`` (:func:`~autoseg.core.checkpoint.weights_digest`):
+        the one its checkpoint recorded (checked on loading) when there is one, else computed."""
         if self._built[index] is not None:
             return weights_digest(self._built[index])
-        return state_digest(self._states[index]["model"])
+        return self._states[index]["record"].weights_sha256 or state_digest(self._states[index]["model"])
 
 
 @dataclass
@@ -166,32 +166,25 @@ def _hint(folder: Path, checkpoint: str) -> str:
     return "no best checkpoint was saved; use --checkpoint final"
 
 
-def spec_from_checkpoint(ckpt: dict[str, Any], source: Path) -> DatasetSpec:
+def spec_from_record(record: ModelRecord) -> DatasetSpec:
     """The dataset description a checkpoint carries, as a :class:`DatasetSpec`."""
-    d = ckpt.get("dataset")
-    if not isinstance(d, dict) or "labels" not in d or "channel_names" not in d:
-        raise PredictorError(f"{source}: checkpoint has no dataset record (labels, channels); retrain with this autoseg")
-    rco = d.get("regions_class_order")
-    return DatasetSpec(name=str(d.get("name", "")), channel_names=tuple(d["channel_names"]), labels=dict(d["labels"]),
-                       num_training=0, file_ending=str(d.get("file_ending", ".nii.gz")),
-                       regions_class_order=tuple(rco) if rco else None, ignore_label=d.get("ignore_label"))
+    d = record.dataset
+    return DatasetSpec(name=d.name, channel_names=d.channel_names, labels=dict(d.labels), num_training=0,
+                       file_ending=d.file_ending, regions_class_order=d.regions_class_order,
+                       ignore_label=d.ignore_label)
 
 
-def _describe(ckpt: dict[str, Any]) -> tuple:
-    """What must be equal across the folds of one model."""
-    return ckpt.get("plans"), ckpt.get("configuration"), ckpt.get("arch"), ckpt.get("dataset")
+def build_network(state: dict[str, Any], config: ConfigurationPlan, spec: DatasetSpec, source: Path):
+    """The network of a checkpoint's ``record`` with its ``model`` weights, on the CPU, in eval mode."""
+    from autoseg.models import build_model  # torch and MONAI: only when a network is built (module docstring)
 
-
-def build_network(ckpt: dict[str, Any], plans: Plans, config: ConfigurationPlan, spec: DatasetSpec, source: Path):
-    """The checkpoint's network with its weights, on the CPU, in eval mode."""
-    from autoseg.models import build_model
-
-    deep_supervision = bool((ckpt.get("settings") or {}).get("deep_supervision", True))
-    net = build_model(ckpt["arch"], config, spec.num_channels, spec.num_outputs, deep_supervision)
+    record: ModelRecord = state["record"]
+    deep_supervision = bool(record.settings.get("deep_supervision", True))
+    net = build_model(record.arch, config, spec.num_channels, spec.num_outputs, deep_supervision)
     try:
-        net.load_state_dict(ckpt["model"])
+        net.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise PredictorError(f"{source}: weights do not fit the {ckpt['arch']} network its plan describes "
+        raise PredictorError(f"{source}: weights do not fit the {record.arch} network its plan describes "
                              f"({str(e).splitlines()[0]}); the checkpoint is damaged or from another version") from None
     return net.eval()
 
@@ -199,40 +192,43 @@ def build_network(ckpt: dict[str, Any], plans: Plans, config: ConfigurationPlan,
 def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpoint: str = "final") -> Predictor:
     """Load the chosen folds' checkpoints of a model folder (or one fold folder); their networks are
     built when first used (:class:`FoldNetworks`)."""
-    from autoseg.training.checkpoint import load_checkpoint
-
     paths = choose_checkpoints(model_dir, folds, checkpoint)
     first_path = next(iter(paths.values()))
     states, reference = [], None
     plans = config = spec = arch = None
     for fold, path in paths.items():
-        ckpt = load_checkpoint(path, mmap=True)
+        ckpt, record = _load(path)
         if reference is None:
-            reference = _describe(ckpt)
-            try:
-                plans = Plans.from_dict(ckpt["plans"], source=str(path))
-            except KeyError:
-                raise PredictorError(f"{path}: checkpoint has no plans; retrain with this autoseg") from None
-            config, arch = plans.configuration(ckpt["configuration"]), ckpt["arch"]
-            spec = spec_from_checkpoint(ckpt, path)
+            reference = record
+            plans = Plans.from_dict(record.plans, source=str(path))
+            config, arch = plans.configuration(record.configuration), record.arch
+            spec = spec_from_record(record)
             _check_owner(model_dir, spec, path)
             if config.previous_stage:
                 raise PredictorError(f"{path}: cascade configuration '{config.name}' needs the previous stage's "
                                      "predictions, which `autoseg predict` does not run yet")
-        elif _describe(ckpt) != reference:
+        elif not record.same_model_as(reference):
             raise PredictorError(f"{path}: fold {fold} was trained with other plans, configuration, architecture or "
                                  f"labels than {first_path}; predict with the folds of one training only (--folds)")
-        states.append({"model": ckpt["model"], "settings": ckpt.get("settings"), "arch": ckpt["arch"],
-                       "source": path})
+        states.append({"model": ckpt["model"], "record": record, "source": path})
         del ckpt  # the optimiser state and the rest are not needed
 
     def build(state: dict[str, Any]):
-        return build_network(state, plans, config, spec, state["source"])
+        return build_network(state, config, spec, state["source"])
 
     model_root = Path(model_dir) if fold_of(model_dir) is None else Path(model_dir).parent
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=FoldNetworks(states, build),
                      postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()))
+
+
+def _load(path: Path) -> tuple[dict[str, Any], ModelRecord]:
+    """A checkpoint for prediction (mapped; checked against its digest) and its record."""
+    try:
+        ckpt = load_checkpoint(path, mmap=True)
+        return ckpt, ModelRecord.of(ckpt, path)
+    except CheckpointError as e:
+        raise PredictorError(str(e)) from None
 
 
 def _check_owner(model_dir: Path, spec: DatasetSpec, path: Path) -> None:
@@ -275,8 +271,6 @@ def find_model_dir(workspace: Workspace, dataset: str | None = None, config: str
                    arch: str | None = None, plans: str | None = None) -> Path:
     """The configuration folder to predict with: the only trained one matching ``config``/``arch``/``plans``
     (a plans name or planner preset, :func:`~autoseg.planning.plans.matches_plans`)."""
-    from autoseg.planning.plans import matches_plans
-
     name = resolve_trained(workspace, dataset)
     found = workspace.model_folders(name)
     matching = [m for m in found if (config is None or m.config == config) and (arch is None or m.arch == arch)

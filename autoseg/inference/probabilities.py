@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import atomic_write_bytes
+from autoseg.core.fileops import atomic_write_bytes
 
 
 class ProbabilitiesError(ValueError):
@@ -64,6 +64,11 @@ def load_probabilities(path: Path) -> SavedProbabilities:
         raise ProbabilitiesError(f"{path}: probabilities {probs.shape}, crop box {bbox} and shape {shape} do not fit "
                                  "together; predict the case again")
     return SavedProbabilities(probs, bbox, shape, rco or None)
+
+
+def regions_order(spec) -> tuple[int, ...] | None:
+    """The ``regions_class_order`` of a :class:`~autoseg.dataset.DatasetSpec` with regions, else None."""
+    return tuple(spec.regions_class_order) if spec.has_regions else None
 
 
 def labels_from_probabilities(probs: np.ndarray, regions_class_order: tuple[int, ...] | None = None) -> np.ndarray:

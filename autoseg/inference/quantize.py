@@ -1,6 +1,6 @@
 """int8 networks for CPU prediction: post-training quantization (NNCF) of each fold, checked against fp32.
 
-``autoseg quantize`` (``pip install 'autoseg[quantize]'``), per fold of a trained model:
+``autoseg quantize`` (``pip install -e '.[quantize]'`` in the checkout), per fold of a trained model:
 
 1. converts the checkpoint's network to OpenVINO (the f32 model ``predict --backend openvino`` runs);
 2. **calibrates** int8 quantization on patches of the fold's *training* cases (preprocessed data of the
@@ -21,10 +21,8 @@ f32 with the same Dice (docs/benchmarks.md, Prediction).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,74 +31,19 @@ import numpy as np
 import torch
 from torch import nn
 
-QUANTIZATION_FILE = "quantization.json"
-SCHEMA_VERSION = 1
+from autoseg.core.checkpoint import CHECKPOINTS, weights_digest
+from autoseg.evaluation.metrics import case_metrics, evaluation_targets
+from autoseg.inference.conversion import (OpenVINONetwork, QuantizeError, convert_to_openvino, int8_name, no_telemetry,
+                                          save_ir, save_record)
+from autoseg.inference.probabilities import labels_from_probabilities, regions_order
+from autoseg.inference.sliding import predict_probabilities
+from autoseg.sampling import draw_patch_box, read_patch
+from autoseg.storage import open_case
+
 DEFAULT_PATCHES = 64  # calibration patches per fold
 DEFAULT_CHECK_CASES = 10  # validation cases per fold in the Dice check
 DEFAULT_TOLERANCE = 0.005  # largest Dice loss per class that passes
 DEFAULT_SEED = 0
-
-
-class QuantizeError(ValueError):
-    """A model that cannot be quantized, or an int8 network that cannot be used (the message says why)."""
-
-
-def weights_digest(network: nn.Module) -> str:
-    """sha256 over the network's parameters and buffers (names, dtypes, shapes, values): equal for the
-    same weights whatever file holds them (a run's checkpoint, an exported slim copy)."""
-    return state_digest(network.state_dict())
-
-
-def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """:func:`weights_digest` of a float32 network from its state dict, without building the network:
-    floating-point tensors are taken as float32 (what loading them into the network makes of them)."""
-    h = hashlib.sha256()
-    for name, t in sorted(state.items()):
-        t = t.detach().cpu().contiguous()
-        t = t.float() if t.is_floating_point() else t
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def int8_name(checkpoint: Path) -> str:
-    return f"{Path(checkpoint).stem}.int8.xml"
-
-
-def read_records(fold_dir: Path) -> dict[str, Any]:
-    """``quantization.json`` of a fold folder: checkpoint file name -> record ({} when absent)."""
-    path = Path(fold_dir) / QUANTIZATION_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-        records = data["checkpoints"]
-        if data.get("schema_version") != SCHEMA_VERSION or not isinstance(records, dict):
-            raise ValueError(f"schema_version {data.get('schema_version')}, expected {SCHEMA_VERSION}")
-    except (ValueError, KeyError, TypeError) as e:
-        raise QuantizeError(f"{path}: unreadable ({e}); run `autoseg quantize` again") from None
-    return records
-
-
-def int8_status(checkpoint: Path, digest: str, shape: Sequence[int]) -> tuple[Path | None, str]:
-    """The int8 model of ``checkpoint`` usable for weights ``digest`` and input ``shape``, or None and why not."""
-    checkpoint = Path(checkpoint).resolve()  # folds linked to one file share its int8 network
-    record = read_records(checkpoint.parent).get(checkpoint.name)
-    again = f"run `autoseg quantize` for {checkpoint.parent}"
-    if record is None:
-        return None, f"{checkpoint.parent} has no int8 network for {checkpoint.name}; {again}"
-    xml = checkpoint.parent / record.get("model", "")
-    if record.get("weights_sha256") != digest:
-        return None, f"{xml.name} was made from other weights than the current {checkpoint.name} (retrained?); {again}"
-    if list(record.get("input_shape", [])) != list(shape):
-        return None, f"{xml.name} takes inputs {record.get('input_shape')}, not {list(shape)}; {again}"
-    if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
-        return None, f"{xml} (or its .bin) is missing; {again}"
-    check = record.get("check", {})
-    if not check.get("passed"):
-        return None, (f"{xml.name} failed its check: Dice fell by {check.get('max_dice_drop')} on the validation "
-                      f"cases (tolerance {check.get('tolerance')}); predict with --precision fp32")
-    return xml, "ok"
 
 
 # --- calibration and check ------------------------------------------------------------------------------
@@ -109,9 +52,6 @@ def calibration_patches(folder: Path, case_ids: Sequence[str], patch_size: Seque
                         seed: int) -> list[np.ndarray]:
     """``n`` patches ``(1, C, *patch)`` float32 of preprocessed cases: cases in a seeded random order
     (cycled), every third patch centred on foreground (as training oversamples), the rest anywhere."""
-    from autoseg.storage import open_case
-    from autoseg.training.sampling import draw_patch_box, read_patch
-
     if not case_ids:
         raise QuantizeError(f"{folder}: no training cases to calibrate on")
     rng = np.random.default_rng(seed)
@@ -129,11 +69,8 @@ def calibration_patches(folder: Path, case_ids: Sequence[str], patch_size: Seque
 
 
 def _labels(network: nn.Module, image: torch.Tensor, patch_size, spec) -> np.ndarray:
-    from autoseg.inference.sliding import predict_probabilities
-    from autoseg.training.validation import probabilities_to_labels
-
     probs = predict_probabilities([network], image, patch_size, regions=spec.has_regions, mirror_axes=())
-    return probabilities_to_labels(probs.float().numpy(), spec)
+    return labels_from_probabilities(probs.float().numpy(), regions_order(spec))
 
 
 def check_against_f32(f32: nn.Module, int8: nn.Module, folder: Path, case_ids: Sequence[str], config, spec,
@@ -141,9 +78,6 @@ def check_against_f32(f32: nn.Module, int8: nn.Module, folder: Path, case_ids: S
     """Dice of both networks against the stored labels of ``case_ids`` (preprocessed volumes, sliding
     window without mirroring), averaged per class over the cases where it is defined, and the share
     of voxels where the two label maps agree."""
-    from autoseg.evaluation.metrics import case_metrics, evaluation_targets
-    from autoseg.storage import open_case
-
     if not case_ids:
         raise QuantizeError(f"{folder}: no cases to check the int8 network on")
     targets = evaluation_targets(spec.labels)
@@ -175,13 +109,11 @@ def check_against_f32(f32: nn.Module, int8: nn.Module, folder: Path, case_ids: S
 
 def quantize_network(model, patches: Sequence[np.ndarray]):
     """The int8 OpenVINO model of the f32 OpenVINO ``model``, calibrated on ``patches``."""
-    from autoseg.inference.backends import no_telemetry
-
     with no_telemetry():
         try:
             import nncf
         except ImportError:
-            raise QuantizeError("`autoseg quantize` needs NNCF: pip install 'autoseg[quantize]' "
+            raise QuantizeError("`autoseg quantize` needs NNCF: pip install -e '.[quantize]' "
                                 "(or: pip install nncf openvino)") from None
         nncf.set_log_level(logging.ERROR)
         return nncf.quantize(model, nncf.Dataset(list(patches)), preset=nncf.QuantizationPreset.MIXED,
@@ -197,38 +129,12 @@ class FoldResult:
     record: dict[str, Any]
 
 
-def _save_record(fold_dir: Path, checkpoint: Path, record: dict[str, Any] | None) -> None:
-    """Set (or, with None, remove) the record of ``checkpoint`` in the fold's ``quantization.json``."""
-    from autoseg.artifacts import atomic_write_json
-
-    records = {}
-    try:
-        records = read_records(fold_dir)
-    except QuantizeError:  # an unreadable file is replaced
-        pass
-    if record is None and checkpoint.name not in records:
-        return
-    if record is None:
-        del records[checkpoint.name]
-    else:
-        records[checkpoint.name] = record
-    atomic_write_json(fold_dir / QUANTIZATION_FILE, records_document(records))
-
-
-def records_document(records: dict[str, Any]) -> dict[str, Any]:
-    """The content of ``quantization.json`` for ``records`` (checkpoint file name -> record)."""
-    return {"kind": "autoseg_quantization", "schema_version": SCHEMA_VERSION, "checkpoints": records}
-
-
 def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_PATCHES,
                    check_cases: int = DEFAULT_CHECK_CASES, tolerance: float = DEFAULT_TOLERANCE,
                    seed: int = DEFAULT_SEED, progress: Callable[[str], None] | None = None) -> list[FoldResult]:
     """Quantize every network of ``model`` (a :class:`~autoseg.inference.predictor.Predictor`) and
     check it; ``splits`` gives each fold's training and validation cases in ``data_folder``."""
-    import openvino as ov
-
-    from autoseg.inference.backends import OpenVINONetwork, _save_ir, convert_to_openvino
-    from autoseg.inference.predictor import CHECKPOINTS
+    import openvino as ov  # optional (pip install -e '.[quantize]'): imported when quantizing
 
     if patches < 1 or check_cases < 1:
         raise QuantizeError(f"need at least one calibration patch and one check case (got {patches}, {check_cases})")
@@ -248,8 +154,8 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
             data_folder, list(cases.train), model.config.patch_size, patches, seed))
         xml = checkpoint.parent / int8_name(checkpoint)
         # the earlier record goes first: killed before the new one is written, no unchecked network is used
-        _save_record(checkpoint.parent, checkpoint, None)
-        _save_ir(int8_model, xml)
+        save_record(checkpoint.parent, checkpoint, None)
+        save_ir(int8_model, xml)
         say(f"fold {fold}: checking int8 against f32 on {len(check)} {kind} cases")
         f32_net = OpenVINONetwork.compile_all([f32_model], shape, "fp32")[0]
         int8_net = OpenVINONetwork.read(xml, shape)
@@ -260,7 +166,7 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
                   "calibration": {"patches": patches, "seed": seed, "training_cases": len(cases.train),
                                   "preset": "MIXED", "fast_bias_correction": True},
                   "check": result, "versions": {"openvino": ov.__version__, "nncf": _nncf_version()}}
-        _save_record(checkpoint.parent, checkpoint, record)
+        save_record(checkpoint.parent, checkpoint, record)
         results.append(FoldResult(fold, xml, record))
     return results
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import atomic_path
+from autoseg.core.fileops import atomic_path
 
 _GZIP_CHUNK = 1 << 22  # bytes decompressed at a time when verifying a .gz file's checksum
 

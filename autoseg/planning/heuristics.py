@@ -2,7 +2,8 @@
 
 Functions of numbers and arrays only (no files). Spacings in mm; per-axis tuples are in the order
 of their inputs (file order (X, Y, Z) for :func:`target_spacing`, transposed order afterwards).
-Rules and constants follow nnU-Net v2 (REFERENCE.md section 2); the constants live in
+Rules and constants follow nnU-Net v2 (nnunetv2/experiment_planning/experiment_planners/
+default_experiment_planner.py, ``ExperimentPlanner``); the constants live in
 :class:`~autoseg.planning.settings.PlannerSettings`.
 """
 

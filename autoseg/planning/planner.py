@@ -1,6 +1,7 @@
 """Experiment planner: fingerprint + dataset spec + settings -> :class:`Plans`.
 
-Configurations (nnU-Net v2 rules, REFERENCE.md section 2):
+Configurations (nnU-Net v2 rules, ``ExperimentPlanner.plan_experiment`` in
+nunetv2/experiment_planning/experiment_planners/default_experiment_planner.py):
 
 - ``3d_fullres`` at the target spacing, unless the data is 2D-like (median size 1 along the first,
   coarsest axis after transposition);

@@ -1,7 +1,8 @@
 """Planner settings: every constant the experiment planner uses, as one frozen dataclass.
 
-The defaults reproduce nnU-Net v2's default planner (``ExperimentPlanner``, nnunetv2 2.8.1; see
-``/work/shared/docs/REFERENCE.md`` section 2). Presets in ``planners/*.toml`` override fields by
+The defaults reproduce nnU-Net v2's default planner (``ExperimentPlanner``, nnunetv2 2.8.1:
+nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py and network_topology.py).
+Presets in ``planners/*.toml`` override fields by
 name; :func:`load_preset` reads them and rejects unknown keys, listing the valid ones.
 """
 

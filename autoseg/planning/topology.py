@@ -1,8 +1,10 @@
 """Network topology from spacing and patch size, and the feature-map memory estimate.
 
 Pure functions of numbers. Per-axis tuples follow the patch's axis order (the transposed order of
-the plans: coarsest axis first). Rules follow nnU-Net v2 (REFERENCE.md section 2, "Topology" and
-"VRAM loop"); the code is written from those rules.
+the plans: coarsest axis first). Rules follow nnU-Net v2
+(nnunetv2/experiment_planning/experiment_planners/network_topology.py, ``get_pool_and_conv_props``, and
+the VRAM loop of ``ExperimentPlanner.get_plans_for_configuration`` in default_experiment_planner.py);
+the code is written from those rules.
 """
 
 from __future__ import annotations

@@ -1,18 +1,19 @@
 """Training-time data augmentation of one patch, nnU-Net v2's recipe on MONAI / numpy building blocks.
 
-Randomness is drawn apart from applying it (STYLE.md 6, like torchio): :func:`draw_augmentation`
+Randomness is drawn apart from applying it (like torchio's ``RandomFlip`` -> ``Flip``): :func:`draw_augmentation`
 turns a ``numpy.random.Generator`` into an :class:`AugmentParams` (plain numbers);
 :func:`apply_augmentation` is deterministic given those numbers. The loader derives the generator
 from (seed, rank, batch index), so a batch is the same whatever process or worker computes it. (We
 draw the parameters ourselves instead of seeding MONAI's ``Rand*`` transforms: same determinism,
 but the parameters can be inspected, forced and tested.)
 
-Order and probabilities (batchgeneratorsv2 as configured by nnU-Net's trainer, REFERENCE.md §3):
+Order and probabilities (batchgeneratorsv2 as configured by ``nnUNetTrainer.get_training_transforms``,
+nunetv2/training/nnUNetTrainer/nnUNetTrainer.py):
 
 1. spatial: rotation p 0.2 (3D: each axis U(-30, 30) deg; 2D: U(-180, 180), or U(-15, 15) when the
    patch's long/short side > 1.5), isotropic scaling p 0.2 U(0.7, 1.4), no elastic deformation.
    One affine grid for image (linear) and label (nearest); MONAI ``AffineGrid`` + ``Resample``.
-   The input is the enlarged patch of ``sampling.py``; the centre ``patch_size`` is sampled.
+   The input is the enlarged patch of ``autoseg/sampling.py``; the centre ``patch_size`` is sampled.
    Scale is a coordinate scale as in batchgenerators: > 1 shows more context (zooms out).
 2. Gaussian noise p 0.1, std U(0, 0.1) (nnU-Net calls the range "noise_variance"; batchgenerators
    uses the drawn value as the standard deviation), same std for all channels.
@@ -49,7 +50,8 @@ Range = tuple[float, float]
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    """Probabilities and ranges; defaults are nnU-Net v2's (REFERENCE.md §3). ``off()`` disables all."""
+    """Probabilities and ranges; defaults are nnU-Net v2's (``nnUNetTrainer.get_training_transforms``).
+    ``off()`` disables all."""
 
     p_rotation: float = 0.2              # nnU-Net SpatialTransform p_rotation
     rotation_3d_deg: float = 30.0        # 3D: +-30 deg about every axis

@@ -1,41 +1,25 @@
-"""Self-describing checkpoints: weights plus everything needed to resume, predict or fine-tune.
+"""Checkpoints of a training run: what the trainer writes each epoch and how a resumed run reads it back.
 
-A checkpoint is a plain dict of tensors and primitives, readable with
-``torch.load(weights_only=True)`` (no pickled objects). Keys:
+The file format, its digests and the record of what a model is live in
+:mod:`autoseg.core.checkpoint`; this module adds the training state (``optimizer``, ``scaler``, ``schedule``: ``{"name": "poly", "epoch",
+"initial_lr", "exponent", "max_epochs"}``, ``rng``: python / numpy / torch / cuda generator states,
+``train_state``: EMA and best EMA pseudo Dice, epochs since best, per-epoch history).
 
-- ``format`` / ``format_version`` / ``autoseg_version``: what wrote it;
-- ``model``, ``optimizer``, ``scaler`` (None without AMP scaling): state dicts;
-- ``schedule``: ``{"name": "poly", "epoch": completed epochs, "initial_lr", "exponent", "max_epochs"}``;
-- ``rng``: python / numpy / torch / cuda generator states (numbers and byte tensors);
-- ``train_state``: EMA and best EMA pseudo Dice, epochs since best, per-epoch history;
-- ``settings`` (TrainSettings), ``plans`` (the plans.json dict), ``configuration``, ``arch``, ``fold``;
-- ``dataset``: name, labels, channel names, regions_class_order, ignore label (from dataset.json).
-
-Files are written to a temporary name and renamed: a killed run never leaves half a checkpoint.
 The run folder holds ``checkpoint_latest.pt`` (every epoch), ``checkpoint_best.pt`` (when the EMA
 pseudo Dice improves) and ``checkpoint_final.pt`` (end of training; the latest is then removed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from autoseg import __version__
-from autoseg.artifacts import atomic_write_with
+from autoseg.core.checkpoint import BEST, FINAL, FORMAT, FORMAT_VERSION, LATEST, save_checkpoint
 from autoseg.training.trainer import Callback, Run, TrainState
-
-FORMAT = "autoseg-checkpoint"
-FORMAT_VERSION = 1
-LATEST, BEST, FINAL = "checkpoint_latest.pt", "checkpoint_best.pt", "checkpoint_final.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable or not one this autoseg can read."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,12 +52,17 @@ def _listify(value):
 
 
 def make_checkpoint(run: Run) -> dict[str, Any]:
-    """The checkpoint dict of ``run`` at its current epoch."""
+    """The checkpoint of ``run`` at its current epoch: format, the run's :class:`ModelRecord` (with the
+    current settings), weights and training state; :func:`save_checkpoint` adds the digests."""
     s = run.settings
+    if run.record is None:  # a run assembled by hand (tests): the settings alone describe it
+        described = {"settings": s.to_dict()}
+    else:
+        described = dataclasses.replace(run.record, settings=s.to_dict(), weights_sha256=None).to_dict()
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "autoseg_version": __version__,
+        **described,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
@@ -82,40 +71,7 @@ def make_checkpoint(run: Run) -> dict[str, Any]:
         "rng": rng_state(),
         "train_state": {"epoch": run.state.epoch, "ema": run.state.ema, "best_ema": run.state.best_ema,
                         "epochs_since_best": run.state.epochs_since_best, "history": run.state.history},
-        "settings": s.to_dict(),
-        **run.meta,
     }
-
-
-def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    return atomic_write_with(path, lambda f: torch.save(checkpoint, f))
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """Read and validate a checkpoint (``torch.load(weights_only=True)``: tensors and primitives only).
-
-    ``mmap``: map the file instead of reading it; tensors are read from it when first used, so a
-    caller that needs only the weights never reads the optimiser state (prediction: 5 folds load in
-    0.2 s instead of 0.5-0.65 s). Safe because checkpoints are only ever replaced by renaming."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as e:
-        if mmap:  # a file system that cannot map files, or a damaged file: read it plainly (says which)
-            return load_checkpoint(path, map_location)
-        raise CheckpointError(f"{path}: cannot be read as an autoseg checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); it may be truncated or foreign") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an autoseg checkpoint (no format '{FORMAT}'); "
-                              "nnU-Net .pth files cannot be loaded directly")
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('format_version')}, this autoseg "
-                              f"({__version__}) reads version {FORMAT_VERSION}; use the autoseg version that "
-                              f"wrote it ({ckpt.get('autoseg_version')}) or retrain")
-    return ckpt
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:

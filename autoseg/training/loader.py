@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.storage import PreprocessedCase, is_case_done, open_case
 from autoseg.training.augmentation import AugmentSettings, apply_augmentation, draw_augmentation, read_margin
-from autoseg.training.sampling import draw_patch_box, forced_count, oversampling_classes, read_patch
+from autoseg.sampling import draw_patch_box, forced_count, oversampling_classes, read_patch
 
 TRAIN_STREAM, VAL_STREAM = 0, 1    # separate random streams, so validation never repeats training batches
 DEFAULT_PREFETCH = 2               # batches queued per worker (torch's default)
@@ -193,7 +193,7 @@ def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
 @dataclass(frozen=True)
 class Sampling:
     """Which patches a loader draws: batch size, seed, foreground oversampling and the classes forced
-    foreground samples target (see :func:`autoseg.training.sampling.oversampling_classes`)."""
+    foreground samples target (see :func:`autoseg.sampling.oversampling_classes`)."""
 
     batch_size: int
     seed: int

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoseg.artifacts import atomic_write_bytes
+from autoseg.core.fileops import atomic_write_bytes
+from autoseg.progress import _make_progress
 from autoseg.training.trainer import Callback, Run
 
 LOG_JSONL, LOG_TXT, PROGRESS_PNG = "log.jsonl", "training_log.txt", "progress.png"
@@ -94,8 +95,9 @@ class LogCallback(Callback):
         atomic_write_bytes(run.run_dir / LOG_JSONL, "".join(_json_line(r) for r in history).encode())
         what = f"resuming after epoch {run.state.epoch}" if run.state.epoch else "starting"
         s = run.settings
-        self._text(run, f"{what}: {run.meta.get('arch')} {run.meta.get('configuration')} fold "
-                        f"{run.meta.get('fold')} on {run.device}"
+        r = run.record
+        self._text(run, f"{what}: {r.arch if r else None} {r.configuration if r else None} fold "
+                        f"{r.fold if r else None} on {run.device}"
                         f"{f' ({run.amp_dtype})'.replace('torch.', '') if run.amp_dtype else ' (fp32)'}, "
                         f"{s.epochs} epochs x {s.iters_per_epoch} iterations, "
                         f"{run.dist.world_size} process(es)")
@@ -122,8 +124,6 @@ class ProgressBarCallback(Callback):
         self._task = None
 
     def on_train_start(self, run: Run) -> None:
-        from autoseg.progress import _make_progress
-
         self._progress = _make_progress()
         self._progress.start()
 

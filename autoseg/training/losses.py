@@ -1,8 +1,10 @@
 """Training losses: soft Dice + cross-entropy (1:1), their region (sigmoid) variant, deep supervision.
 
 Shapes: logits ``(B, K, *spatial)``; targets ``(B, 1, *spatial)`` integer label values as stored in
-the preprocessed data (an ``ignore`` label value may appear). Constants follow nnU-Net v2 (see
-docs REFERENCE §3): smooth 1e-5, Dice without background for softmax training, Dice over every
+the preprocessed data (an ``ignore`` label value may appear). Constants follow nnU-Net v2
+(nnunetv2/training/loss/compound_losses.py ``DC_and_CE_loss`` / ``DC_and_BCE_loss``, dice.py
+``MemoryEfficientSoftDiceLoss``, deep_supervision.py): smooth 1e-5, Dice without background for softmax
+training, Dice over every
 region (no background channel exists) for sigmoid training, deep-supervision weights 1/2^i with
 the lowest resolution at 0, normalised.
 """

@@ -19,27 +19,20 @@ from typing import Any
 
 import torch
 
+from autoseg.core.checkpoint import BEST, FINAL, LATEST, DatasetRecord, ModelRecord, load_checkpoint
+from autoseg.core.runlock import LOCK_NAME, RunLock
+from autoseg.core.runtime import resolve_amp, resolve_device, seed_everything
 from autoseg.dataset import DatasetSpec
 from autoseg.models import MODELS, build_model
 from autoseg.planning.plans import Plans
 from autoseg.progress import progress_bar
 from autoseg.splits import Fold, Splits
 from autoseg.training import ddp
-from autoseg.training.checkpoint import BEST, FINAL, LATEST, CheckpointCallback, load_checkpoint, restore
+from autoseg.training.checkpoint import CheckpointCallback, restore
 from autoseg.training.loader import Sampling, Workers, make_train_loader, make_val_loader
 from autoseg.training.logging import LogCallback, ProgressBarCallback
 from autoseg.training.losses import make_loss
-from autoseg.training.runlock import LOCK_NAME, RunLock
-from autoseg.training.trainer import (
-    Run,
-    Targets,
-    TrainSettings,
-    fit,
-    make_optimizer,
-    resolve_amp,
-    resolve_device,
-    seed_everything,
-)
+from autoseg.training.trainer import Run, Targets, TrainSettings, fit, make_optimizer
 from autoseg.training.validation import ValidationJob, validate
 from autoseg.workspace import Workspace
 
@@ -172,7 +165,7 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
     if not path.is_file():  # killed before its first checkpoint (or never started): start it anew, so
         return TrainSettings(**given), None  # a scheduler can resubmit the same command at any time
     ckpt = load_checkpoint(path)
-    stored = TrainSettings.from_dict(ckpt["settings"])
+    stored = TrainSettings.from_dict(ModelRecord.of(ckpt, path).settings)
     changed = {k for k, v in given.items() if getattr(stored, k) != v}
     refused = changed - RESUMABLE_CHANGES
     if refused:
@@ -183,14 +176,13 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
     return settings, ckpt
 
 
-def _meta(plans, config: str, arch: str, fold, spec) -> dict[str, Any]:
-    """What a checkpoint needs to describe itself (primitives only)."""
-    return {
-        "plans": plans.to_dict(), "configuration": config, "arch": arch, "fold": fold,
-        "dataset": {"name": plans.dataset_name, "labels": dict(spec.labels), "channel_names": list(spec.channel_names),
-                    "regions_class_order": list(spec.regions_class_order) if spec.regions_class_order else None,
-                    "ignore_label": spec.ignore_label, "file_ending": spec.file_ending},
-    }
+def model_record(plans, config: str, arch: str, fold, spec, settings) -> ModelRecord:
+    """What the run's checkpoints say the model is."""
+    dataset = DatasetRecord(name=plans.dataset_name, labels=dict(spec.labels), channel_names=tuple(spec.channel_names),
+                            regions_class_order=tuple(spec.regions_class_order) if spec.regions_class_order else None,
+                            ignore_label=spec.ignore_label, file_ending=spec.file_ending)
+    return ModelRecord(plans=plans.to_dict(), configuration=config, arch=arch, fold=fold, dataset=dataset,
+                       settings=settings.to_dict())
 
 
 def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()) -> Path:
@@ -199,11 +191,12 @@ def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
     settings, ckpt = resolve_settings(dict(job.settings), run_dir, job.resume)
-    trained_on = (ckpt or {}).get("dataset", {}).get("name")
-    if ckpt is not None and trained_on not in (None, job.plans.dataset_name):
+    record = ModelRecord.of(ckpt, run_dir) if ckpt is not None else None
+    trained_on = record.dataset.name if record is not None else None
+    if record is not None and trained_on not in ("", job.plans.dataset_name):
         raise TrainError(f"--resume: {run_dir} holds a checkpoint of dataset {trained_on}, not {job.dataset_name}; "
                          f"move it to results/{trained_on} or delete it to train {job.dataset_name} anew")
-    if ckpt is not None and ckpt["plans"] != job.plans.to_dict():
+    if record is not None and record.plans != job.plans.to_dict():
         plans_file = job.workspace.plans_file(job.dataset_name, job.plans.plans_name)
         raise TrainError(f"--resume: {plans_file.name} of {job.dataset_name} changed since {run_dir} was started; "
                          "train a new run (delete the folder) or restore the old plans")
@@ -265,7 +258,8 @@ def build_run(job: TrainJob, settings: TrainSettings, dist) -> tuple[Run, tuple]
     run = Run(model=model, network=model, loss_fn=loss, optimizer=make_optimizer(model, settings),
               scaler=torch.amp.GradScaler(device.type) if use_scaler else None, settings=settings,
               targets=Targets(spec.num_outputs, regions, spec.ignore_label), device=device, amp_dtype=amp_dtype,
-              run_dir=job.run_dir, dist=dist, meta=_meta(job.plans, job.config, job.arch, job.fold, spec))
+              run_dir=job.run_dir, dist=dist,
+              record=model_record(job.plans, job.config, job.arch, job.fold, spec, settings))
     batch = ddp.batch_share(settings.batch_size or cfg.batch_size, dist)
     loaders = make_batch_factories(job.data_folder, job.fold_cases, cfg, spec, settings, batch, dist, device)
     return run, loaders

@@ -10,37 +10,29 @@ Batches ``(image (B, C, *patch) float, target (B, 1, *patch) int labels)`` come 
 (seed, rank, batch index), so a resumed run asks for the stream from where it stopped and sees the
 batches it would have seen; ``val_batches(epoch)`` returns the epoch's validation batches (at least
 ``val_iters`` of them; the data loader gives the same fixed set every epoch).
-Defaults follow nnU-Net v2 (docs REFERENCE §3).
+Defaults follow nnU-Net v2 (``nnUNetTrainer.__init__``, nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from autoseg.core.checkpoint import ModelRecord
+from autoseg.core.runtime import AMP_CHOICES, DEVICE_CHOICES, autocast
 from autoseg.training import ddp
 from autoseg.training.losses import labels_to_regions, one_hot
 from autoseg.training.schedule import poly_lr
 
 EMA_OLD = 0.9  # nnU-Net logger: ema = 0.9 * old + 0.1 * new
-AMP_CHOICES = ("auto", "fp32", "bf16", "fp16")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-# CPU mixed precision under "auto" (benchmarks/bf16_cpu.py): bf16 autocast leaves Dice unchanged
-# (bf16 - fp32 after 120 iterations, 3 seeds: -0.0005, +0.0001, -0.0001; seed-to-seed sd 0.0076), so it
-# is used where the CPU computes bf16 natively (issue 3: 2-2.5x faster step on such a CPU). Without
-# native bf16 (AVX2 only) bf16 convolutions are emulated and ~20x slower, so fp32 is used there.
-CPU_BF16_BY_DEFAULT = True
-
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFactory = Callable[[int], Iterator[Batch]]
 ValFactory = Callable[[int], Iterable[Batch]]
@@ -139,7 +131,7 @@ class Run:
     run_dir: Path
     dist: ddp.DistContext = ddp.SINGLE
     state: TrainState = field(default_factory=TrainState)
-    meta: dict[str, Any] = field(default_factory=dict)  # plan, dataset, fold... for checkpoints
+    record: ModelRecord | None = None  # what the model is (plans, dataset, fold...), for checkpoints
     stop_requested: bool = False  # ends training after this epoch (callbacks run on rank 0 only, so
     # a callback may set it in single-process runs; early stopping sets it on every rank alike)
 
@@ -301,54 +293,6 @@ def finish_epoch(state: TrainState, epoch: int, train_loss: float, val_loss: flo
     return record
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed-precision context for ``device`` (disabled when ``dtype`` is None)."""
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda, else mps, else cpu; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to this torch build; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps: Apple MPS is not available here; use --device cpu")
-    return torch.device(name)
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
-    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return any(bool(c()) for c in checks if c is not None)
-
-
-def resolve_amp(setting: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler) for an ``amp`` setting on ``device``."""
-    if setting == "fp32":
-        return None, False
-    if setting == "fp16":
-        return torch.float16, device.type == "cuda"
-    if setting == "bf16":
-        return torch.bfloat16, False
-    if device.type == "cuda":
-        return torch.float16, True
-    if device.type == "cpu" and CPU_BF16_BY_DEFAULT and cpu_supports_bf16():
-        return torch.bfloat16, False
-    return None, False
-
-
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
                            weight_decay=s.weight_decay)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) from the run's seed."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

@@ -1,10 +1,10 @@
 """End-of-training validation: predict the fold's validation cases whole, in their original geometry.
 
 Per case: sliding-window probabilities on the preprocessed volume (Gaussian weighting, mirroring),
-resampled back to the cropped shape (order 1, separate-z on thick slices), turned into labels
-(argmax, or regions painted in ``regions_class_order``), transposed back to the file's axis order,
-pasted into the crop box and written with the raw image's exact geometry to
-``fold_k/validation/{case}{file_ending}``. Dice per class (or region) against the raw label, ignore
+taken back to the input's geometry exactly as ``autoseg predict`` does
+(:func:`autoseg.inference.restore.to_input_geometry`: resampled to the cropped shape, labelled,
+transposed back, pasted into the crop box) and written with the raw image's exact geometry to
+``fold_k/validation/{case}{file_ending}`` (``{case}.npz`` probabilities too when asked). Dice per class (or region) against the raw label, ignore
 label left out, NaN when both are empty; ``validation/summary.json`` holds per-case and mean Dice
 (nnU-Net's case-averaged final Dice, which is typically below the training pseudo Dice).
 """
@@ -21,15 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoseg.artifacts import atomic_write_bytes, atomic_write_json
-from autoseg.cropping import uncrop
+from autoseg.core.fileops import atomic_write_json
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import case_metrics, evaluation_targets
+from autoseg.inference import probabilities as probability_files
+from autoseg.inference.probabilities import SavedProbabilities, regions_order
+from autoseg.inference.restore import to_input_geometry
 from autoseg.inference.sliding import predict_probabilities
 from autoseg.io import read_volume, write_like
 from autoseg.planning.plans import ConfigurationPlan, Plans
-from autoseg.resampling import resample_probabilities
-from autoseg.storage import CaseProperties, open_case
+from autoseg.storage import open_case
 
 SUMMARY = "summary.json"
 
@@ -47,39 +48,18 @@ class ValidationJob:
     case_ids: tuple[str, ...]
 
 
-def probabilities_to_labels(probs: np.ndarray, spec: DatasetSpec) -> np.ndarray:
-    """``(K, *S)`` probabilities -> ``(*S)`` label map: argmax, or for regions each region above 0.5
-    painted with its ``regions_class_order`` value in order (later regions overwrite earlier ones)."""
-    if not spec.has_regions:
-        return probs.argmax(0).astype(np.int16)
-    out = np.zeros(probs.shape[1:], dtype=np.int16)
-    for r, value in enumerate(spec.regions_class_order or ()):
-        out[probs[r] > 0.5] = value
-    return out
-
-
-def to_original(labels: np.ndarray, props: CaseProperties, plans: Plans) -> np.ndarray:
-    """A label map in preprocessed-crop axes ``(*shape_after_crop)`` -> raw file shape ``(X, Y, Z)``."""
-    back = labels.transpose(tuple(plans.transpose_backward))
-    return uncrop(back, props.bbox, props.original_shape)
-
-
 def predict_case(networks: Sequence[nn.Module], job: ValidationJob, case_id: str, device: torch.device,
-                 amp_dtype: torch.dtype | None,
-                 mirror_axes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, CaseProperties]:
-    """Probabilities at the cropped original resolution ``(K, *shape_after_crop)`` and the label map
-    in the raw file's shape, for one preprocessed case."""
+                 amp_dtype: torch.dtype | None, mirror_axes: Sequence[int],
+                 keep_probabilities: bool = False) -> tuple[np.ndarray, SavedProbabilities | None]:
+    """The label map in the raw file's shape for one preprocessed case, back in the input's geometry
+    the way ``autoseg predict`` maps it (:func:`~autoseg.inference.restore.to_input_geometry`), and
+    with ``keep_probabilities`` its probabilities over the crop box."""
     case = open_case(job.data_folder, case_id)
-    props = case.props
     image = torch.from_numpy(np.array(case.data, dtype=np.float32))  # a copy: the memory map is read-only
     probs = predict_probabilities(networks, image, job.config.patch_size, regions=job.spec.has_regions,
                                   mirror_axes=mirror_axes, device=device, amp_dtype=amp_dtype).numpy()
-    r = job.config.resampling
-    probs = resample_probabilities(probs, props.spacing, new_shape=props.shape_after_crop,
-                                   order=r.probabilities_order, order_z=r.order_z_image,
-                                   anisotropy_threshold=r.anisotropy_threshold)
-    labels = to_original(probabilities_to_labels(probs, job.spec), props, job.plans)
-    return probs, labels, props
+    return to_input_geometry(probs, case.props, job.config.resampling, job.plans.transpose_backward,
+                             regions_order(job.spec), keep_probabilities=keep_probabilities)
 
 
 def _clean(v: float | None) -> float | None:
@@ -95,12 +75,12 @@ def validate(networks: Sequence[nn.Module], job: ValidationJob, device: torch.de
     per_case: list[dict[str, Any]] = []
     job.out_folder.mkdir(parents=True, exist_ok=True)
     for case_id in job.case_ids:
-        probs, labels, props = predict_case(networks, job, case_id, device, amp_dtype, mirror_axes)
+        labels, saved = predict_case(networks, job, case_id, device, amp_dtype, mirror_axes, save_probabilities)
         label_path = job.raw_folder / "labelsTr" / f"{case_id}{ending}"
         reference = label_path if label_path.is_file() else job.raw_folder / "imagesTr" / f"{case_id}_0000{ending}"
         write_like(labels, reference, job.out_folder / f"{case_id}{ending}", force_itk=job.spec.force_itk)
-        if save_probabilities:
-            _save_probabilities(job.out_folder / f"{case_id}.npz", probs, props, job.plans)
+        if saved is not None:
+            probability_files.save_probabilities(job.out_folder / f"{case_id}.npz", saved)
         row: dict[str, Any] = {"case": case_id, "prediction": f"{case_id}{ending}", "dice": {}}
         if label_path.is_file():
             ref, geometry = read_volume(label_path, force_itk=job.spec.force_itk)
@@ -128,16 +108,3 @@ def summarise(per_case: list[dict[str, Any]], target_names: list[str]) -> dict[s
                                       "mean: over cases with a defined Dice",
             "mean": mean, "foreground_mean": float(np.mean(defined)) if defined else None,
             "n_cases": len(per_case), "per_case": per_case}
-
-
-def _save_probabilities(path: Path, probs: np.ndarray, props: CaseProperties, plans: Plans) -> None:
-    """Probabilities in the raw file's axis order, at the cropped shape, with the crop box
-    (``probabilities`` (K, X', Y', Z') float16, ``bbox``, ``original_shape``) for later ensembling."""
-    import io
-
-    axes = (0,) + tuple(a + 1 for a in plans.transpose_backward)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, probabilities=probs.transpose(axes).astype(np.float16),
-                        bbox=np.asarray(props.bbox, dtype=np.int64),
-                        original_shape=np.asarray(props.original_shape, dtype=np.int64))
-    atomic_write_bytes(path, buf.getvalue())

@@ -47,8 +47,8 @@ def dataset_record(plans: Plans, regions_class_order=None) -> dict:
 def save_fold(model_dir: Path, fold, plans: Plans, seed: int = 0, name: str = "checkpoint_final.pt",
               arch: str = "unet", regions_class_order=None) -> Path:
     """A randomly initialised checkpoint of ``plans``' only configuration, saved like a trained fold."""
+    from autoseg.core.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
     from autoseg.models import build_model
-    from autoseg.training.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
 
     config = next(iter(plans.configurations.values()))
     spec = spec_of(plans, regions_class_order)

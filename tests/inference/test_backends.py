@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg.inference.backends import BackendError, OpenVINONetwork, make_engine, resolve_choice
+from autoseg.inference.backends import BackendError, make_engine, resolve_choice
+from autoseg.inference.conversion import OpenVINONetwork
 from autoseg.inference.pipeline import predict_folder
 from autoseg.inference.predictor import load_predictor
 
@@ -86,7 +87,7 @@ def test_openvino_conversion_writes_each_instance_norm_as_one_mvn(model):
     """GroupNorm(C, C) converts to reshape -> MVN -> reshape, which costs the CPU plugin two layout
     conversions per norm; the network is converted with its norms written out instead."""
     pytest.importorskip("openvino")
-    from autoseg.inference.backends import convert_to_openvino
+    from autoseg.inference.conversion import convert_to_openvino
 
     net = model.networks[0]
     norms = sum(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
@@ -159,7 +160,7 @@ def test_openvino_prediction_from_cached_conversions_builds_no_network_and_does_
 
 def test_openvino_conversion_is_cached_next_to_the_checkpoint(model, monkeypatch):
     ov = pytest.importorskip("openvino")
-    from autoseg.inference.backends import OPENVINO_CACHE
+    from autoseg.inference.conversion import OPENVINO_CACHE
 
     source = model.checkpoint_paths[0]
     first = make_engine(model.networks, "openvino", "fp32", CPU, (1, 1, 16, 16, 16), model.checkpoint_paths)

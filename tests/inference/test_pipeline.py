@@ -12,11 +12,11 @@ from autoseg.inference.pipeline import (
     PredictError,
     Prepared,
     find_inputs,
-    labels_at_crop,
     predict_folder,
     prepare_case,
 )
 from autoseg.inference.probabilities import labels_from_probabilities, load_probabilities
+from autoseg.inference.restore import labels_at_crop
 from autoseg.postprocessing import PostprocessingDecision, keep_largest_component
 from autoseg.resampling import resample_probabilities
 
@@ -208,7 +208,8 @@ def test_streamed_argmax_equals_resampling_all_channels(tmp_path):
     probs = _softmax(rng.normal(size=(3, *prepared.data.shape[1:])).astype(np.float32))
     props = prepared.props
     full = resample_probabilities(probs, props.spacing, props.spacing_after_crop, new_shape=props.shape_after_crop)
-    np.testing.assert_array_equal(labels_at_crop(probs, props, model), labels_from_probabilities(full))
+    np.testing.assert_array_equal(labels_at_crop(probs, props, model.config.resampling, None),
+                                  labels_from_probabilities(full))
     assert isinstance(prepared, Prepared) and prepared.data.shape[0] == 1
 
 

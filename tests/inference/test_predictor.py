@@ -26,7 +26,7 @@ def test_all_finished_numbered_folds_are_loaded_by_default(tmp_path):
 
 
 def test_networks_are_built_when_first_used_and_their_digest_needs_no_build(tmp_path):
-    from autoseg.inference.quantize import weights_digest
+    from autoseg.core.checkpoint import weights_digest
 
     for fold in (0, 1):
         save_fold(tmp_path / "m", fold, tiny_plans(), seed=fold)
@@ -44,8 +44,8 @@ def test_networks_are_built_when_first_used_and_their_digest_needs_no_build(tmp_
 
 def test_digest_of_half_precision_checkpoint_weights_is_that_of_the_network_they_make(tmp_path):
     """Weights stored as float16 become float32 in the network; the digest without building says so."""
-    from autoseg.inference.quantize import weights_digest
-    from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from autoseg.core.checkpoint import weights_digest
+    from autoseg.core.checkpoint import load_checkpoint, save_checkpoint
 
     path = save_fold(tmp_path / "m", 0, tiny_plans())
     ckpt = load_checkpoint(path)
@@ -57,7 +57,7 @@ def test_digest_of_half_precision_checkpoint_weights_is_that_of_the_network_they
 
 
 def test_weights_that_do_not_fit_the_network_are_reported_when_it_is_built(tmp_path):
-    from autoseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from autoseg.core.checkpoint import load_checkpoint, save_checkpoint
 
     path = save_fold(tmp_path / "m", 0, tiny_plans())
     ckpt = load_checkpoint(path)

@@ -19,12 +19,12 @@ from autoseg import api
 from autoseg.inference.choice import ModelChoice, PredictOptions
 from autoseg.training.session import TrainRequest
 from autoseg.cli import EXIT_INPUT, EXIT_OK, main
+from autoseg.core.checkpoint import FINAL, load_checkpoint, save_checkpoint, weights_digest
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.backends import BackendError
+from autoseg.inference.conversion import QUANTIZATION_FILE, QuantizeError
 from autoseg.inference.predictor import load_predictor
-from autoseg.inference.quantize import (QUANTIZATION_FILE, QuantizeError, calibration_patches, check_against_f32,
-                                        quantize_network, weights_digest)
-from autoseg.training.checkpoint import FINAL, load_checkpoint, save_checkpoint
+from autoseg.inference.quantize import calibration_patches, check_against_f32, quantize_network
 
 from .conftest import PointwiseNet
 
@@ -215,7 +215,7 @@ def test_openvino_and_nncf_send_no_usage_statistics(tmp_path):
     # them off around conversion and quantization (they decide once per process: a fresh one here).
     script = (
         "import numpy as np, torch\n"
-        "from autoseg.inference.backends import convert_to_openvino\n"
+        "from autoseg.inference.conversion import convert_to_openvino\n"
         "from autoseg.inference.quantize import quantize_network\n"
         "model = convert_to_openvino(torch.nn.Conv3d(1, 2, 3, padding=1), (1, 1, 8, 8, 8))\n"
         "quantize_network(model, [np.random.default_rng(0).normal(size=(1, 1, 8, 8, 8)).astype(np.float32)])\n"

@@ -144,7 +144,7 @@ def labels(folder: Path) -> dict[str, np.ndarray]:
 def same_weights(ckpt_a: Path, ckpt_b: Path) -> bool:
     import torch
 
-    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.core.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(ckpt_a)["model"], load_checkpoint(ckpt_b)["model"]
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -592,13 +592,41 @@ def test_predict_refuses_a_damaged_checkpoint(damage, model_ws, tmp_path, capsys
     assert "Traceback" not in text and not (tmp_path / "out").exists()
 
 
+def flip_bytes_in_largest_tensor(ckpt: Path, n: int = 16) -> None:
+    """Invert ``n`` bytes in the middle of the checkpoint's largest tensor (same file size): damage that
+    ``torch.load`` does not notice (it reads tensor data without checking it)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(ckpt) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(ckpt.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[start:start + n] = bytes(b ^ 0xFF for b in data[start:start + n])
+    ckpt.write_bytes(bytes(data))
+
+
+def test_predict_refuses_a_checkpoint_with_flipped_bytes(model_ws, tmp_path, capsys):
+    ckpt = model_ws / "results" / DATASET / MODEL_NAME / "fold_0" / "checkpoint_final.pt"
+    size = ckpt.stat().st_size
+    flip_bytes_in_largest_tensor(ckpt)
+    assert ckpt.stat().st_size == size
+    code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys)
+    assert code == cli.EXIT_INPUT, text
+    assert str(ckpt) in text and "damaged" in text and "digest" in text
+    assert "Traceback" not in text and not (tmp_path / "out").exists()
+
+
 def test_predict_refuses_a_checkpoint_with_plans_of_an_unknown_schema(model_ws, tmp_path, capsys):
     import torch
+
+    from autoseg.core.checkpoint import save_checkpoint
 
     ckpt_path = model_ws / "results" / DATASET / MODEL_NAME / "fold_0" / "checkpoint_final.pt"
     ckpt = torch.load(ckpt_path, weights_only=True)
     ckpt["plans"]["schema_version"] = 99
-    torch.save(ckpt, ckpt_path)
+    save_checkpoint(ckpt, ckpt_path)  # a valid file of a newer autoseg (digests of its content)
     code, text = _predict(model_ws, tmp_path / "in", tmp_path / "out", capsys)
     assert code == cli.EXIT_INPUT, text
     assert str(ckpt_path) in text and "schema version 99" in text and "Traceback" not in text

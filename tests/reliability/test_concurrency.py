@@ -27,7 +27,7 @@ def test_two_folds_trained_at_once_do_not_disturb_each_other(reference, tmp_path
     code, _, err = cli(train_args(alone, fold=1, epochs=2))
     assert code == 0, err
 
-    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.core.checkpoint import load_checkpoint
 
     for fold in (1, 2):
         run_dir = workdir / RUN / f"fold_{fold}"
@@ -42,7 +42,7 @@ def test_two_folds_trained_at_once_do_not_disturb_each_other(reference, tmp_path
 
 @pytest.mark.slow
 def test_second_process_on_a_fold_is_refused_and_a_killed_holder_does_not_block(reference, tmp_path):
-    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.core.checkpoint import load_checkpoint
 
     workdir = reference.planned_copy(tmp_path / "w")
     run_dir = workdir / RUN / "fold_0"
@@ -76,9 +76,9 @@ def _process_state(pid: int) -> str:
 
 
 def test_lock_of_a_killed_but_unreaped_holder_is_stale(tmp_path):
-    from autoseg.training.runlock import RunLock
+    from autoseg.core.runlock import RunLock
 
-    code = ("import sys, time\nfrom autoseg.training.runlock import RunLock\n"
+    code = ("import sys, time\nfrom autoseg.core.runlock import RunLock\n"
             "RunLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(300)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -66,7 +66,7 @@ def test_plan_killed_twice_then_rerun_equals_the_uninterrupted_plan(reference, p
 
 
 def _epoch_of(run_dir) -> int:
-    from autoseg.training.checkpoint import LATEST, load_checkpoint
+    from autoseg.core.checkpoint import LATEST, load_checkpoint
 
     path = run_dir / LATEST
     return int(load_checkpoint(path)["train_state"]["epoch"]) if path.is_file() else 0
@@ -169,7 +169,7 @@ def test_import_overwrite_killed_as_it_swaps_leaves_a_whole_model_and_rerun_inst
     (installed / "old.txt").write_text("the model installed before")  # tells the old from the new one
     args = ["import", str(zip_path), "--workdir", str(tmp_path / "ws"), "--overwrite"]
 
-    run_killed(args, tmp_path, KillPoint("autoseg.artifacts:exchange_paths", nth=1, when=when))
+    run_killed(args, tmp_path, KillPoint("autoseg.core.fileops:exchange_paths", nth=1, when=when))
 
     got = _files(installed)
     assert ("old.txt" in got) == (when == "before")
@@ -264,7 +264,7 @@ def test_quantize_killed_before_checking_its_new_int8_network_never_lets_predict
     earlier passing record must not vouch for it: predict falls back to f32 until a rerun checks it."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from autoseg.inference.quantize import QUANTIZATION_FILE
+    from autoseg.inference.conversion import QUANTIZATION_FILE
 
     workdir = reference.trained_copy(tmp_path / "w")
     fold = workdir / RUN / "fold_0"

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from autoseg import __version__
+from autoseg.core.checkpoint import CheckpointError, DatasetRecord, ModelRecord, load_checkpoint, save_checkpoint
 from autoseg.models import build_model
 from autoseg.training import checkpoint as ck
-from autoseg.training.checkpoint import (CheckpointError, load_checkpoint, make_checkpoint, restore, rng_state,
-                                         save_checkpoint, set_rng_state)
+from autoseg.training.checkpoint import make_checkpoint, restore, rng_state, set_rng_state
 from autoseg.training.losses import make_loss
 from autoseg.training.trainer import Run, Targets, TrainSettings, TrainState, make_optimizer
 from tiny_workspace import tiny_plan
@@ -20,8 +20,8 @@ def _run(tmp_path, seed=0) -> Run:
     model = build_model("unet", tiny_plan(), 1, 3)
     return Run(model=model, network=model, loss_fn=make_loss(3, False), optimizer=make_optimizer(model, s),
                scaler=None, settings=s, targets=Targets(3), device=torch.device("cpu"), amp_dtype=None,
-               run_dir=tmp_path, meta={"arch": "unet", "fold": 0, "configuration": "3d_fullres",
-                                       "plans": {"kind": "plans"}, "dataset": {"labels": {"background": 0}}})
+               run_dir=tmp_path, record=ModelRecord(plans={"kind": "plans"}, configuration="3d_fullres", arch="unet",
+                                                    fold=0, dataset=DatasetRecord("", {"background": 0}, ())))
 
 
 def _step(run):

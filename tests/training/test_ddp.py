@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from autoseg.core.checkpoint import FINAL, load_checkpoint
 from autoseg.training import ddp
-from autoseg.training.checkpoint import FINAL, load_checkpoint
 from tiny_workspace import FAST, make_workspace, tiny_plan
 
 

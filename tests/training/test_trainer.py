@@ -10,13 +10,14 @@ from autoseg import api
 from autoseg.training import session
 from autoseg.training.session import TrainRequest
 from autoseg.cli import main
+from autoseg.core import runtime
+from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint, save_checkpoint
+from autoseg.core.runtime import resolve_amp
 from autoseg.models import build_model
-from autoseg.training import trainer
-from autoseg.training.checkpoint import FINAL, LATEST, load_checkpoint
 from autoseg.training.losses import make_loss
 from autoseg.training.schedule import poly_lr
 from autoseg.training.trainer import (Callback, Run, Targets, TrainSettings, TrainState, confusion_counts,
-                                      finish_epoch, fit, make_optimizer, resolve_amp)
+                                      finish_epoch, fit, make_optimizer)
 from tiny_workspace import DATASET, FAST, IGNORE, REGIONS, make_workspace, tiny_plan, toy_case
 
 
@@ -124,10 +125,10 @@ def test_amp_resolution(monkeypatch):
     assert resolve_amp("fp32", cpu) == (None, False)
     assert resolve_amp("fp16", cpu) == (torch.float16, False)
     assert resolve_amp("auto", torch.device("cuda")) == (torch.float16, True)
-    monkeypatch.setattr(trainer, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
     assert resolve_amp("auto", cpu) == (None, False)
-    monkeypatch.setattr(trainer, "cpu_supports_bf16", lambda: True)
-    assert resolve_amp("auto", cpu) == ((torch.bfloat16, False) if trainer.CPU_BF16_BY_DEFAULT else (None, False))
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    assert resolve_amp("auto", cpu) == ((torch.bfloat16, False) if runtime.CPU_BF16_BY_DEFAULT else (None, False))
 
 
 # --- whole runs through the api --------------------------------------------------------------------
@@ -262,7 +263,7 @@ def test_resume_refuses_a_checkpoint_of_another_dataset(trained, tmp_path):
     original = latest.read_bytes()
     ckpt = torch.load(latest, weights_only=True)
     ckpt["dataset"]["name"] = "Dataset902_Other"  # e.g. a run folder copied from another dataset
-    torch.save(ckpt, latest)
+    save_checkpoint(ckpt, latest)  # a valid file (digests of its content), not a damaged one
     try:
         with pytest.raises(session.TrainError, match=f"holds a checkpoint of dataset Dataset902_Other, not {DATASET}"):
             api.train(ws, TrainRequest(settings={}, resume=True), progress=False)

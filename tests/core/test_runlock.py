@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from autoseg.training.runlock import RunLock, RunLockedError
+from autoseg.core.runlock import RunLock, RunLockedError
 
 
 def test_second_lock_on_the_same_run_folder_is_refused(tmp_path):

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from autoseg.sampling import (PatchBox, choose_foreground_voxel, draw_patch_box, forced_count,
+                              oversampling_classes, read_box, read_patch)
 from autoseg.storage import CaseProperties, PreprocessedCase
-from autoseg.training.sampling import (PatchBox, choose_foreground_voxel, draw_patch_box, forced_count,
-                                       oversampling_classes, read_box, read_patch)
 
 
 def _case(shape=(20, 20, 20), channels=1, seg=None):

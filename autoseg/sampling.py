@@ -1,6 +1,7 @@
 """Where a training patch comes from: draw a box in a preprocessed case, then read it.
 
-Drawing and reading are separate (STYLE.md 6): :func:`draw_patch_box` uses only the generator it
+Drawing and reading are separate (as in torchio's ``RandomFlip`` -> ``Flip``): :func:`draw_patch_box`
+uses only the generator it
 is given and returns a :class:`PatchBox`; :func:`read_patch` slices that box out of the
 memory-mapped arrays of :func:`autoseg.storage.open_case` (only the box is read, never the whole
 case) and pads what lies outside the volume.
@@ -8,7 +9,7 @@ case) and pads what lies outside the volume.
 Boxes are in the voxel indices of the stored ``(C, X, Y, Z)`` arrays and always 3D. A ``2d``
 configuration uses a box of size ``(1, h, w)``: one slice along axis 0 and a patch over axes 1, 2.
 
-Placement (nnU-Net v2 data loader, REFERENCE.md §3):
+Placement (nnU-Net v2 data loader, ``nnUNetDataLoader.get_bbox`` in nnunetv2/training/dataloading/data_loader.py):
 
 - random box: the start of the final patch is uniform in ``[0, extent - patch]`` per axis; where
   the volume is smaller than the patch, the volume is centred in the patch (as nnU-Net does).

@@ -1,0 +1,69 @@
+"""Where and in which precision a network runs, and seeding: choices every stage makes the same way.
+
+``resolve_device`` turns ``--device`` into a torch device, ``resolve_amp`` turns ``--amp`` into an
+autocast dtype (and whether gradients need scaling), ``cpu_supports_bf16`` tells whether this CPU
+computes bf16 natively; training, validation and prediction all ask these functions.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+AMP_CHOICES = ("auto", "fp32", "bf16", "fp16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+# CPU mixed precision under "auto" (benchmarks/bf16_cpu.py): bf16 autocast leaves Dice unchanged
+# (bf16 - fp32 after 120 iterations, 3 seeds: -0.0005, +0.0001, -0.0001; seed-to-seed sd 0.0076), so it
+# is used where the CPU computes bf16 natively (issue 3: 2-2.5x faster step on such a CPU). Without
+# native bf16 (AVX2 only) bf16 convolutions are emulated and ~20x slower, so fp32 is used there.
+CPU_BF16_BY_DEFAULT = True
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed-precision context for ``device`` (disabled when ``dtype`` is None)."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda, else mps, else cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to this torch build; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps: Apple MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(c()) for c in checks if c is not None)
+
+
+def resolve_amp(setting: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use a GradScaler) for an ``amp`` setting on ``device``."""
+    if setting == "fp32":
+        return None, False
+    if setting == "fp16":
+        return torch.float16, device.type == "cuda"
+    if setting == "bf16":
+        return torch.bfloat16, False
+    if device.type == "cuda":
+        return torch.float16, True
+    if device.type == "cpu" and CPU_BF16_BY_DEFAULT and cpu_supports_bf16():
+        return torch.bfloat16, False
+    return None, False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) from the run's seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -44,7 +44,6 @@ from autoseg.fingerprint import Fingerprint, extract_fingerprint
 from autoseg.inference import crossval as cv
 from autoseg.inference.choice import ModelChoice, PredictOptions
 from autoseg.inference.ensemble import ensemble_folders
-from autoseg.inference.export import ExportError, export_model, import_model, read_manifest
 from autoseg.inference.pipeline import predict_folder
 from autoseg.inference.predictor import PredictorError, find_model_dir, load_predictor, resolve_trained
 from autoseg.integrity import DatasetWarning, check_dataset
@@ -224,6 +223,8 @@ def model_dir_for(workspace: Workspace, choice: ModelChoice) -> Path:
                              "(results/<Dataset>/<arch>__<plans>__<config>) or an exported .zip")
     if not zipfile.is_zipfile(model):
         raise PredictorError(f"--model {model}: neither a folder nor a zip exported by `autoseg export`")
+    from autoseg.inference.export import ExportError, import_model, read_manifest  # imports torch
+
     with zipfile.ZipFile(model) as zf:
         manifest = read_manifest(zf, model)
     target = workspace.results_dir(manifest.dataset_name) / manifest.model_folder
@@ -293,6 +294,8 @@ def export(workspace: Workspace, run: str | Path, out_zip: Path, choice: ModelCh
            onnx: bool = False) -> Path:
     """Export a model folder (or fold folder) ``run``, or the trained model of dataset ``run`` that
     ``choice`` picks (its config/arch/plans; folds and checkpoint apply to both), to ``out_zip``."""
+    from autoseg.inference.export import export_model  # imports torch
+
     path = Path(run)
     model_dir = path if path.is_dir() else model_dir_for(workspace, ModelChoice(
         dataset=str(run), config=choice.config, arch=choice.arch, plans=choice.plans))
@@ -301,6 +304,8 @@ def export(workspace: Workspace, run: str | Path, out_zip: Path, choice: ModelCh
 
 def import_(workspace: Workspace, zip_path: Path, overwrite: bool = False) -> Path:
     """Install an exported model into ``workspace``; returns its model folder."""
+    from autoseg.inference.export import import_model  # imports torch
+
     return import_model(Path(zip_path), workspace, overwrite=overwrite)
 
 

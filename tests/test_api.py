@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +156,12 @@ def test_a_preset_name_that_would_break_run_folder_names_is_refused(raw, ws, tmp
     with pytest.raises(ValueError, match="my__preset"):
         _plan(raw, ws, planner=preset)
     assert not (ws.preprocessed_dir(raw.name) / "fingerprint.json").exists()
+
+
+def test_importing_the_api_loads_no_torch():
+    """The api module docstring: stages that need torch are imported inside the commands that use them,
+    so ``autoseg plan`` (and ensemble, postprocess, find-best) never load it."""
+    code = "import sys\nimport autoseg.api\nassert 'torch' not in sys.modules, 'autoseg.api imported torch'\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]

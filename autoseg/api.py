@@ -44,13 +44,20 @@ from autoseg.fingerprint import Fingerprint, extract_fingerprint
 from autoseg.inference import crossval as cv
 from autoseg.inference.choice import ModelChoice, PredictOptions
 from autoseg.inference.ensemble import ensemble_folders
+from autoseg.inference.nnunet_import import install_nnunet, is_nnunet_folder, is_nnunet_zip
+from autoseg.inference.outputs import OutputContext
 from autoseg.inference.pipeline import predict_folder
 from autoseg.inference.predictor import PredictorError, find_model_dir, load_predictor, resolve_trained
-from autoseg.integrity import DatasetWarning, check_dataset
+from autoseg.inference.sources import SourceRequest, needs_staging, predict_sources
+from autoseg.integrity import check_dataset
+from autoseg.io.segments import DESCRIPTIONS_KEY, label_values, segments_of
+from autoseg.jsonfiles import InputWarning
+from autoseg.models import ARCHITECTURES, get_architecture
 from autoseg.msd import convert_msd as convert_msd_task
-from autoseg.planning.planner import plan_experiment
+from autoseg.planning.planner import plan_experiment, unplanned_configurations
 from autoseg.planning.plans import Plans, plans_name_for
-from autoseg.planning.settings import load_preset
+from autoseg.paths import PathError, inside
+from autoseg.planning.settings import PresetError, load_preset
 from autoseg.postprocessing import PostprocessingDecision
 from autoseg.preprocessing import preprocess_dataset
 from autoseg.splits import Splits, resolve_splits
@@ -100,11 +107,11 @@ def raw_signature(raw_dir: Path, cases: list[Case]) -> str:
 
 def _check(raw_dir: Path, workers: int, progress: bool):
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DatasetWarning)
+        warnings.simplefilter("always", InputWarning)
         spec, cases = check_dataset(raw_dir, workers=workers, progress=progress)
     found = []
     for w in caught:
-        if issubclass(w.category, DatasetWarning):
+        if issubclass(w.category, InputWarning):
             found.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -137,6 +144,24 @@ def planner_settings(planner: str | Path, gpu_memory_gb: float | None = None):
     return settings
 
 
+def planner_architecture(settings):
+    """The registry entry of the architecture a preset plans for; an unknown name is a preset error
+    that lists the choices."""
+    if settings.architecture not in ARCHITECTURES:
+        raise PresetError(f"planner preset '{settings.preset}': architecture '{settings.architecture}' is unknown; "
+                          f"choices: {', '.join(ARCHITECTURES)}")
+    return get_architecture(settings.architecture)
+
+
+def _refuse_writing_into_raw(dataset_dir: Path, raw_dir: Path) -> None:
+    """The preprocessed folder may not be the raw dataset, hold it, or lie in one of its data folders
+    (a workdir elsewhere inside the raw dataset, e.g. ``./autoseg_work`` run from there, is fine)."""
+    data_folders = [raw_dir / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")]
+    if inside(raw_dir, dataset_dir) or any(inside(dataset_dir, folder) for folder in data_folders):
+        raise PathError(f"{dataset_dir}: the preprocessed data would be written over or into the raw dataset "
+                        f"{raw_dir}; choose another --workdir")
+
+
 def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", gpu_memory_gb: float | None = None,
          configs: list[str] | None = None, check_only: bool = False, workers: int | None = None,
          progress: bool = True, seed: int = FINGERPRINT_SEED, fresh: bool = False) -> PlanResult:
@@ -148,23 +173,28 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     (:func:`~autoseg.planning.plans.plans_name_for`); plans of other presets are left as they are."""
     raw_dir = Path(raw_dir).resolve()
     settings = planner_settings(planner, gpu_memory_gb)  # a bad preset fails before any slow work
+    arch = planner_architecture(settings)
     plans_name = plans_name_for(settings.preset)
     n_workers = max(1, workers or os.cpu_count() or 1)
     spec, cases, found_warnings = _check(raw_dir, n_workers, progress)
     name = spec.name
     if check_only:
         return PlanResult(name, raw_dir, len(cases), True, found_warnings)
+    _refuse_writing_into_raw(workspace.preprocessed_dir(name), raw_dir)
     dataset_dir = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
     # one plan per dataset at a time: a second one would delete the first one's temporary files
     with RunLock(dataset_dir, doing="planned"):
         signature = raw_signature(raw_dir, cases)
         fingerprint, reused = _fingerprint(spec, cases, workspace, signature, n_workers, seed, progress, fresh)
         source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(workspace.source_file(name))
-        plans = plan_experiment(fingerprint, spec, settings, plans_name)
+        plans = plan_experiment(fingerprint, spec, settings, plans_name, arch=arch)
+        unplanned = unplanned_configurations(plans)
+        found_warnings = (*found_warnings, *(f"configuration {c} is not planned: {why}" for c, why in unplanned.items()))
         if configs:
             unknown = [c for c in configs if c not in plans.configurations]
             if unknown:
-                raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}; "
+                why = "".join(f" ({c}: {unplanned[c]})" for c in unknown if c in unplanned)
+                raise ValueError(f"configuration(s) {', '.join(unknown)} not planned for {name}{why}; "
                                  f"choices: {', '.join(plans.configurations)}")
         # plans.json and splits.json are written after the cases, so a failed preprocessing (e.g. the disk
         # check) leaves no plans.json a later `autoseg train` could take for a finished plan
@@ -199,12 +229,13 @@ def demo_data(out_dir: Path, n_cases: int = 8, seed: int = 0, modality: str = "C
 
 # --- train -------------------------------------------------------------------------------------------
 
-def train(workspace: Workspace, request: TrainRequest, dist=None, progress: bool = True, callbacks: Sequence = ()) -> list[Path]:
+def train(workspace: Workspace, request: TrainRequest, dist=None, progress: bool = True, callbacks: Sequence = (),
+          stop=None) -> list[Path]:
     """Train the folds of a :class:`~autoseg.training.session.TrainRequest`; returns the run folders
-    (:func:`autoseg.training.session.train`; torch is imported here, not with this module)."""
+    (:func:`autoseg.training.session.train`, ``stop`` included; torch is imported here, not with this module)."""
     from autoseg.training import session
 
-    return session.train(workspace, request, dist=dist, progress=progress, callbacks=callbacks)
+    return session.train(workspace, request, dist=dist, progress=progress, callbacks=callbacks, stop=stop)
 
 
 # --- predict, quantize, ensemble, export, import -----------------------------------------------------
@@ -217,6 +248,9 @@ def model_dir_for(workspace: Workspace, choice: ModelChoice) -> Path:
         return find_model_dir(workspace, choice.dataset, choice.config, choice.arch, choice.plans)
     model = Path(choice.model)
     if model.is_dir():
+        if is_nnunet_folder(model) and not any(model.glob("fold_*/checkpoint_*.pt")):
+            raise PredictorError(f"--model {model}: an nnU-Net v2 results folder; install it first with `autoseg "
+                                 f"import {model}`, then predict with the folder it prints")
         return model
     if not model.is_file():
         raise PredictorError(f"--model {model}: not found; give a model folder "
@@ -240,7 +274,10 @@ def model_dir_for(workspace: Workspace, choice: ModelChoice) -> Path:
 def predict(workspace: Workspace, in_dir: Path, out_dir: Path, choice: ModelChoice = ModelChoice(),
             options: PredictOptions = PredictOptions()):
     """Predict every case of ``in_dir`` into ``out_dir``; returns the
-    :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written)."""
+    :class:`~autoseg.inference.pipeline.PredictReport` (failed cases listed, the others written).
+    DICOM input, output type, statistics and sharding (``options``' fields of
+    :mod:`autoseg.inference.sources`) go through :func:`_predict_sources`; without them the folder
+    pipeline runs on ``in_dir`` directly."""
     predictor = load_predictor(model_dir_for(workspace, choice), choice.folds, choice.checkpoint)
     if choice.model is not None and choice.dataset is not None and not names_dataset(choice.dataset,
                                                                                       predictor.spec.name):
@@ -249,27 +286,54 @@ def predict(workspace: Workspace, in_dir: Path, out_dir: Path, choice: ModelChoi
     if Path(in_dir).is_dir():  # else predict_folder says the input is missing, before creating anything
         ensure_writable_dir(Path(out_dir), "output folder (-o)")
     o = options
-    return predict_folder(predictor, Path(in_dir), Path(out_dir), step=o.step, tta=o.tta,
-                          save_probabilities=o.save_probabilities, overwrite=o.overwrite, device=o.device,
-                          backend=o.backend, precision=o.precision, progress=o.progress, release_networks=True)
+
+    def run_folder(src: Path, dst: Path, overwrite: bool = o.overwrite):
+        return predict_folder(predictor, src, dst, step=o.step, tta=o.tta, save_probabilities=o.save_probabilities,
+                              overwrite=overwrite, device=o.device, backend=o.backend, precision=o.precision,
+                              progress=o.progress, release_networks=True)
+
+    if not needs_staging(o, Path(in_dir)):
+        return run_folder(Path(in_dir), Path(out_dir))
+    return _predict_sources(predictor, Path(in_dir), Path(out_dir), o, run_folder)
 
 
-def quantize(workspace: Workspace, choice: ModelChoice = ModelChoice(), **options):
+def _predict_sources(predictor, in_dir: Path, out_dir: Path, options: PredictOptions, run_folder):
+    """DICOM input, output types, statistics, sharding: :func:`autoseg.inference.sources.predict_sources`
+    with the segment descriptions of the model's dataset.json."""
+    from autoseg import __version__
+    from autoseg.inference.export import dataset_json_path  # imports torch
+
+    found = dataset_json_path(predictor.model_dir)
+    descriptions = json.loads(found.read_text()).get(DESCRIPTIONS_KEY) if found is not None else None
+    context = OutputContext(segments_of(predictor.spec, descriptions, str(found or "dataset.json")),
+                            algorithm=f"autoseg {predictor.spec.name} {predictor.config.name}", version=__version__)
+    request = SourceRequest(channels=tuple(predictor.spec.channel_names),
+                            label_values=tuple(label_values(predictor.spec)), context=context, options=options,
+                            overwrite=options.overwrite, save_probabilities=options.save_probabilities)
+    return predict_sources(in_dir, out_dir, request, lambda src, dst: run_folder(src, dst, overwrite=True))
+
+
+def quantize(workspace: Workspace, choice: ModelChoice = ModelChoice(), raw_data: Path | None = None, **options):
     """Make and check the int8 network of each chosen fold (:func:`autoseg.inference.quantize.quantize_model`;
     ``options``: ``patches``, ``check_cases``, ``tolerance``, ``seed``, ``progress``). Calibration and check
     read the model's preprocessed training data, so the dataset must be planned in ``workspace`` with the
-    model's plans. Returns one :class:`~autoseg.inference.quantize.FoldResult` per fold."""
+    model's plans; ``raw_data`` (a raw dataset folder) is first preprocessed with the model's plans
+    (:func:`preprocess_for_model`: models imported from nnU-Net come without preprocessed data).
+    Returns one :class:`~autoseg.inference.quantize.FoldResult` per fold."""
     from autoseg.inference.quantize import QuantizeError, quantize_model  # imports torch
 
     predictor = load_predictor(model_dir_for(workspace, choice), choice.folds, choice.checkpoint)
     name = predictor.spec.name or predictor.plans.dataset_name
+    if raw_data is not None:
+        preprocess_for_model(workspace, predictor, Path(raw_data))
     pre = workspace.preprocessed_dir(name)
     plans_file = workspace.plans_file(name, predictor.plans.plans_name)
     splits_file = workspace.splits_file(name)
     if not plans_file.is_file() or not splits_file.is_file():
         raise QuantizeError(f"{pre}: no planned dataset with the model's plans ({plans_file.name}); `autoseg "
                             f"quantize` calibrates on the preprocessed training cases of {name}: run `autoseg plan "
-                            f"{name}` in this workspace first")
+                            f"{name}` in this workspace first (a model imported from nnU-Net: pass --raw-data with "
+                            "its raw training dataset)")
     if Plans.load(plans_file).to_dict() != predictor.plans.to_dict():
         raise QuantizeError(f"{plans_file} differs from the plans the model was trained with; the "
                             "preprocessed data do not fit it (planned again since?)")
@@ -278,6 +342,30 @@ def quantize(workspace: Workspace, choice: ModelChoice = ModelChoice(), **option
         raise QuantizeError(f"{folder}: preprocessed data of configuration {predictor.config.name} not found; run "
                             f"`autoseg plan {name}` to preprocess it")
     return quantize_model(predictor, folder, Splits.load(splits_file), **options)
+
+
+def preprocess_for_model(workspace: Workspace, predictor, raw_dir: Path, progress: bool = False) -> Path:
+    """Preprocess the training cases of ``raw_dir`` with ``predictor``'s plans into ``workspace`` (plans
+    file, preprocessed cases of its configuration, ``splits.json`` unless one exists: nnU-Net's folds),
+    so that ``quantize`` can calibrate a model that came without its data. Returns the dataset folder."""
+    from autoseg.inference.quantize import QuantizeError  # imports torch
+
+    spec, cases = check_dataset(raw_dir, workers=1, progress=progress)
+    name, plans = predictor.plans.dataset_name, predictor.plans
+    if spec.name != name or dict(spec.labels) != dict(plans.labels) or spec.num_channels != predictor.num_channels:
+        raise QuantizeError(f"{raw_dir}: dataset {spec.name} (labels {dict(spec.labels)}, {spec.num_channels} "
+                            f"channel(s)) is not the one the model was trained on ({name}, labels {dict(plans.labels)}, "
+                            f"{predictor.num_channels} channel(s)); give the model's raw training dataset")
+    pre = ensure_writable_dir(workspace.preprocessed_dir(name), "preprocessed data folder (--workdir)")
+    with RunLock(pre, doing="planned"):
+        preprocess_dataset(spec, cases, plans, pre, configs=[predictor.config.name], workers=1, progress=False)
+        plans.save(workspace.plans_file(name, plans.plans_name))
+        splits_file = workspace.splits_file(name)
+        if not splits_file.is_file():
+            resolve_splits(raw_dir, splits_file, [c.case_id for c in cases]).save(splits_file)
+        if not workspace.dataset_json(name).is_file():
+            atomic_write_bytes(workspace.dataset_json(name), (Path(raw_dir) / "dataset.json").read_bytes())
+    return pre
 
 
 def ensemble(in_dirs: Sequence[Path], out_dir: Path, postprocessing: Path | None = None,
@@ -302,11 +390,28 @@ def export(workspace: Workspace, run: str | Path, out_zip: Path, choice: ModelCh
     return export_model(model_dir, Path(out_zip), folds=choice.folds, checkpoint=choice.checkpoint, onnx=onnx)
 
 
-def import_(workspace: Workspace, zip_path: Path, overwrite: bool = False) -> Path:
-    """Install an exported model into ``workspace``; returns its model folder."""
-    from autoseg.inference.export import import_model  # imports torch
+def import_(workspace: Workspace, source: Path, overwrite: bool = False,
+            allowed_trainers: Sequence[str] = ()) -> list[Path]:
+    """Install a model into ``workspace``: a zip written by ``autoseg export``, an nnU-Net v2 results
+    folder, or a zip written by ``nnUNetv2_export_model_to_zip``
+    (:mod:`autoseg.inference.nnunet_import`; ``allowed_trainers``: custom nnU-Net trainers known to
+    keep the plans' network). Returns the installed model folders."""
+    from autoseg.inference.export import ExportError, import_model  # imports torch
 
-    return import_model(Path(zip_path), workspace, overwrite=overwrite)
+    source = Path(source)
+    if source.is_dir():
+        if not is_nnunet_folder(source):
+            raise ExportError(f"{source}: is a folder, but not an nnU-Net v2 results folder (<Trainer>__<Plans>__"
+                              "<configuration> with plans.json, dataset.json and fold_*/checkpoint_final.pth); give "
+                              "that, or the .zip written by `autoseg export` (a model folder of autoseg is used as it "
+                              "is: autoseg predict --model FOLDER)")
+        return install_nnunet(source, workspace, overwrite, tuple(allowed_trainers))
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            nnunet = "manifest.json" not in zf.namelist() and is_nnunet_zip(zf)
+        if nnunet:
+            return install_nnunet(source, workspace, overwrite, tuple(allowed_trainers))
+    return [import_model(source, workspace, overwrite=overwrite)]
 
 
 # --- postprocess, find-best --------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from autoseg.core.fileops import (  # noqa: F401
     writing_into,
 )
 
+from autoseg import jsonfiles
+
 T = TypeVar("T", bound="Artifact")
 
 
@@ -152,10 +154,12 @@ class Artifact:
     @classmethod
     def load(cls: type[T], path: Path) -> T:
         path = Path(path)
+        if path.is_dir():
+            raise ArtifactError(f"{path}: is a folder; give the {cls.KIND} JSON file")
         if not path.is_file():
             raise ArtifactError(f"{path}: not found")
         try:
-            data = json.loads(path.read_text())
+            data = jsonfiles.loads(path.read_text(), path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ArtifactError(f"{path}: cannot be read as JSON ({e}); delete it and rerun") from None
         return cls.from_dict(data, source=str(path))

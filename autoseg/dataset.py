@@ -14,12 +14,14 @@ Integrity checks of the voxels live in :mod:`autoseg.integrity`; this module onl
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.io import SUPPORTED_ENDINGS
+from autoseg import jsonfiles
+from autoseg.io import SUPPORTED_ENDINGS, file_ending
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -33,6 +35,17 @@ class DatasetError(ValueError):
         n = len(self.problems)
         head = f"{n} problem{'s' if n != 1 else ''} found in the dataset:"
         super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path`` (a dataset.json); a UTF-8 byte-order mark, as some Windows editors write,
+    is accepted. Raises :class:`DatasetError` naming the file and the fix."""
+    try:
+        return jsonfiles.loads(Path(path).read_text(encoding="utf-8-sig"), path)
+    except UnicodeDecodeError as e:
+        raise DatasetError([f"{path}: not UTF-8 text ({e}); save it as UTF-8"]) from None
+    except json.JSONDecodeError as e:
+        raise DatasetError([f"{path}: not valid JSON ({e}); fix the syntax"]) from None
 
 
 @dataclass(frozen=True)
@@ -98,11 +111,7 @@ class DatasetSpec:
             raise DatasetError([f"{root}: dataset folder not found"])
         if not path.is_file():
             raise DatasetError([f"{path}: missing; every dataset needs a dataset.json (see data_templates/)"])
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DatasetError([f"{path}: not valid JSON ({e}); fix the syntax"]) from None
-        return cls.from_json(data, path, root.name)
+        return cls.from_json(read_json(path), path, root.name)
 
     @classmethod
     def from_json(cls, data: Any, path: Path, name: str) -> "DatasetSpec":
@@ -207,7 +216,8 @@ class Case:
 def list_cases(root: Path, spec: DatasetSpec, images_dir: str = "imagesTr",
                labels_dir: str | None = "labelsTr") -> tuple[list[Case], list[str]]:
     """Match channel files with labels. Returns the complete cases and a list of problems
-    (missing channels, label without image, image without label, stray files)."""
+    (missing channels, label without image, image without label, stray files, broken links, names
+    that differ only in upper/lower case)."""
     root = Path(root)
     ending = spec.file_ending
     img_dir = root / images_dir
@@ -215,13 +225,8 @@ def list_cases(root: Path, spec: DatasetSpec, images_dir: str = "imagesTr",
     if not img_dir.is_dir():
         return [], [f"{img_dir}: folder missing; put the images there as {{case}}_0000{ending}"]
     channels_of: dict[str, dict[int, Path]] = {}
-    for p in sorted(img_dir.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if not p.name.lower().endswith(ending):
-            problems.append(f"{p}: stray file (does not end with '{ending}' from dataset.json); move it out of {images_dir}/")
-            continue
-        m = _CHANNEL_RE.match(p.name[: -len(ending)])
+    for p, stem in dataset_files(img_dir, ending, problems):
+        m = _CHANNEL_RE.match(stem)
         if not m:
             problems.append(f"{p}: name must be {{case}}_XXXX{ending} with a 4-digit channel number")
             continue
@@ -232,13 +237,8 @@ def list_cases(root: Path, spec: DatasetSpec, images_dir: str = "imagesTr",
         if not lab_dir.is_dir():
             problems.append(f"{lab_dir}: folder missing; put the labels there as {{case}}{ending}")
         else:
-            for p in sorted(lab_dir.iterdir()):
-                if p.name.startswith("."):
-                    continue
-                if not p.name.lower().endswith(ending):
-                    problems.append(f"{p}: stray file (does not end with '{ending}'); move it out of {labels_dir}/")
-                    continue
-                labels_of[p.name[: -len(ending)]] = p
+            labels_of = dict((stem, p) for p, stem in dataset_files(lab_dir, ending, problems))
+    problems += case_collisions(channels_of, labels_of)
     cases = []
     n = spec.num_channels
     for case_id, chans in sorted(channels_of.items()):
@@ -260,3 +260,53 @@ def list_cases(root: Path, spec: DatasetSpec, images_dir: str = "imagesTr",
         if case_id not in channels_of:
             problems.append(f"{p}: label without image (expected {img_dir / f'{case_id}_0000{ending}'})")
     return cases, problems
+
+
+def dataset_files(folder: Path, ending: str, problems: list[str]) -> list[tuple[Path, str]]:
+    """``(file, name without ending)`` of the files in ``folder`` that end in ``ending`` (any case).
+    Everything else is added to ``problems``: broken links, sub-folders, stray files, and -- when no
+    file has ``ending`` but some have another image ending -- one problem saying to fix
+    ``file_ending``. Two files whose names differ only in upper/lower case are both reported."""
+    found, strays, seen = [], [], {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():
+            problems.append(f"{p}: broken symbolic link (to {os.readlink(p)}); fix the link or remove it")
+        elif p.is_dir():
+            problems.append(f"{p}: is a folder; {folder.name}/ holds only image files, move it out")
+        elif not p.name.lower().endswith(ending):
+            strays.append(p)
+        elif p.name.lower() in seen:
+            problems.append(f"{seen[p.name.lower()]} and {p.name}: the same file name in different upper/lower "
+                            "case; only one can be used (and only one survives on macOS or Windows); keep one")
+        else:
+            seen[p.name.lower()] = p
+            found.append((p, p.name[: -len(ending)]))
+    other = sorted({file_ending(p) for p in strays} - {""})
+    if strays and not found and other:
+        problems.append(f"{folder}: no file ends with '{ending}', the file_ending in dataset.json, but "
+                        f"{len([p for p in strays if file_ending(p)])} end(s) with {', '.join(other)}; set "
+                        f"\"file_ending\": \"{other[0]}\" in dataset.json (or convert the files)")
+    else:
+        problems += [f"{p}: stray file (does not end with '{ending}' from dataset.json); move it out of "
+                     f"{folder.name}/" for p in strays]
+    return found
+
+
+def case_collisions(*groups: dict[str, Path | dict[int, Path]]) -> list[str]:
+    """A problem for every pair of case ids that differ only in upper/lower case (``Liver_1`` and
+    ``liver_1``), naming a file of each: their files and outputs collide on case-insensitive file
+    systems. ``groups`` map case ids to a file or to files by channel."""
+    files: dict[str, Path] = {}
+    for group in groups:
+        for case_id, v in group.items():
+            files.setdefault(case_id, next(iter(v.values())) if isinstance(v, dict) else v)
+    problems, first = [], {}
+    for case_id in sorted(files):
+        other = first.setdefault(case_id.casefold(), case_id)
+        if other != case_id:
+            problems.append(f"{files[other]} and {files[case_id]}: cases '{other}' and '{case_id}' differ only in "
+                            "upper/lower case; their files and outputs collide on case-insensitive file systems "
+                            "(macOS, Windows); rename one")
+    return problems

@@ -5,9 +5,10 @@ problems in the data); :func:`check_dataset` raises :class:`~autoseg.dataset.Dat
 all problems, emits each warning as a :class:`DatasetWarning`, and returns ``(spec, cases)``.
 
 Order of the checks: dataset.json (schema), file layout (names, channels, label/image pairs, stray
-files), then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end
-once, since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
-spacing), its voxels (NaN/Inf in images; fractional, undeclared or missing foreground values in
+files, broken links, names that differ only in upper/lower case, a ``file_ending`` no file has),
+then per case, each file in turn: its gzip checksum (.gz files are decompressed to the end once,
+since readers stop early and would miss a damaged stream), its header (dimensions, zero size,
+spacing, a consistent NIfTI pixdim/qform/sform), its voxels (NaN/Inf in images; fractional, undeclared or missing foreground values in
 labels), and finally the geometry of the channels and the label against the first channel. Per-case
 checks run in a bounded process pool when ``workers > 1``.
 
@@ -26,11 +27,14 @@ import numpy as np
 
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
 from autoseg.io.images import Geometry, ImageReadError, gzip_problem, nonfinite_problem, read_volume
+from autoseg.jsonfiles import InputWarning
+from autoseg.paths import os_error_message
 
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
+_FLOAT_EXACT_INT = 2.0 ** 53  # float labels at or beyond this are not cast to int64 (it would overflow)
 
 
-class DatasetWarning(UserWarning):
+class DatasetWarning(InputWarning):
     """Something unusual but usable in a raw dataset (e.g. a label without foreground)."""
 
 
@@ -109,8 +113,8 @@ def _training_case_ids(root: Path, spec: DatasetSpec) -> set[str]:
     for sub, is_image in (("imagesTr", True), ("labelsTr", False)):
         folder = root / sub
         for p in folder.iterdir() if folder.is_dir() else ():
-            if p.name.startswith(".") or not p.name.lower().endswith(spec.file_ending):
-                continue
+            if p.name.startswith(".") or not p.name.lower().endswith(spec.file_ending) or p.is_dir():
+                continue  # a broken link still names a case (reported as a problem of its own)
             stem = p.name[: -len(spec.file_ending)]
             m = _CHANNEL_RE.match(stem) if is_image else None
             if is_image and not m:
@@ -205,23 +209,32 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
     result = CaseResult(case.case_id)
     files = list(case.images) + ([case.label] if case.label is not None else [])
     geometries: dict[Path, Geometry] = {}
+    constant: dict[Path, float] = {}  # image files whose voxels all hold one value
     for p in files:
-        problem = gzip_problem(p)
-        if problem:
-            result.problems.append(problem)
-            continue
         try:
+            problem = gzip_problem(p)
+            if problem:
+                result.problems.append(problem)
+                continue
             arr, g = read_volume(p, spec.force_itk)
         except ImageReadError as e:
             result.problems.append(str(e))
+            continue
+        except OSError as e:  # unreadable (permissions), removed meanwhile, ...: one of the problems
+            result.problems.append(os_error_message(e) or f"{p}: cannot be read ({e})")
             continue
         problem = _header_problem(p, g)
         if problem:
             result.problems.append(problem)
             continue
         geometries[p] = g
+        n_problems = len(result.problems)
         _check_voxels(p, arr, p == case.label, spec, result)
+        if p != case.label and len(result.problems) == n_problems and arr.size and arr.min() == arr.max():
+            constant[p] = float(arr.reshape(-1)[0])
         del arr
+    for p, value in constant.items():
+        result.warnings.append(_constant_image_warning(p, value, case.label, result.has_foreground))
     ref = geometries.get(case.images[0])
     if ref is not None:
         result.shape = _spatial(ref.shape)
@@ -232,6 +245,14 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
                 result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
                                        f"{'; '.join(diff)}; resample or re-export it onto the image grid")
     return result
+
+
+def _constant_image_warning(path: Path, value: float, label: Path | None, has_foreground: bool | None) -> str:
+    if value == 0 and has_foreground:
+        return (f"{path}: image is all zero but its label {label.name} has foreground voxels; the image is "
+                "probably a failed export: re-export it or remove the case")
+    return (f"{path}: image is constant (every voxel is {value:g}); it holds nothing to learn from: check it is "
+            "not a failed export")
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -277,11 +298,13 @@ def label_value_counts(arr: np.ndarray) -> tuple[dict[int, int], list[float]]:
     """
     flat = arr.ravel()
     if flat.dtype.kind == "f":
-        as_int = flat.astype(np.int64)
-        frac = flat != as_int
+        frac = flat != np.trunc(flat)
         if frac.any():
             return {}, [float(v) for v in np.unique(flat[frac])[:5]]
-        flat = as_int
+        if flat.size and max(-float(flat.min()), float(flat.max())) >= _FLOAT_EXACT_INT:
+            values, counts = np.unique(flat, return_counts=True)  # too large for int64: Python ints, no overflow
+            return {int(v): int(c) for v, c in zip(values, counts)}, []
+        flat = flat.astype(np.int64)
     if flat.dtype.kind == "b":
         flat = flat.astype(np.uint8)
     lo, hi = int(flat.min()), int(flat.max())

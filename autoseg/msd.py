@@ -22,13 +22,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autoseg import jsonfiles
 from autoseg.core.fileops import atomic_write_json, staged_folder
 from autoseg.dataset import DatasetError, DatasetSpec
+from autoseg.integrity import DatasetWarning
+from autoseg.paths import PathError, inside
 
 FILE_ENDING = ".nii.gz"
 _TASK_RE = re.compile(r"^Task(?P<number>\d+)_(?P<name>.+)$")
@@ -45,12 +49,16 @@ def convert_msd(task_dir: Path, out_dir: Path, dataset_id: int | None = None, ov
     task_dir, out_dir = Path(task_dir), Path(out_dir)
     meta = read_msd_json(task_dir)
     target = out_dir / dataset_folder_name(task_dir, dataset_id)
+    if inside(target, task_dir) or inside(task_dir, target):
+        raise PathError(f"{target}: the converted dataset would be written over or into the MSD task folder "
+                        f"{task_dir}; choose another OUT_DIR")
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target}: already exists and is not empty; pass overwrite=True "
-                              "(--overwrite) to replace it or choose another --dataset-id")
+        raise FileExistsError(f"{target}: already exists and is not empty; add --overwrite to replace it or "
+                              "choose another --dataset-id")
     n_channels = len(meta["modality"])
-    training = [e for e in meta["training"] if not _is_resource_fork(e["image"])]
-    test = [p for p in meta.get("test", []) if not _is_resource_fork(p)]
+    training = _unique_training([e for e in meta["training"] if not _is_resource_fork(e["image"])], task_dir,
+                                meta.get("numTraining"))
+    test = _unique_test([p for p in meta.get("test", []) if not _is_resource_fork(p)], task_dir)
     _verify_files(task_dir, training, test, n_channels)
     out_json = nnunet_dataset_json(meta, len(training), task_dir.name)
     DatasetSpec.from_json(out_json, target / "dataset.json", target.name)  # validate before writing
@@ -72,7 +80,7 @@ def dataset_folder_name(task_dir: Path, dataset_id: int | None) -> str:
     m = _TASK_RE.match(Path(task_dir).name)
     if m is None and dataset_id is None:
         raise DatasetError([f"{task_dir}: folder name is not TaskXX_Name, so the dataset number is unknown; "
-                            "pass dataset_id (--dataset-id)"])
+                            "give it with --dataset-id"])
     number = dataset_id if dataset_id is not None else int(m["number"])
     if not isinstance(number, int) or not 1 <= number <= 999:
         raise DatasetError([f"dataset id must be an integer in 1..999, got {number!r}"])
@@ -88,7 +96,7 @@ def read_msd_json(task_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError([f"{path}: missing; an MSD task folder holds dataset.json, imagesTr/ and labelsTr/"])
     try:
-        meta = json.loads(path.read_text())
+        meta = jsonfiles.loads(path.read_text(encoding="utf-8-sig"), path)  # a byte-order mark is accepted
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError([f"{path}: not valid JSON ({e})"]) from None
     if not isinstance(meta, dict):
@@ -128,6 +136,47 @@ def nnunet_dataset_json(meta: dict[str, Any], num_training: int, source: str) ->
     out.update({k: meta[k] for k in _KEEP_KEYS if k in meta})
     out["converted_from"] = f"Medical Segmentation Decathlon {source}"
     return out
+
+
+def _unique_training(entries: list[dict], task_dir: Path, declared: Any = None) -> list[dict]:
+    """The training entries, each case once. A repeated entry is dropped with a warning (counting it
+    would make numTraining wrong); one case listed with different files is an error; an MSD
+    numTraining that disagrees with the distinct cases is a warning (the list decides)."""
+    path = Path(task_dir) / "dataset.json"
+    by_case: dict[str, list[dict]] = {}
+    for e in entries:
+        by_case.setdefault(Path(e["image"]).name.removesuffix(FILE_ENDING), []).append(e)
+    problems = []
+    for case_id, listed in by_case.items():
+        files = {(_normalised(e["image"]), _normalised(e["label"])) for e in listed}
+        if len(files) > 1:
+            problems.append(f"{path}: case '{case_id}' is listed {len(listed)} times in 'training' with different "
+                            f"files ({'; '.join(f'{i} + {lab}' for i, lab in sorted(files))}); keep one entry")
+        elif len(listed) > 1:
+            warnings.warn(f"{path}: case '{case_id}' is listed {len(listed)} times in 'training'; converted once",
+                          DatasetWarning, stacklevel=3)
+    if problems:
+        raise DatasetError(problems)
+    unique = [listed[0] for listed in by_case.values()]
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared != len(unique):
+        warnings.warn(f"{path}: numTraining is {declared} but 'training' lists {len(unique)} distinct case(s); "
+                      f"the converted dataset.json says {len(unique)}", DatasetWarning, stacklevel=3)
+    return unique
+
+
+def _unique_test(paths: list[str], task_dir: Path) -> list[str]:
+    seen: dict[str, str] = {}
+    for rel in paths:
+        case_id = Path(rel).name.removesuffix(FILE_ENDING)
+        if case_id in seen:
+            warnings.warn(f"{Path(task_dir) / 'dataset.json'}: test image '{case_id}' is listed more than once; "
+                          "converted once", DatasetWarning, stacklevel=3)
+        seen.setdefault(case_id, rel)
+    return list(seen.values())
+
+
+def _normalised(rel: str) -> str:
+    return Path(rel).as_posix().removeprefix("./")
 
 
 def _is_resource_fork(rel: str) -> bool:

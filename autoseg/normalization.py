@@ -8,6 +8,7 @@ Schemes (nnU-Net v2, nnunetv2/preprocessing/normalization/default_normalization_
 - ``zscore``: subtract this image's mean and divide by its standard deviation; with ``use_mask``
   the statistics come from the non-zero mask only and voxels outside it are set to 0.
 - ``rescale_0_1``: map this image's [min, max] to [0, 1].
+- ``rgb_0_1``: divide 8-bit colour values by 255 (values must lie in [0, 255]).
 - ``none``: leave intensities unchanged.
 
 Arrays are float32 ``(X, Y, Z)`` per channel (any number of axes works); statistics are computed
@@ -65,6 +66,15 @@ def _rescale_0_1(image: np.ndarray, plan: NormalizationPlan, mask: np.ndarray | 
     return out
 
 
+def _rgb_0_1(image: np.ndarray, plan: NormalizationPlan, mask: np.ndarray | None) -> np.ndarray:
+    out = np.array(image, dtype=np.float32, copy=True)
+    if out.size and (out.min() < 0 or out.max() > 255):
+        raise ValueError(f"channel '{plan.channel_name}' is normalised as 8-bit colour (rgb_to_0_1) but holds values "
+                         f"in [{out.min():g}, {out.max():g}], outside [0, 255]")
+    out /= np.float32(255)
+    return out
+
+
 def _none(image: np.ndarray, plan: NormalizationPlan, mask: np.ndarray | None) -> np.ndarray:
     return np.array(image, dtype=np.float32, copy=True)
 
@@ -73,6 +83,7 @@ NORMALIZERS: dict[str, Callable[[np.ndarray, NormalizationPlan, np.ndarray | Non
     "ct": _ct,
     "zscore": _zscore,
     "rescale_0_1": _rescale_0_1,
+    "rgb_0_1": _rgb_0_1,
     "none": _none,
 }
 

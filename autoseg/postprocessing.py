@@ -1,7 +1,7 @@
 """Post-processing chosen on cross-validation: keep only the largest connected component.
 
 The decision follows nnU-Net (``determine_postprocessing`` in
-nunetv2/postprocessing/remove_connected_components.py), judged on the mean per-case Dice of the merged
+nnunetv2/postprocessing/remove_connected_components.py), judged on the mean per-case Dice of the merged
 cross-validation predictions:
 
 1. Keep the largest component of the union of all foreground labels (removing every other island of
@@ -154,9 +154,9 @@ def determine_postprocessing(pairs: Iterable[tuple[np.ndarray, np.ndarray]], spe
 
 
 def _folder_case(ref: Path, pred: Path, targets: dict[str, tuple[int, ...]], ignore_label: int | None,
-                 force_itk: bool) -> dict[str, dict[str, float]]:
-    ref_seg, _ = read_label_map(ref, force_itk)
-    pred_seg, _ = read_label_map(pred, force_itk)
+                 force_itk: bool, declared: tuple[int, ...] | None = None) -> dict[str, dict[str, float]]:
+    ref_seg, _ = read_label_map(ref, force_itk, declared)
+    pred_seg, _ = read_label_map(pred, force_itk, declared)
     return case_dice_variants(ref_seg, pred_seg, targets, ignore_label)
 
 
@@ -170,7 +170,7 @@ def determine_postprocessing_from_folders(gt_dir: Path, pred_dir: Path, spec: Da
                               "post-processing is decided on all cross-validation cases, finish every fold first")
     check_geometry(pairs, spec.force_itk)
     targets = evaluation_targets(spec.labels)
-    jobs = [(r, p, targets, spec.ignore_label, spec.force_itk) for r, p in pairs.values()]
+    jobs = [(r, p, targets, spec.ignore_label, spec.force_itk, tuple(spec.label_values)) for r, p in pairs.values()]
     per_case = list(run_bounded(_folder_case, jobs, workers, progress, "post-processing"))
     return decide_postprocessing(per_case, targets)
 

@@ -1,7 +1,7 @@
 """Preprocessing: raw cases -> normalised, resampled arrays in the storage format, per configuration.
 
 Per case (nnU-Net v2 order, ``DefaultPreprocessor.run_case_npy`` in
-nunetv2/preprocessing/preprocessors/default_preprocessor.py): read all channels and the label, crop to the
+nnunetv2/preprocessing/preprocessors/default_preprocessor.py): read all channels and the label, crop to the
 non-zero region (bounding box recorded in raw voxel indices), transpose with
 ``plans.transpose_forward``, normalise each channel (masked z-score uses the non-zero mask from the
 crop), resample to the configuration's spacing, draw foreground voxel locations for oversampling,
@@ -110,9 +110,23 @@ def load_case(case: Case, spec: DatasetSpec, plans: Plans) -> CroppedCase:
     data = np.ascontiguousarray(data.transpose(axes))
     seg = np.ascontiguousarray(seg.transpose(axes)) if seg is not None else None
     mask = mask.transpose(tf)
-    data = normalize(data, plans.normalization, mask)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_finite, with the file
+        data = normalize(data, plans.normalization, mask)
+    _check_finite(data, case, plans)
     spacing = tuple(float(geometry.spacing[a]) for a in tf)
     return CroppedCase(case.case_id, data, seg, bbox, geometry, spacing)
+
+
+def _check_finite(data: np.ndarray, case: Case, plans: Plans) -> None:
+    """Normalised channels must be finite: finite float32 input can still overflow in normalisation
+    (e.g. values near 3e38 minus a mean of the other sign), and the network would turn NaN into an
+    all-background prediction without complaint."""
+    for c, norm in enumerate(plans.normalization):
+        n_bad = int(data[c].size - np.count_nonzero(np.isfinite(data[c])))
+        if n_bad:
+            raise ImageReadError(f"{case.images[c]}: {n_bad} voxel(s) become NaN or infinite in '{norm.scheme}' "
+                                 f"normalisation (channel '{norm.channel_name}'): the intensities are too large "
+                                 "for float32 arithmetic; rescale the image to a normal range and re-export it")
 
 
 def target_spacing(config_spacing: tuple[float, ...], case_spacing: tuple[float, ...]) -> tuple[float, float, float]:

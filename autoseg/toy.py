@@ -32,6 +32,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg.core.fileops import atomic_write_json, staged_folder
+from autoseg.workspace import folder_name
 
 FILE_ENDING = ".nii.gz"
 MODALITIES = ("CT", "MR")
@@ -214,19 +215,25 @@ def make_toy_dataset(out_dir: Path, n_cases: int = 8, seed: int = 0, modality: s
     """
     modality = modality.upper().replace("MRI", "MR")
     if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+        raise ValueError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     if modality == "CT" and n_channels != 1:
-        raise ValueError("toy CT data has one channel; use modality='MR' for several sequences")
-    if n_cases < 1 or n_test < 0 or n_channels < 1 or not 1 <= n_labels <= 6:
-        raise ValueError("need n_cases >= 1, n_test >= 0, n_channels >= 1 and 1 <= n_labels <= 6")
+        raise ValueError(f"--channels {n_channels}: toy CT data has one channel; add --modality MR for several "
+                         "sequences")
+    # messages name the command-line options (`autoseg demo-data`); n_labels has none
+    for option, value, low in (("--cases", n_cases, 1), ("--test-cases", n_test, 0), ("--channels", n_channels, 1)):
+        if value < low:
+            raise ValueError(f"{option} must be at least {low}, got {value}")
+    if not 1 <= n_labels <= 6:
+        raise ValueError(f"the number of labels must be 1..6, got {n_labels}")
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be 3 sizes of at least 8 voxels, got {shape}")
-    name = name or f"Dataset999_Toy{modality}{'Regions' if regions else ''}"
+    name = folder_name(name, "dataset name (--name)") if name is not None else \
+        f"Dataset999_Toy{modality}{'Regions' if regions else ''}"
     out_dir = Path(out_dir)
     target = out_dir / name
     if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target}: already exists and is not empty; pass overwrite=True "
-                              "(--overwrite) or choose another name")
+        raise FileExistsError(f"{target}: already exists and is not empty; add --overwrite to replace it or "
+                              "choose another --name")
     with staged_folder(target) as tmp:  # in place in one step; a killed run's staging folder goes next time
         for sub in ("imagesTr", "labelsTr") + (("imagesTs", "labelsTs") if n_test else ()):
             (tmp / sub).mkdir()

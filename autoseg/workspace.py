@@ -49,6 +49,18 @@ class WorkspaceError(ValueError):
     pass
 
 
+def folder_name(name: str, what: str = "name") -> str:
+    """``name`` when it can be one folder inside another; raises :class:`WorkspaceError` for an empty
+    name, ``.``/``..``, a path separator (``/``, ``\\``) or a control character, any of which would
+    put what is written outside the folder it is meant for (``--name ../x``)."""
+    bad = (not name or name in (".", "..") or any(sep in name for sep in ("/", "\\"))
+           or any(not ch.isprintable() for ch in name))
+    if bad:
+        raise WorkspaceError(f"{what} {name!r} is not a plain folder name (no '/', '\\', '..' or control "
+                             "characters); choose a name like Dataset999_Mine")
+    return name
+
+
 @dataclass(frozen=True)
 class DatasetSource(Artifact):
     """``source.json``: the raw dataset folder a preprocessed dataset was made from, and a
@@ -198,10 +210,10 @@ class Workspace:
     # --- a dataset's folders and files
 
     def preprocessed_dir(self, dataset_name: str) -> Path:
-        return self.preprocessed / dataset_name
+        return self.preprocessed / folder_name(dataset_name, "dataset name")
 
     def results_dir(self, dataset_name: str) -> Path:
-        return self.results / dataset_name
+        return self.results / folder_name(dataset_name, "dataset name")
 
     def source_file(self, dataset_name: str) -> Path:
         return self.preprocessed_dir(dataset_name) / SOURCE_FILE

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from autoseg.dataset import DatasetSpec, list_cases
 from autoseg.fingerprint import CaseFingerprint, Fingerprint, IntensityStats, extract_fingerprint
+from autoseg.api import planner_architecture
 from autoseg.planning.planner import plan_experiment
 from autoseg.planning.settings import load_preset
 
@@ -33,6 +34,12 @@ PLAN_FILES = {"default": "nnUNetPlans.json", "resenc_m": "nnUNetResEncUNetMPlans
               "resenc_l": "nnUNetResEncUNetLPlans.json", "resenc_xl": "nnUNetResEncUNetXLPlans.json"}
 NORM_NAMES = {"CTNormalization": "ct", "ZScoreNormalization": "zscore", "NoNormalization": "none",
               "RescaleTo01Normalization": "rescale_0_1"}
+
+
+def plan_with_preset(fp: Fingerprint, spec: DatasetSpec, preset: str):
+    """autoseg's plans of ``fp`` with ``planners/<preset>.toml`` (and the architecture it plans for)."""
+    settings = load_preset(preset)
+    return plan_experiment(fp, spec, settings, arch=planner_architecture(settings))
 
 
 def fingerprint_from_nnunet(path: Path, spec: DatasetSpec) -> Fingerprint:
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
             if not ref_file.is_file():
                 print(f"(no {ref_file})")
                 continue
-            plans = plan_experiment(fp, spec, load_preset(preset))
+            plans = plan_with_preset(fp, spec, preset)
             _print(f"{root.name} plans, preset {preset}", compare_plans(plans, json.loads(ref_file.read_text())))
     return 0
 

@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_plans import NORM_NAMES, PLAN_FILES, compare_fingerprints, fingerprint_from_nnunet  # noqa: E402
+from compare_plans import (NORM_NAMES, PLAN_FILES, compare_fingerprints, fingerprint_from_nnunet,  # noqa: E402
+                           plan_with_preset)
 from proctree import TreeRun, run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,9 +230,7 @@ def side_by_side(dataset: str, preset: str, ours: dict, theirs: dict) -> list[li
 def plan_tables(dataset: Path, dirs: dict[str, Path], args) -> tuple[list[list[str]], list[str]]:
     from autoseg.dataset import DatasetSpec
     from autoseg.fingerprint import Fingerprint
-    from autoseg.planning.planner import plan_experiment
     from autoseg.planning.plans import Plans
-    from autoseg.planning.settings import load_preset
 
     name = dataset.name
     ours_dir = dirs["autoseg"] / "preprocessed" / name
@@ -246,7 +245,7 @@ def plan_tables(dataset: Path, dirs: dict[str, Path], args) -> tuple[list[list[s
         subprocess.run([str(args.nnunet_venv / "bin" / "nnUNetv2_plan_experiment"), "-d", str(dataset_id(name)),
                         "-pl", NNUNET_PLANNERS[preset]], check=True, capture_output=True,
                        env=nnunet_env(args.nnunet_venv, dirs["nnU-Net"]))
-        ours = our_rows(plan_experiment(fp, spec, load_preset(preset)))
+        ours = our_rows(plan_with_preset(fp, spec, preset))
         rows += side_by_side(name, preset, ours, nnunet_rows(json.loads((ref_dir / PLAN_FILES[preset]).read_text())))
     return rows, notes
 
@@ -279,8 +278,6 @@ def synthetic_checks(scratch: Path, args) -> list[list[str]]:
     import nibabel as nib
 
     from autoseg.dataset import DatasetSpec
-    from autoseg.planning.planner import plan_experiment
-    from autoseg.planning.settings import load_preset
 
     rows, root = [], scratch / "synthetic"
     for name, (channel, n, z_sp, xy_sp, z_n, xy_n) in SYNTHETIC.items():
@@ -300,7 +297,7 @@ def synthetic_checks(scratch: Path, args) -> list[list[str]]:
             planner = NNUNET_PLANNERS.get(preset, "ExperimentPlanner")
             subprocess.run([str(args.nnunet_venv / "bin" / "nnUNetv2_plan_experiment"), "-d", str(dataset_id(name)),
                             "-pl", planner], check=True, capture_output=True, env=nnunet_env(args.nnunet_venv, root))
-            ours = our_rows(plan_experiment(fp, DatasetSpec.load(raw), load_preset(preset)))
+            ours = our_rows(plan_with_preset(fp, DatasetSpec.load(raw), preset))
             rows += side_by_side(name, preset, ours, nnunet_rows(json.loads((pre / PLAN_FILES[preset]).read_text())))
     return rows
 

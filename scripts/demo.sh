@@ -12,7 +12,11 @@ DATASET=Dataset999_ToyCT
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
-  python -m pip install torch==2.13.0      # GPU machines: install torch for your CUDA first (README)
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    python -m pip install torch==2.13.0    # GPU machines: install torch for your CUDA first (README)
+  else  # no GPU: the CPU-only build (PyPI's Linux wheel brings the CUDA libraries, several GB)
+    python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+  fi
   python -m pip install -e .
 fi
 

@@ -11,7 +11,7 @@ from autoseg.artifacts import ArtifactError
 from autoseg.dataset import DatasetError
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning.plans import Plans
-from autoseg.splits import Splits
+from autoseg.splits import RULE_EARLIER, RULE_NNUNET, RULE_USER, Fold, Splits, make_splits, resolve_splits
 from autoseg.storage import list_done_cases
 from autoseg.toy import make_toy_dataset
 from autoseg.workspace import Workspace, WorkspaceError
@@ -106,6 +106,39 @@ def test_user_splits_naming_unknown_cases_are_rejected(raw, ws):
         _plan(raw, ws)
 
 
+def _earlier_splits_file(path, cases):
+    """A splits.json as autoseg wrote it before it used nnU-Net's folds (no "rule" key)."""
+    folds = [Fold(train=tuple(c for c in cases if c != v), val=(v,)) for v in cases]
+    data = Splits(folds=tuple(folds), seed=12345).to_dict()
+    del data["rule"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return folds
+
+
+def test_existing_automatic_splits_json_is_kept(tmp_path):
+    cases = ["a", "b", "c", "d", "e", "f"]
+    folds = _earlier_splits_file(tmp_path / "pre" / "splits.json", cases)
+    kept = resolve_splits(tmp_path / "raw", tmp_path / "pre" / "splits.json", cases)
+    assert list(kept.folds) == folds and kept.rule == RULE_EARLIER and not kept.user_provided
+    # other cases than the file's: new folds, nnU-Net's
+    assert resolve_splits(tmp_path / "raw", tmp_path / "pre" / "splits.json", cases + ["g"]) == make_splits(cases + ["g"])
+
+
+def test_nnunet_splits_final_json_in_preprocessed_folder_wins(tmp_path):
+    cases = ["a", "b", "c"]
+    _earlier_splits_file(tmp_path / "pre" / "splits.json", cases)
+    (tmp_path / "pre" / "splits_final.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["c"]}]))
+    splits = resolve_splits(tmp_path / "raw", tmp_path / "pre" / "splits.json", cases)
+    assert splits.user_provided and splits.rule == RULE_USER and splits.folds == (Fold(("a", "b"), ("c",)),)
+
+
+def test_new_dataset_gets_nnunet_folds(raw, ws):
+    result = _plan(raw, ws)
+    assert Splits.load(result.splits) == make_splits(["toy_000", "toy_001", "toy_002"])
+    assert Splits.load(result.splits).rule == RULE_NNUNET
+
+
 def test_find_raw_dir_falls_back_to_workspace_raw(tmp_path):
     ws = Workspace(tmp_path)
     (ws.raw / "Dataset001_X").mkdir(parents=True)
@@ -165,3 +198,14 @@ def test_importing_the_api_loads_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_preset_for_an_unknown_architecture_lists_the_registered_ones_before_any_work(raw, ws, tmp_path):
+    from autoseg.planning.settings import PresetError
+
+    preset = tmp_path / "vit.toml"
+    preset.write_text('architecture = "vit"\n')
+    with pytest.raises(PresetError, match="preset 'vit': architecture 'vit' is unknown; choices: unet, resenc_unet, "
+                                          "swin_unetr"):
+        _plan(raw, ws, planner=preset)
+    assert not (ws.preprocessed_dir(raw.name) / "fingerprint.json").exists()

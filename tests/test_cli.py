@@ -137,3 +137,21 @@ def test_demo_data_refuses_to_overwrite(tmp_path, capsys):
     code, _, err = run(args, capsys)
     assert code == 2 and "--overwrite" in err
     assert run(args + ["--overwrite"], capsys)[0] == 0
+
+
+def test_plan_keeps_earlier_splits_json_and_says_so(tmp_path, capsys):
+    raw = make_toy_dataset(tmp_path / "raw", n_cases=3, shape=(12, 12, 8))
+    work = str(tmp_path / "w")
+    code, out, err = run(["--workdir", work, "plan", str(raw), "--no-progress", "-j", "1"], capsys)
+    assert code == 0, err
+    path = tmp_path / "w" / "preprocessed" / raw.name / "splits.json"
+    assert json.loads(path.read_text())["rule"] == "nnunet-kfold" and "kept from an earlier plan" not in out
+    earlier = json.loads(path.read_text())  # as autoseg wrote splits.json before it used nnU-Net's folds
+    del earlier["rule"]
+    earlier["folds"] = [{"train": ["toy_001", "toy_002"], "val": ["toy_000"]},
+                        {"train": ["toy_000", "toy_002"], "val": ["toy_001"]}]
+    path.write_text(json.dumps(earlier))
+    code, out, err = run(["--workdir", work, "plan", str(raw), "--no-progress", "-j", "1"], capsys)
+    assert code == 0, err
+    assert "kept from an earlier plan: not nnU-Net's folds" in out
+    assert json.loads(path.read_text())["folds"] == earlier["folds"]

@@ -150,6 +150,6 @@ def test_channel_count_disagreeing_with_modality(tmp_path):
 
 def test_unknown_task_number_needs_dataset_id(tmp_path):
     task = make_msd_task(tmp_path, name="Prostate")
-    with pytest.raises(DatasetError, match="dataset_id"):
+    with pytest.raises(DatasetError, match="--dataset-id"):
         convert_msd(task, tmp_path / "raw")
     assert convert_msd(task, tmp_path / "raw", dataset_id=7).name == "Dataset007_Prostate"

@@ -26,9 +26,13 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from autoseg.paths import os_error_message  # standard library only: keeps `autoseg --help` instant
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
 DEFAULT_WORKDIR = "autoseg_work"
@@ -77,9 +81,7 @@ def dataset_spec(dataset: str | None, args: argparse.Namespace, near: Path | Non
     """The :class:`DatasetSpec` named by ``-d``: a dataset.json file, a raw dataset folder, a name or
     number under ``<workdir>/raw`` or, failing that, the copy under ``<workdir>/preprocessed``.
     Without ``-d``: the dataset.json next to ``near`` (e.g. ``labelsTr/..``), when there is one."""
-    import json
-
-    from autoseg.dataset import DatasetSpec
+    from autoseg.dataset import DatasetSpec, read_json
 
     if dataset is None:
         if near is not None and (Path(near).parent / "dataset.json").is_file():
@@ -87,14 +89,14 @@ def dataset_spec(dataset: str | None, args: argparse.Namespace, near: Path | Non
         raise ValueError("name the dataset with -d DATASET (its dataset.json gives the labels and file ending)")
     p = Path(dataset)
     if p.is_file():
-        return DatasetSpec.from_json(json.loads(p.read_text()), p, p.resolve().parent.name)
+        return DatasetSpec.from_json(read_json(p), p, p.resolve().parent.name)
     ws = workspace_from(args)
     try:
         return DatasetSpec.load(ws.resolve_raw(dataset))
     except ValueError:
         name = ws.resolve_planned(dataset)  # raises with the list of planned datasets
         path = ws.dataset_json(name)
-        return DatasetSpec.from_json(json.loads(path.read_text()), path, name)
+        return DatasetSpec.from_json(read_json(path), path, name)
 
 
 # --- parser and entry point --------------------------------------------------------------------------
@@ -130,15 +132,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _os_message(error: OSError) -> str | None:
-    """A message with the fix for common file-system errors (permissions, read-only, disk full)."""
-    import errno
+    """A message naming the path and the fix for file-system errors (permissions, disk full, a folder
+    where a file belongs, a broken link, ...); see :func:`autoseg.paths.os_error_message`."""
+    return os_error_message(error)
 
-    name = error.filename or ""
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{name}: {error.strerror}; choose a folder you can write to (--workdir, -o), or fix its permissions"
-    if error.errno == errno.ENOSPC:
-        return f"{name}: no space left on the device; free some space or choose another folder (--workdir, -o)"
-    return None
+
+class _PipeSafeStream:
+    """Standard output (or error) that goes quiet when its reader has gone (``autoseg plan ... | head``):
+    the command finishes its work and exits with its own status, without an error message."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self) -> None:
+        try:  # the interpreter flushes the real stdout at exit: point it at /dev/null as well
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        self._stream = open(os.devnull, "w")
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _exit_code(error: BaseException) -> int | None:
@@ -148,14 +177,47 @@ def _exit_code(error: BaseException) -> int | None:
     return EXIT_FAILURE
 
 
+@contextmanager
+def _input_warnings_printed():
+    """Print every :class:`~autoseg.jsonfiles.InputWarning` (duplicate JSON keys, dataset warnings) as
+    one ``warning: ...`` line on stderr when it is first emitted (a file read twice warns once); other
+    warnings go their usual way."""
+    from autoseg.jsonfiles import InputWarning
+
+    with warnings.catch_warnings():
+        shown, printed = warnings.showwarning, set()
+        warnings.simplefilter("always", InputWarning)
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, InputWarning):
+                if str(message) not in printed:
+                    printed.add(str(message))
+                    print(f"warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr  # `autoseg ... 2>&1 | head` closes both
+    sys.stdout, sys.stderr = _PipeSafeStream(stdout), _PipeSafeStream(stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_INPUT
     try:
-        return int(COMMANDS[args.command].run(args) or EXIT_OK)
+        with _input_warnings_printed():
+            return int(COMMANDS[args.command].run(args) or EXIT_OK)
     except KeyboardInterrupt:
         print(f"autoseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -53,6 +53,17 @@ def run_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _splits_note(result) -> str:
+    """What the plan summary says about splits.json: user folds, or earlier folds that were kept."""
+    from autoseg.splits import RULE_EARLIER, Splits
+
+    if result.user_splits:
+        return " (user-provided)"
+    if Splits.load(result.splits).rule == RULE_EARLIER:
+        return " (kept from an earlier plan: not nnU-Net's folds; delete it and plan again to get them)"
+    return ""
+
+
 def _print_plan(result) -> None:
     from autoseg.planning.plans import DEFAULT_PLANS_NAME, Plans
 
@@ -64,7 +75,7 @@ def _print_plan(result) -> None:
         out(f"  {name}{star}: spacing {_fmt(cfg.spacing)} mm, patch {_fmt(cfg.patch_size)}, "
             f"batch {cfg.batch_size}, {len(cfg.features)} stages")
     rows = [("fingerprint", result.fingerprint), ("plans", result.plans),
-            ("splits", f"{result.splits}{' (user-provided)' if result.user_splits else ''}"),
+            ("splits", f"{result.splits}{_splits_note(result)}"),
             ("dataset.json", result.dataset_json), ("source", result.source)]
     rows += [(f"data {name}", folder) for name, folder in (result.data_folders or {}).items()]
     width = max(len(k) for k, _ in rows)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from autoseg.cli import EXIT_FAILURE, EXIT_OK, command, dataset_spec, out, workspace_from
+from autoseg.models.registry import ARCHITECTURES, IMPORTED
 
 BACKEND_CHOICES = ("auto", "torch", "openvino")  # autoseg.inference.backends.BACKENDS (not imported: torch)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
@@ -25,7 +26,8 @@ def _model_options(p: argparse.ArgumentParser, dataset_positional: bool = False)
         p.add_argument("-d", "--dataset", default=None,
                        help="trained dataset (name or number); may be left out when only one is trained")
     p.add_argument("--config", default=None, help="configuration (3d_fullres, 2d, ...) when several are trained")
-    p.add_argument("--arch", default=None, help="architecture (unet, resenc_unet, ...) when several are trained")
+    p.add_argument("--arch", default=None,
+                   help=f"architecture when several are trained ({', '.join([*ARCHITECTURES, *IMPORTED])})")
     p.add_argument("--plans", default=None, metavar="NAME",
                    help="plans (planner preset such as resenc_m, or plans name) when several are trained")
 
@@ -66,6 +68,27 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                         "fold, else fp32), fp32, bf16, fp16 (GPU) or int8 (OpenVINO on the CPU; not exact)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _source_arguments(p)
+
+
+OUTPUT_TYPES = ("nifti", "nrrd", "seg.nrrd", "dicom-seg", "rtstruct")  # autoseg.inference.outputs.OUTPUT_TYPES
+
+
+def _source_arguments(p: argparse.ArgumentParser) -> None:
+    """DICOM input, output types, statistics and sharding (autoseg.inference.sources)."""
+    p.add_argument("--output-type", default=None, choices=OUTPUT_TYPES,
+                   help="label-map format: nifti ({case}.nii.gz), nrrd, seg.nrrd (3D Slicer segmentation), dicom-seg "
+                        "({case}.seg.dcm) or rtstruct ({case}.rtstruct.dcm; both for DICOM input); default: the "
+                        "input's format, nifti for DICOM input")
+    p.add_argument("--series-channels", nargs="+", default=(), metavar="PATTERN",
+                   help="multi-channel models and DICOM folders/zips of several series: one pattern per model "
+                        "channel, in channel order: a glob on SeriesDescription (case-insensitive) or a SeriesNumber")
+    p.add_argument("--statistics", action="store_true",
+                   help="write statistics.json/.csv: per case and label volume (mL), voxels, intensity of each "
+                        "channel (mean/std/min/max), bounding box (mm)")
+    p.add_argument("--num-parts", type=int, default=1, metavar="N",
+                   help="split the sorted cases into N parts and predict only --part-id's (default 1: all)")
+    p.add_argument("--part-id", type=int, default=0, metavar="K", help="which part to predict, 0 to N-1 (default 0)")
 
 
 def _report(report, what: str) -> int:
@@ -78,6 +101,10 @@ def _report(report, what: str) -> int:
     out(f"{what}: {', '.join(parts)} in {report.seconds:.1f} s{engine} -> {report.out_dir}")
     for case, message in report.failed:
         print(f"failed: {case}: {message}", file=sys.stderr)
+    for note in getattr(report, "notes", ()):
+        print(f"note: {note}", file=sys.stderr)
+    for line in getattr(report, "summary", ()):
+        out(line)
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -88,10 +115,14 @@ def _report(report, what: str) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from autoseg import api
     from autoseg.inference.choice import PredictOptions
+    from autoseg.inference.sources import check_shard
 
+    check_shard(args.num_parts, args.part_id)  # before the model is loaded
     options = PredictOptions(step=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,
                              device=args.device, backend=args.backend, precision=args.precision,
-                             overwrite=args.overwrite, progress=not args.no_progress)
+                             overwrite=args.overwrite, progress=not args.no_progress, output_type=args.output_type,
+                             series_channels=tuple(args.series_channels), num_parts=args.num_parts,
+                             part_id=args.part_id, statistics=args.statistics)
     report = api.predict(workspace_from(args), args.in_dir, args.out_dir, _model_choice(args), options)
     return _report(report, "predicted")
 
@@ -108,17 +139,20 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=0.005,
                    help="largest Dice loss per class that passes the check (default 0.005)")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration patches (default 0)")
+    p.add_argument("--raw-data", type=Path, default=None, metavar="DATASET_DIR",
+                   help="raw dataset to preprocess with the model's plans first (models imported from nnU-Net, "
+                        "which come without preprocessed data)")
 
 
 @command("quantize", "make int8 networks for fast CPU prediction, checked against fp32", _quantize_arguments,
-         "Per fold: calibrate int8 quantization of the network (OpenVINO + NNCF; pip install 'autoseg[quantize]') "
+         "Per fold: calibrate int8 quantization of the network (OpenVINO + NNCF; pip install -e '.[quantize]') "
          "on patches of the fold's training cases, then predict the fold's validation cases with int8 and f32 and "
          "compare their Dice. A network that passes is used by `autoseg predict` on the CPU (--precision auto or "
          "int8); --precision fp32 keeps the exact path.")
 def run_quantize(args: argparse.Namespace) -> int:
     from autoseg import api
 
-    results = api.quantize(workspace_from(args), _model_choice(args), patches=args.patches,
+    results = api.quantize(workspace_from(args), _model_choice(args), raw_data=args.raw_data, patches=args.patches,
                            check_cases=args.check_cases, tolerance=args.tolerance, seed=args.seed, progress=out)
     passed = True
     for r in results:
@@ -170,14 +204,14 @@ def run_ensemble(args: argparse.Namespace) -> int:
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="model folder (results/<Dataset>/<arch>__<plans>__<config>), fold "
                                               "folder, or a trained dataset's name or number")
-    p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write")
+    p.add_argument("-o", "--output", dest="out_zip", required=True, type=Path, help="zip file to write (must end in .zip)")
     p.add_argument("--config", default=None, help="configuration, when RUN is a dataset with several")
     p.add_argument("--arch", default=None, help="architecture, when RUN is a dataset with several")
     p.add_argument("--plans", default=None, metavar="NAME", help="plans (preset or plans name), when RUN is a "
                                                                  "dataset with several")
     _folds_option(p)
     p.add_argument("--onnx", action="store_true",
-                   help="also export each fold's network as ONNX, checked with onnxruntime (pip install 'autoseg[onnx]')")
+                   help="also export each fold's network as ONNX, checked with onnxruntime (pip install -e '.[onnx]')")
 
 
 @command("export", "write a trained model to a self-contained zip", _export_arguments)
@@ -194,17 +228,24 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _import_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("zip", type=Path, metavar="MODEL_ZIP", help="zip written by `autoseg export`")
+    p.add_argument("zip", type=Path, metavar="MODEL",
+                   help="zip written by `autoseg export`, an nnU-Net v2 results folder "
+                        "(<Trainer>__<Plans>__<configuration>) or a zip of nnUNetv2_export_model_to_zip")
     p.add_argument("--overwrite", action="store_true", help="replace a model installed at the same place")
+    p.add_argument("--allow-trainer", action="append", default=[], metavar="NAME",
+                   help="nnU-Net models: accept this custom trainer (one that changes only training, not the "
+                        "network); repeatable")
 
 
-@command("import", "install an exported model zip into the workspace", _import_arguments)
+@command("import", "install an exported model (autoseg or nnU-Net v2) into the workspace", _import_arguments)
 def run_import(args: argparse.Namespace) -> int:
     from autoseg import api
 
-    target = api.import_(workspace_from(args), args.zip, overwrite=args.overwrite)
-    out(f"installed {target}")
-    out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {target}")
+    targets = api.import_(workspace_from(args), args.zip, overwrite=args.overwrite,
+                          allowed_trainers=args.allow_trainer)
+    for target in targets:
+        out(f"installed {target}")
+    out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {targets[0]}")
     return EXIT_OK
 
 

@@ -7,7 +7,8 @@ pickled objects). Keys:
 - the :class:`ModelRecord` fields (what the model is): ``plans`` (the plans.json document),
   ``configuration``, ``arch``, ``fold``, ``dataset`` (name, labels, channel names, regions, ignore
   label, file ending), ``settings`` (the training settings), ``autoseg_version`` and
-  ``weights_sha256`` (:func:`state_digest` of the weights);
+  ``weights_sha256`` (:func:`state_digest` of the weights); models imported from nnU-Net add
+  ``inference_mirror_axes`` (the axes their trainer mirrored) and ``imported_from``;
 - ``model``: the network's state dict;
 - what resuming needs (absent from exported models, written by :mod:`autoseg.training.checkpoint`):
   ``optimizer``, ``scaler``, ``schedule``, ``rng``, ``train_state``;
@@ -53,6 +54,10 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable, damaged or not one this autoseg can read."""
 
 
+class NonFiniteWeightsError(RuntimeError):
+    """Weights with NaN or infinite values were about to be saved (training diverged)."""
+
+
 @dataclass(frozen=True)
 class DatasetRecord:
     """The labels and channels a model was trained with (from ``dataset.json``)."""
@@ -84,7 +89,9 @@ class ModelRecord:
     ``plans`` is the plans.json document the model was trained with (``Plans.to_dict()``; read it
     with ``autoseg.planning.plans.Plans.from_dict``); ``settings`` the training settings
     (``TrainSettings.to_dict()``); ``weights_sha256`` the :func:`state_digest` of the weights (None
-    in checkpoints written before digests were recorded)."""
+    in checkpoints written before digests were recorded). ``inference_mirror_axes``: the axes
+    test-time augmentation may mirror (None: all; set for models imported from nnU-Net, whose trainer
+    may have allowed fewer); ``imported_from``: where an imported model came from."""
 
     plans: dict[str, Any]
     configuration: str
@@ -94,20 +101,27 @@ class ModelRecord:
     settings: dict[str, Any] = field(default_factory=dict)
     autoseg_version: str = __version__
     weights_sha256: str | None = None
+    inference_mirror_axes: tuple[int, ...] | None = None
+    imported_from: dict[str, Any] | None = None
 
     @property
     def plans_name(self) -> str:
         return str(self.plans.get("plans_name", ""))
 
     def same_model_as(self, other: ModelRecord) -> bool:
-        """Whether both describe folds of one model (plans, configuration, architecture, labels)."""
-        return (self.plans, self.configuration, self.arch, self.dataset) == \
-            (other.plans, other.configuration, other.arch, other.dataset)
+        """Whether both describe folds of one model (plans, configuration, architecture, labels, mirroring)."""
+        return (self.plans, self.configuration, self.arch, self.dataset, self.inference_mirror_axes) == \
+            (other.plans, other.configuration, other.arch, other.dataset, other.inference_mirror_axes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plans": self.plans, "configuration": self.configuration, "arch": self.arch, "fold": self.fold,
-                "dataset": self.dataset.to_dict(), "settings": dict(self.settings),
-                "autoseg_version": self.autoseg_version, "weights_sha256": self.weights_sha256}
+        out = {"plans": self.plans, "configuration": self.configuration, "arch": self.arch, "fold": self.fold,
+               "dataset": self.dataset.to_dict(), "settings": dict(self.settings),
+               "autoseg_version": self.autoseg_version, "weights_sha256": self.weights_sha256}
+        if self.inference_mirror_axes is not None:  # keys only imported models have
+            out["inference_mirror_axes"] = list(self.inference_mirror_axes)
+        if self.imported_from is not None:
+            out["imported_from"] = dict(self.imported_from)
+        return out
 
     @classmethod
     def of(cls, checkpoint: Mapping[str, Any], source: Path | str = "checkpoint") -> ModelRecord:
@@ -126,7 +140,10 @@ class ModelRecord:
             return cls(plans=dict(d["plans"]), configuration=str(d["configuration"]), arch=str(d["arch"]),
                        fold=d["fold"], dataset=DatasetRecord.from_dict(d["dataset"]),
                        settings=dict(d.get("settings") or {}), autoseg_version=str(d.get("autoseg_version", "")),
-                       weights_sha256=d.get("weights_sha256"))
+                       weights_sha256=d.get("weights_sha256"),
+                       inference_mirror_axes=(tuple(int(a) for a in d["inference_mirror_axes"])
+                                              if d.get("inference_mirror_axes") is not None else None),
+                       imported_from=dict(d["imported_from"]) if d.get("imported_from") is not None else None)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: the checkpoint's description of its model is incomplete "
                                   f"({type(e).__name__}: {e}); retrain with this autoseg") from None
@@ -202,10 +219,25 @@ def checkpoint_bytes(checkpoint: Mapping[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> Path:
-    """Write ``checkpoint`` with its digests to ``path`` atomically (temporary file, fsync, rename)."""
+def nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
     import torch
 
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def save_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> Path:
+    """Write ``checkpoint`` with its digests to ``path`` atomically (temporary file, fsync, rename).
+
+    Weights holding NaN or inf are refused (:class:`NonFiniteWeightsError`), so a diverged run can never
+    leave them behind as ``checkpoint_best.pt`` or ``checkpoint_final.pt``."""
+    import torch
+
+    bad = nonfinite_tensors(checkpoint.get("model") or {})
+    if bad:
+        raise NonFiniteWeightsError(f"{path}: not written: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                                    f"(e.g. {bad[0]}); training diverged, the checkpoints already there are kept")
     entries = with_digests(checkpoint)
     return atomic_write_with(path, lambda f: torch.save(entries, f))
 

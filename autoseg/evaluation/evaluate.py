@@ -14,7 +14,7 @@ import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Collection, Iterable, Iterator
 
 import numpy as np
 
@@ -30,8 +30,10 @@ from autoseg.evaluation.metrics import (
     foreground_mean,
     mean_metrics,
 )
+from autoseg.integrity import label_value_counts
 from autoseg.io import ImageReadError, read_geometry, read_volume
-from autoseg.io.images import gzip_problem
+from autoseg.io.images import gzip_problem, nonfinite_problem
+from autoseg.paths import folder_output
 from autoseg.progress import progress_bar
 
 CONVENTIONS = (
@@ -66,12 +68,20 @@ class EvaluationSummary(Artifact):
 
 def match_cases(gt_dir: Path, pred_dir: Path, file_ending: str) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
     """Pair reference and prediction files by case name. Returns ``{case: (ref, pred)}`` and the
-    reference cases that have no prediction."""
+    reference cases that have no prediction. Two files of one folder whose case names differ only in
+    upper/lower case (``x.nii.gz``, ``X.NII.GZ``) are refused, naming both, instead of one being dropped."""
     def listing(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
             raise EvaluationError(f"{folder}: folder not found")
-        return {p.name[: -len(file_ending)]: p for p in sorted(folder.iterdir())
-                if p.name.lower().endswith(file_ending) and not p.name.startswith(".")}
+        files: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.name.lower().endswith(file_ending) and not p.name.startswith("."):
+                twin = files.setdefault(p.name[: -len(file_ending)].casefold(), p)
+                if twin != p:
+                    raise EvaluationError(f"{twin} and {p.name}: case names that differ only in upper/lower case; "
+                                          "only one of them can be scored (and only one survives on macOS or "
+                                          "Windows); keep one")
+        return {p.name[: -len(file_ending)]: p for p in files.values()}
 
     refs, preds = listing(Path(gt_dir)), listing(Path(pred_dir))
     if not refs:
@@ -98,31 +108,51 @@ def check_geometry(pairs: dict[str, tuple[Path, Path]], force_itk: bool = False)
         raise EvaluationError("cannot evaluate:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def read_label_map(path: Path, force_itk: bool = False) -> tuple[np.ndarray, tuple[float, ...]]:
-    """An integer label map ``(X, Y, Z)`` and its spacing; a float file with fractional values or a
-    damaged ``.gz`` (checksum verified) is an error."""
+def read_label_map(path: Path, force_itk: bool = False,
+                   declared: Collection[int] | None = None) -> tuple[np.ndarray, tuple[float, ...]]:
+    """An integer label map ``(X, Y, Z)`` and its spacing. Errors: a damaged ``.gz`` (checksum
+    verified), NaN/inf or fractional values, and -- when ``declared`` is given -- any value not in it
+    (such voxels would silently drop out of every score)."""
     problem = gzip_problem(path)
     if problem:
         raise EvaluationError(problem)
     arr, geometry = read_volume(path, force_itk)
     if arr.ndim != 3:
         raise EvaluationError(f"{path}: expected a 3D label map, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        rounded = np.rint(arr)
-        if not np.array_equal(rounded, arr):
-            raise EvaluationError(f"{path}: holds fractional values; expected an integer label map "
-                                  "(save predictions as labels, probabilities go to .npz)")
-        arr = rounded
+    if arr.dtype.kind not in "biuf":
+        raise EvaluationError(f"{path}: unsupported voxel type {arr.dtype}; expected an integer label map")
+    problem = nonfinite_problem(path, arr, np.float64)
+    if problem:
+        raise EvaluationError(problem)
+    counts, fractional = label_value_counts(arr)
+    if fractional:
+        raise EvaluationError(f"{path}: holds fractional values {fractional}; expected an integer label map "
+                              "(save predictions as labels, probabilities go to .npz)")
+    undeclared = sorted(v for v in counts if declared is not None and v not in declared)
+    if undeclared:
+        n = sum(counts[v] for v in undeclared)
+        raise EvaluationError(f"{path}: label values {undeclared} ({n} voxels) are not declared in dataset.json "
+                              f"'labels' (declared: {sorted(declared)}), so they would not be scored; fix the file "
+                              "or declare them (-d names the dataset.json)")
     return arr.astype(np.int32, copy=False), geometry.spacing[:3]
 
 
 def _evaluate_pair(case: str, ref: Path, pred: Path, targets: dict[str, tuple[int, ...]], tolerance_mm: float,
-                   ignore_label: int | None, force_itk: bool) -> tuple[str, dict[str, LabelMetrics]]:
-    ref_seg, spacing = read_label_map(ref, force_itk)
-    pred_seg, _ = read_label_map(pred, force_itk)
+                   ignore_label: int | None, force_itk: bool,
+                   declared: tuple[int, ...]) -> tuple[str, dict[str, LabelMetrics] | None, list[str]]:
+    """``(case, metrics, [])``, or ``(case, None, problems)`` naming the files when either cannot be scored."""
+    maps, problems = [], []
+    for path in (ref, pred):
+        try:
+            maps.append(read_label_map(path, force_itk, declared))
+        except (EvaluationError, ImageReadError) as e:
+            problems.append(str(e))
+    if problems:
+        return case, None, problems
+    (ref_seg, spacing), (pred_seg, _) = maps
     if ref_seg.shape != pred_seg.shape:
-        raise EvaluationError(f"{pred}: shape {pred_seg.shape} differs from reference {ref} {ref_seg.shape}")
-    return case, case_metrics(ref_seg, pred_seg, spacing, targets, tolerance_mm, ignore_label)
+        return case, None, [f"{pred}: shape {pred_seg.shape} differs from reference {ref} {ref_seg.shape}"]
+    return case, case_metrics(ref_seg, pred_seg, spacing, targets, tolerance_mm, ignore_label), []
 
 
 # A spawned worker costs 1-3 s to start (imports), as much as evaluating about ten 128^3 cases with
@@ -167,7 +197,8 @@ def evaluate_folders(gt_dir: Path, pred_dir: Path, spec: DatasetSpec, tolerance_
     the summary). Predictions without a reference are ignored."""
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     if tolerance_mm < 0 or not math.isfinite(tolerance_mm):
-        raise EvaluationError(f"surface Dice tolerance must be a finite number of mm >= 0, got {tolerance_mm}")
+        raise EvaluationError(f"--tolerance-mm must be a finite number of mm >= 0, got {tolerance_mm}")
+    folder_output(Path(output_dir) if output_dir is not None else pred_dir, "-o")  # before the slow part
     pairs, missing = match_cases(gt_dir, pred_dir, spec.file_ending)
     if missing and not allow_missing:
         shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
@@ -178,8 +209,15 @@ def evaluate_folders(gt_dir: Path, pred_dir: Path, spec: DatasetSpec, tolerance_
                               f"(names must be {{case}}{spec.file_ending})")
     check_geometry(pairs, spec.force_itk)
     targets = evaluation_targets(spec.labels)
-    jobs = [(c, r, p, targets, tolerance_mm, spec.ignore_label, spec.force_itk) for c, (r, p) in pairs.items()]
-    results = dict(run_bounded(_evaluate_pair, jobs, workers, progress))
+    declared = tuple(spec.label_values)
+    jobs = [(c, r, p, targets, tolerance_mm, spec.ignore_label, spec.force_itk, declared)
+            for c, (r, p) in pairs.items()]
+    results, problems = {}, {}
+    for case, metrics, case_problems in run_bounded(_evaluate_pair, jobs, workers, progress):
+        results[case], problems[case] = metrics, case_problems
+    found = [p for c in sorted(problems) for p in problems[c]]
+    if found:  # every file that cannot be scored, before anything is written
+        raise EvaluationError("cannot evaluate:\n" + "\n".join(f"  - {p}" for p in found))
     cases = {c: results[c] for c in sorted(results)}
     means = {name: mean_metrics([cases[c][name] for c in cases]) for name in targets}
     summary = EvaluationSummary(

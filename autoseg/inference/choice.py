@@ -27,7 +27,8 @@ class ModelChoice:
 @dataclass(frozen=True)
 class PredictOptions:
     """How to predict a folder (defaults: those of ``autoseg predict``; see
-    :func:`autoseg.inference.pipeline.predict_folder`)."""
+    :func:`autoseg.inference.pipeline.predict_folder`, and :mod:`autoseg.inference.sources` for
+    DICOM input, output type, statistics and sharding)."""
 
     step: float = 0.5  # sliding-window step as a fraction of the patch
     tta: bool = True  # mirroring test-time augmentation
@@ -37,3 +38,8 @@ class PredictOptions:
     precision: str = "auto"  # auto, fp32, bf16, fp16, int8
     overwrite: bool = False  # predict cases whose outputs exist already
     progress: bool = True
+    output_type: str | None = None  # None: the input's format (nifti for DICOM)
+    series_channels: tuple[str, ...] = ()  # one pattern per model channel, for multi-series DICOM sources
+    num_parts: int = 1  # predict every num_parts-th case, starting at part_id
+    part_id: int = 0
+    statistics: bool = False  # also write per-case label statistics

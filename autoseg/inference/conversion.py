@@ -1,7 +1,7 @@
 """OpenVINO versions of the networks and where they are kept: conversion, its cache, int8 records.
 
 A torch network is converted with ``ov.convert_model`` from an example patch (per-channel norms
-written out as one MVN each first, :func:`~autoseg.models.registry.spatial_instance_norms`) and
+written out as one MVN each first, :func:`~autoseg.models.norms.spatial_instance_norms`) and
 stored as ``.xml`` + ``.bin`` in ``.openvino/`` next to the checkpoint it came from, under a name made
 of the checkpoint's name, size and modification time, the input shape, the OpenVINO version and
 :data:`GRAPH_VERSION`, so a retrained checkpoint or an older conversion is converted again. The int8
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from autoseg.core.fileops import atomic_write_json
-from autoseg.models.registry import spatial_instance_norms
+from autoseg.models.norms import spatial_instance_norms
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: quantized layers int8, the rest f32
 OPENVINO_CACHE = ".openvino"  # converted networks, in each fold folder next to the checkpoint
@@ -130,7 +130,7 @@ def convert_to_openvino(network: nn.Module, shape: Sequence[int], source: Path |
 
 def _convert(network: nn.Module, shape: Sequence[int]):
     """``ov.convert_model`` of a copy of ``network`` whose per-channel norms are written out for
-    OpenVINO (:func:`~autoseg.models.registry.spatial_instance_norms`: one MVN each instead of
+    OpenVINO (:func:`~autoseg.models.norms.spatial_instance_norms`: one MVN each instead of
     reshape -> MVN -> reshape and two layout conversions)."""
     import openvino as ov
 

@@ -86,9 +86,10 @@ def merge_folds(model_dir: Path, splits: Splits, file_ending: str) -> tuple[Path
     return out, probabilities
 
 
-def _dice_case(ref: Path, pred: Path, targets: dict[str, tuple[int, ...]], ignore_label, force_itk: bool):
-    ref_seg, spacing = read_label_map(ref, force_itk)
-    pred_seg, _ = read_label_map(pred, force_itk)
+def _dice_case(ref: Path, pred: Path, targets: dict[str, tuple[int, ...]], ignore_label, force_itk: bool,
+               declared: tuple[int, ...] | None = None):
+    ref_seg, spacing = read_label_map(ref, force_itk, declared)
+    pred_seg, _ = read_label_map(pred, force_itk, declared)
     metrics = case_metrics(ref_seg, pred_seg, spacing, targets, ignore_label=ignore_label, distances=False)
     return {name: m.dice for name, m in metrics.items()}
 
@@ -98,8 +99,8 @@ def mean_dice(gt_dir: Path, pred_dir: Path, cases: Sequence[str], spec: DatasetS
     """Per-target mean Dice over ``cases`` (undefined cases left out) and their foreground mean."""
     targets = evaluation_targets(spec.labels)
     e = spec.file_ending
-    jobs = [(Path(gt_dir) / f"{c}{e}", Path(pred_dir) / f"{c}{e}", targets, spec.ignore_label, spec.force_itk)
-            for c in cases]
+    jobs = [(Path(gt_dir) / f"{c}{e}", Path(pred_dir) / f"{c}{e}", targets, spec.ignore_label, spec.force_itk,
+             tuple(spec.label_values)) for c in cases]
     rows = list(run_bounded(_dice_case, jobs, workers, progress, description))
     means: dict[str, float | None] = {}
     for name in targets:

@@ -29,22 +29,31 @@ from autoseg.inference.probabilities import (
     save_probabilities,
 )
 from autoseg.io import file_ending, read_geometry, strip_ending, write_like
+from autoseg.paths import folder_output, same_path
 from autoseg.postprocessing import apply_postprocessing
 from autoseg.progress import progress_bar
 
 
 def _index(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """``({case: npz}, {case: segmentation})`` of one folder."""
+    """``({case: npz}, {case: segmentation})`` of one folder. Two files that map to one case, or to
+    case names that differ only in upper/lower case (their outputs would collide), are refused."""
     if not folder.is_dir():
         raise PredictError(f"{folder}: folder not found")
-    npz, segs = {}, {}
+    npz, segs, seen = {}, {}, {}
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or not p.is_file():
             continue
         if p.name.endswith(".npz"):
-            npz[p.name[:-4]] = p
+            kind, case = "npz", p.name[:-4]
         elif file_ending(p):
-            segs[strip_ending(p.name, p.name[-len(file_ending(p)):])] = p
+            kind, case = "seg", strip_ending(p.name, p.name[-len(file_ending(p)):])
+        else:
+            continue
+        twin = seen.setdefault((kind, case.casefold()), p)
+        if twin != p:
+            raise PredictError(f"{twin} and {p.name}: two files for one case (names that differ only in ending or "
+                               "upper/lower case); keep one")
+        (npz if kind == "npz" else segs)[case] = p
     return npz, segs
 
 
@@ -100,8 +109,9 @@ def ensemble_folders(in_dirs: Sequence[Path], out_dir: Path, *, regions_class_or
     out_dir = Path(out_dir)
     if len(in_dirs) < 2:
         raise PredictError("ensembling needs at least two folders of predictions with probabilities")
-    if out_dir.resolve() in {d.resolve() for d in in_dirs}:
+    if any(same_path(out_dir, d) for d in in_dirs):
         raise PredictError(f"{out_dir}: write the ensemble to a folder other than its inputs")
+    folder_output(out_dir, "-o")
     indexes = [_index(d) for d in in_dirs]
     cases = sorted(set().union(*(set(npz) for npz, _ in indexes)))
     if not cases:

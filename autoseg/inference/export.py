@@ -32,13 +32,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoseg import __version__
+from autoseg import __version__, jsonfiles
 from autoseg.artifacts import Artifact, ArtifactError
 from autoseg.core.checkpoint import (TRAINING_KEYS, CheckpointError, ModelRecord, checkpoint_bytes, load_checkpoint,
                                      weights_digest)
 from autoseg.core.fileops import atomic_write_with, staged_folder, writing_into
 from autoseg.inference.conversion import QUANTIZATION_FILE, QuantizeError, int8_status, read_records, records_document
 from autoseg.inference.predictor import choose_checkpoints, load_predictor
+from autoseg.paths import file_output, inside, refuse_overwriting_inputs
 from autoseg.workspace import DATASET_FILE, Workspace, fold_folder_name, model_folder_name
 
 MANIFEST_NAME = "manifest.json"
@@ -90,17 +91,24 @@ def _exported_checkpoint(ckpt: dict) -> bytes:
     return checkpoint_bytes({k: v for k, v in ckpt.items() if k not in TRAINING_KEYS})
 
 
-def _dataset_json(model_root: Path, record: ModelRecord) -> bytes:
-    """The dataset.json the model was trained with (imported model or workspace copy), else rebuilt
-    from the checkpoint's dataset record."""
+def dataset_json_path(model_root: Path) -> Path | None:
+    """The dataset.json the model was trained with: the imported model's copy or the workspace's
+    (:meth:`~autoseg.workspace.Workspace.dataset_json`); None when neither exists."""
+    model_root = Path(model_root)
     candidates = [model_root / DATASET_FILE]
     owner = Workspace.holding_model(model_root)  # <workdir>/results/<Dataset>/<model folder>
     if owner is not None:
         workspace, dataset_name = owner
         candidates.append(workspace.dataset_json(dataset_name))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.read_bytes()
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _dataset_json(model_root: Path, record: ModelRecord) -> bytes:
+    """The dataset.json the model was trained with (:func:`dataset_json_path`), else rebuilt from the
+    checkpoint's dataset record."""
+    found = dataset_json_path(model_root)
+    if found is not None:
+        return found.read_bytes()
     d = record.dataset
     data = {"channel_names": {str(i): c for i, c in enumerate(d.channel_names)}, "labels": d.labels,
             "numTraining": 0, "file_ending": d.file_ending}
@@ -121,7 +129,7 @@ def export_onnx(network, example_shape: Sequence[int], tolerance: float = ONNX_T
     try:
         import onnxruntime
     except ImportError:
-        raise ExportError("--onnx needs onnx and onnxruntime: pip install -e '.[onnx]'") from None
+        raise ExportError("--onnx needs onnx and onnxruntime: pip install -e '.[onnx]' (in the autoseg checkout)") from None
     network = network.eval()
     x = torch.randn(tuple(example_shape), generator=torch.Generator().manual_seed(seed))
     buf = io.BytesIO()
@@ -145,6 +153,8 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
     model_dir = Path(model_dir)
     model = load_predictor(model_dir, folds, checkpoint)  # validates folds agree and networks build
     root = model.model_dir
+    refuse_overwriting_inputs(Path(out_zip), [p for p in root.rglob("*") if p.is_file()], "-o")
+    file_output(Path(out_zip), "-o", ".zip")
     folder = root.name if len(root.name.split("__")) == 3 else model_folder_name(model.arch, model.plans.plans_name,
                                                                                  model.config.name)
     entries: dict[str, bytes] = {}
@@ -219,7 +229,7 @@ def check_member(info: zipfile.ZipInfo, source: Path) -> None:
 
 def read_manifest(zf: zipfile.ZipFile, source: Path) -> ExportManifest:
     try:
-        data = json.loads(zf.read(MANIFEST_NAME))
+        data = jsonfiles.loads(zf.read(MANIFEST_NAME), f"{source}:{MANIFEST_NAME}")
     except KeyError:
         raise ExportError(f"{source}: no {MANIFEST_NAME}; not a model exported with `autoseg export`") from None
     except (ValueError, zipfile.BadZipFile) as e:
@@ -256,6 +266,9 @@ def _verified_files(zf: zipfile.ZipFile, manifest: ExportManifest, source: Path)
 def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) -> Path:
     """Install an exported model into ``<workdir>/results/<Dataset>/<model folder>``; returns that folder."""
     zip_path = Path(zip_path)
+    if zip_path.is_dir():
+        raise ExportError(f"{zip_path}: is a folder; give the .zip written by `autoseg export` (a model folder is "
+                          "used as it is: autoseg predict --model FOLDER)")
     if not zip_path.is_file():
         raise ExportError(f"{zip_path}: file not found")
     try:
@@ -271,6 +284,9 @@ def import_model(zip_path: Path, workspace: Workspace, overwrite: bool = False) 
     target = results / manifest.model_folder
     if target.exists() and not overwrite:
         raise ExportError(f"{target}: a model is already installed there; pass --overwrite to replace it")
+    if inside(zip_path, target):
+        raise ExportError(f"{zip_path}: lies inside {target}, the folder it would replace; move the zip out of it "
+                          "first")
     with staged_folder(target) as new:  # an installed model is replaced in one step
         for name, data in files.items():
             dest = new.parent.joinpath(*name.split("/"))  # names start with the model folder's

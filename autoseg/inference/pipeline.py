@@ -23,6 +23,7 @@ run is writing there) first deletes the temporary files a killed run left for it
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import threading
@@ -40,6 +41,7 @@ from autoseg.inference.probabilities import regions_order
 from autoseg.inference.restore import to_input_geometry
 from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending, write_like
 from autoseg.io.images import ImageReadError, gzip_problem
+from autoseg.paths import folder_output, os_error_message, same_path
 from autoseg.postprocessing import apply_postprocessing
 from autoseg.preprocessing import finish_case, load_case
 from autoseg.progress import progress_bar
@@ -76,6 +78,8 @@ class PredictReport:
     failed: tuple[tuple[str, str], ...] = ()
     seconds: float = 0.0
     engine: str = ""
+    notes: tuple[str, ...] = ()  # e.g. DICOM objects left out (autoseg.inference.sources)
+    summary: tuple[str, ...] = ()  # console lines, e.g. the statistics (autoseg.inference.sources)
 
     @property
     def ok(self) -> bool:
@@ -123,9 +127,15 @@ def find_inputs(in_dir: Path, channel_names: tuple[str, ...]) -> list[InputCase]
         raise PredictError(f"{in_dir}: input folder not found")
     channels: dict[str, dict[int, list[Path]]] = {}
     singles: dict[str, list[Path]] = {}
+    unusable: dict[str, str] = {}  # case -> why one of its entries is not an image file
     for p in sorted(in_dir.iterdir()):
         ending = file_ending(p)
-        if p.name.startswith(".") or not ending or not p.is_file():
+        if p.name.startswith(".") or not ending:
+            continue
+        if not p.is_file():
+            why = (f"{p}: broken symbolic link (to {os.readlink(p)}); fix the link or remove it" if p.is_symlink()
+                   else f"{p}: is a folder, not an image file; move it out of the input folder")
+            unusable.setdefault(_case_of(strip_ending(p.name, p.name[-len(ending):])), why)
             continue
         stem = strip_ending(p.name, p.name[-len(ending):])
         m = _CHANNEL_RE.match(stem)
@@ -133,11 +143,50 @@ def find_inputs(in_dir: Path, channel_names: tuple[str, ...]) -> list[InputCase]
             channels.setdefault(m["case"], {}).setdefault(int(m["channel"]), []).append(p)
         else:
             singles.setdefault(stem, []).append(p)
-    names = sorted(set(channels) | set(singles))
+    names = sorted(set(channels) | set(singles) | set(unusable))
     if not names:
         raise PredictError(f"{in_dir}: no images to predict (expected {{case}}_0000 files ending in "
                            f"{', '.join(SUPPORTED_ENDINGS)})")
-    return [_case_from_files(c, channels.get(c, {}), singles.get(c, []), tuple(channel_names)) for c in names]
+    cases = [_case_from_files(c, channels.get(c, {}), singles.get(c, []), tuple(channel_names)) if c not in unusable
+             else InputCase(c, (), "", f"case '{c}': {unusable[c]}") for c in names]
+    return _refuse_case_collisions(cases)
+
+
+def _case_of(stem: str) -> str:
+    m = _CHANNEL_RE.match(stem)
+    return m["case"] if m else stem
+
+
+def _refuse_case_collisions(cases: list[InputCase]) -> list[InputCase]:
+    """Cases whose ids differ only in upper/lower case (``Liver_1``, ``liver_1``) would write the same
+    output file on case-insensitive file systems: each is given a problem naming the other's files."""
+    groups: dict[str, list[InputCase]] = {}
+    for c in cases:
+        groups.setdefault(c.case_id.casefold(), []).append(c)
+    out = []
+    for c in cases:
+        others = [o for o in groups[c.case_id.casefold()] if o is not c]
+        if others and not c.problem:
+            names = ", ".join(p.name for o in others for p in o.files) or others[0].case_id
+            c = InputCase(c.case_id, c.files, c.ending, f"case '{c.case_id}': its name differs from {names} only "
+                          "in upper/lower case, so their outputs collide on case-insensitive file systems (macOS, "
+                          "Windows); rename one")
+        out.append(c)
+    return out
+
+
+def output_problems(cases: list[InputCase], out_dir: Path) -> list[InputCase]:
+    """``cases``, where something that is not a file (a folder) stands at a case's output path given a
+    problem naming that path and the fix."""
+    out = []
+    for c in cases:
+        blocked = [p for p in (Path(out_dir) / c.output_name(), Path(out_dir) / f"{c.case_id}.npz")
+                   if p.exists() and not p.is_file()]
+        if blocked and not c.problem:
+            c = InputCase(c.case_id, c.files, c.ending, f"{blocked[0]}: a folder stands where this case's output "
+                          "goes; move it away or choose another -o")
+        out.append(c)
+    return out
 
 
 def is_done(case: InputCase, out_dir: Path, save_probabilities: bool) -> bool:
@@ -211,6 +260,8 @@ def write_case(prepared: Prepared, probs: np.ndarray, model: Predictor, out_dir:
 def _message(e: BaseException) -> str:
     if isinstance(e, MemoryError):
         return "out of memory; close other programs or predict on a machine with more memory"
+    if isinstance(e, OSError) and os_error_message(e):
+        return os_error_message(e)
     if isinstance(e, (ValueError, OSError)) and str(e):
         return str(e)
     return f"{type(e).__name__}: {e}"
@@ -318,9 +369,10 @@ def predict_folder(model: Predictor, in_dir: Path, out_dir: Path, *, step: float
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not 0 < step <= 1:
         raise PredictError(f"--step {step}: the window step is a fraction of the patch size in (0, 1]; default 0.5")
-    if out_dir.resolve() == in_dir.resolve():
+    if same_path(out_dir, in_dir):
         raise PredictError(f"{out_dir}: write predictions to another folder than the input images")
-    cases = find_inputs(in_dir, model.spec.channel_names)
+    folder_output(out_dir, "-o")
+    cases = output_problems(find_inputs(in_dir, model.spec.channel_names), out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with writing_into(out_dir, output_names(cases)):
         return _predict_cases(model, cases, out_dir, step, tta, save_probabilities, overwrite, device, backend,

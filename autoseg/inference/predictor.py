@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoseg.core.checkpoint import (CHECKPOINTS, CheckpointError, ModelRecord, load_checkpoint, state_digest,
-                                     weights_digest)
+from autoseg.core.checkpoint import (CHECKPOINTS, CheckpointError, ModelRecord, load_checkpoint, nonfinite_tensors,
+                                     state_digest, weights_digest)
 from autoseg.dataset import DatasetSpec
 from autoseg.planning.plans import ConfigurationPlan, Plans, matches_plans
 from autoseg.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision
@@ -87,7 +87,8 @@ class Predictor:
     """The networks of the chosen folds of one trained configuration (CPU, eval mode) and their context.
 
     ``spec`` is rebuilt from the checkpoint's dataset record (labels, channels, regions, file ending);
-    ``mirror_axes`` are the patch axes mirrored in training (all of them), used for test-time
+    ``mirror_axes`` are the patch axes mirrored in training (all of them; for a model imported from
+    nnU-Net, those its trainer allowed, none for ``NoMirroring`` trainers), used for test-time
     augmentation; ``postprocessing`` is the cross-validation decision when one was saved."""
 
     model_dir: Path
@@ -100,9 +101,12 @@ class Predictor:
     networks: Sequence[Any]  # a tuple of modules, or FoldNetworks (built on first use)
     postprocessing: PostprocessingDecision | None = None
     checkpoint_paths: tuple[Path, ...] = ()  # one per network (empty for hand-built predictors)
+    allowed_mirror_axes: tuple[int, ...] | None = None  # from the checkpoint (imported nnU-Net models); None: all
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
+        if self.allowed_mirror_axes is not None:
+            return self.allowed_mirror_axes
         return tuple(range(len(self.config.patch_size)))
 
     @property
@@ -195,13 +199,14 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     paths = choose_checkpoints(model_dir, folds, checkpoint)
     first_path = next(iter(paths.values()))
     states, reference = [], None
-    plans = config = spec = arch = None
+    plans = config = spec = arch = mirror_axes = None
     for fold, path in paths.items():
         ckpt, record = _load(path)
         if reference is None:
             reference = record
             plans = Plans.from_dict(record.plans, source=str(path))
             config, arch = plans.configuration(record.configuration), record.arch
+            mirror_axes = record.inference_mirror_axes
             spec = spec_from_record(record)
             _check_owner(model_dir, spec, path)
             if config.previous_stage:
@@ -210,6 +215,10 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
         elif not record.same_model_as(reference):
             raise PredictorError(f"{path}: fold {fold} was trained with other plans, configuration, architecture or "
                                  f"labels than {first_path}; predict with the folds of one training only (--folds)")
+        bad = nonfinite_tensors(ckpt["model"])
+        if bad:  # e.g. written by an autoseg that saved diverged runs: it would predict background everywhere
+            raise PredictorError(f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+                                 "the training diverged: use another checkpoint (--checkpoint best) or retrain")
         states.append({"model": ckpt["model"], "record": record, "source": path})
         del ckpt  # the optimiser state and the rest are not needed
 
@@ -219,7 +228,8 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     model_root = Path(model_dir) if fold_of(model_dir) is None else Path(model_dir).parent
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=FoldNetworks(states, build),
-                     postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()))
+                     postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()),
+                     allowed_mirror_axes=mirror_axes)
 
 
 def _load(path: Path) -> tuple[dict[str, Any], ModelRecord]:

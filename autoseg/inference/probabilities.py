@@ -63,6 +63,10 @@ def load_probabilities(path: Path) -> SavedProbabilities:
             tuple(b - a for a, b in bbox) != probs.shape[1:]:
         raise ProbabilitiesError(f"{path}: probabilities {probs.shape}, crop box {bbox} and shape {shape} do not fit "
                                  "together; predict the case again")
+    n_bad = int(probs.size - np.count_nonzero(np.isfinite(probs)))
+    if n_bad:  # after the float32 cast: argmax would silently pick a class for NaN voxels
+        raise ProbabilitiesError(f"{path}: {n_bad} probabilities are NaN or infinite; predict the case again with "
+                                 "--save-probabilities")
     return SavedProbabilities(probs, bbox, shape, rco or None)
 
 

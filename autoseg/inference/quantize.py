@@ -137,9 +137,10 @@ def quantize_model(model, data_folder: Path, splits, *, patches: int = DEFAULT_P
     import openvino as ov  # optional (pip install -e '.[quantize]'): imported when quantizing
 
     if patches < 1 or check_cases < 1:
-        raise QuantizeError(f"need at least one calibration patch and one check case (got {patches}, {check_cases})")
+        raise QuantizeError(f"need at least one calibration patch (--patches) and one check case (--check-cases); "
+                            f"got {patches} and {check_cases}")
     if tolerance < 0:
-        raise QuantizeError(f"tolerance must be >= 0, got {tolerance}")
+        raise QuantizeError(f"--tolerance must be >= 0, got {tolerance}")
     shape = (1, model.num_channels, *model.config.patch_size)
     say = progress or (lambda message: None)
     results = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,70 @@ def _geometry_from_nifti(img) -> Geometry:
     return Geometry(shape=shape, spacing=zooms, affine=affine)
 
 
+# Largest relative difference between the header's spacings (pixdim, qform, sform) that still counts as
+# one grid; the same tolerance as Geometry.mismatches (which also bounds origin and direction). ITK warns
+# about the same disagreements ("unexpected scales in sform") but reads such files anyway.
+HEADER_RTOL = 1e-3
+
+
+def _affine_geometry(affine: np.ndarray, shape: tuple[int, ...]) -> Geometry:
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = tuple(float(x) for x in np.linalg.norm(affine[:3, :3], axis=0))
+    return Geometry(shape=shape, spacing=spacing, affine=tuple(tuple(float(x) for x in row) for row in affine))
+
+
+def _orthogonalised(affine: np.ndarray) -> np.ndarray:
+    """``affine`` with its direction replaced by the closest orthogonal one (SVD), voxel sizes kept:
+    the best a qform (a rotation) can say about a sheared sform; nibabel writes qforms this way."""
+    affine = np.array(affine, dtype=np.float64)
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    u, _, vt = np.linalg.svd(affine[:3, :3] / np.where(norms == 0, 1.0, norms))
+    affine[:3, :3] = (u @ vt) * norms
+    return affine
+
+
+def _raw_nifti_header(path: Path, header_class):
+    """The header as stored, before nibabel's fixes (nibabel turns a zero pixdim into 1 mm on load)."""
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        return header_class.from_fileobj(f, check=False)
+
+
+def nifti_header_problem(path: Path, img) -> str | None:
+    """Why the NIfTI header of ``img`` (read from ``path``) does not describe one voxel grid, else None.
+
+    autoseg takes spacing from pixdim and origin/direction from the affine nibabel chooses (the sform
+    when its code is set, else the qform, else pixdim alone), so the three must agree: a pixdim that
+    is zero, negative or not a number, a qform and sform that describe different grids, or a pixdim
+    that differs from the voxel size of the chosen affine is refused rather than silently mixed."""
+    header = img.header
+    try:
+        raw = _raw_nifti_header(path, type(header))
+    except Exception:  # unreadable headers fail in nibabel's own reader with their own message
+        return None
+    n = max(1, min(3, int(raw["dim"][0])))
+    pixdim = np.asarray(raw["pixdim"][1:1 + n], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        return (f"{path}: the header's voxel spacing (pixdim) is {_fmt(pixdim)}: zero, negative or not a number; "
+                "set pixdim to the voxel size in mm (e.g. nibabel: img.header.set_zooms(...)) and re-export")
+    shape = tuple(int(s) for s in img.shape)
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    if qcode > 0 and scode > 0:
+        sform = _affine_geometry(_orthogonalised(header.get_sform()), shape)
+        diff = _affine_geometry(header.get_qform(), shape).mismatches(sform, rtol=HEADER_RTOL)
+        if diff:
+            return (f"{path}: the header's qform and sform describe different grids (qform vs sform: "
+                    f"{'; '.join(diff)}); find out which one is right and make the other agree (e.g. nibabel: "
+                    "img.set_qform(img.get_sform()), or FSL: fslorient -copysform2qform), then re-export")
+    used = "sform" if scode > 0 else "qform" if qcode > 0 else None
+    norms = np.asarray(_affine_geometry(img.affine, shape).spacing[:n])
+    if used and not np.allclose(norms, pixdim, rtol=HEADER_RTOL, atol=1e-6):
+        return (f"{path}: the header's voxel spacing (pixdim {_fmt(pixdim)}) differs from the voxel size of its "
+                f"{used} {_fmt(norms)}; find out which one is right and fix the other (e.g. nibabel: "
+                "img.header.set_zooms(...) or img.set_sform(...)), then re-export")
+    return None
+
+
 def _geometry_from_itk(img) -> Geometry:
     dim = img.GetDimension()
     size = tuple(int(s) for s in img.GetSize())
@@ -118,13 +183,19 @@ def _use_itk(path: Path, force_itk: bool) -> bool:
     return force_itk or ending in ITK_ENDINGS
 
 
-def _load_nifti(path: Path):
+def _load_nifti(path: Path, check_header: bool = True):
+    """The nibabel image; with ``check_header``, :class:`ImageReadError` when its header is not
+    consistent (:func:`nifti_header_problem`)."""
     import nibabel as nib
 
     try:
-        return nib.load(str(path))
+        img = nib.load(str(path))
     except Exception as e:  # nibabel raises several types for broken headers
         raise ImageReadError(f"{path}: not a readable NIfTI file ({e}); re-export it") from None
+    problem = nifti_header_problem(path, img) if check_header else None
+    if problem:
+        raise ImageReadError(problem)
+    return img
 
 
 def _load_itk(path: Path):
@@ -137,14 +208,35 @@ def _load_itk(path: Path):
         raise ImageReadError(f"{path}: cannot be read ({msg}); re-export it") from None
 
 
+def _valid_spacing(path: Path, geometry: Geometry) -> Geometry:
+    """``geometry``, or :class:`ImageReadError` when a spacing is zero, negative or not a number."""
+    spacing = np.asarray(geometry.spacing[:3], dtype=np.float64)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ImageReadError(f"{path}: invalid voxel spacing {_fmt(spacing)} (zero, negative or not a number); fix "
+                             "the header (pixdim / spacing) and re-export")
+    return geometry
+
+
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be read, with the fix."""
+    if path.is_dir():
+        return f"{path}: is a folder; give an image file"
+    if path.is_symlink():
+        return f"{path}: broken symbolic link (to {os.readlink(path)}); fix the link or remove it"
+    return f"{path}: file not found"
+
+
 def read_geometry(path: Path | str, force_itk: bool = False) -> Geometry:
-    """Geometry of an image from its header only (fast; does not read voxels)."""
+    """Geometry of an image from its header only (fast; does not read voxels). Raises
+    :class:`ImageReadError` for an invalid spacing or an inconsistent NIfTI header."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError(_not_a_file(path))
     if _use_itk(path, force_itk):
         import SimpleITK as sitk
 
+        if file_ending(path) in NIFTI_ENDINGS:
+            _load_nifti(path)  # SimpleITK reads NIfTI geometry too, but does not refuse an inconsistent header
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
@@ -161,19 +253,23 @@ def read_geometry(path: Path | str, force_itk: bool = False) -> Geometry:
         img.SetDirection(direction.ravel().tolist())
         img.SetOrigin(origin.tolist())
         g = _geometry_from_itk(img)
-        return Geometry(shape=size, spacing=g.spacing, affine=g.affine)
-    return _geometry_from_nifti(_load_nifti(path))
+        return _valid_spacing(path, Geometry(shape=size, spacing=g.spacing, affine=g.affine))
+    return _valid_spacing(path, _geometry_from_nifti(_load_nifti(path)))
 
 
 def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read one file: voxels in the file's dtype, shape (X, Y, Z) (or as many axes as the file has;
-    trailing singleton axes beyond the third are dropped) and its geometry."""
+    trailing singleton axes beyond the third are dropped) and its geometry. Raises
+    :class:`ImageReadError` for an invalid spacing or an inconsistent NIfTI header
+    (:func:`nifti_header_problem`)."""
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError(_not_a_file(path))
     if _use_itk(path, force_itk):
         import SimpleITK as sitk
 
+        if file_ending(path) in NIFTI_ENDINGS:
+            _load_nifti(path)  # SimpleITK reads NIfTI geometry too, but does not refuse an inconsistent header
         img = _load_itk(path)
         try:
             arr = sitk.GetArrayFromImage(img)
@@ -192,18 +288,45 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
         geometry = _geometry_from_nifti(img)
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
-    return arr, geometry
+    return arr, _valid_spacing(path, geometry)
 
 
-def nonfinite_problem(path: Path | str, arr: np.ndarray) -> str | None:
-    """The message for a float volume holding NaN or infinite voxels, else None."""
+WORKING_DTYPE = np.float32  # what images are computed in (read_image, preprocessing, networks)
+_FINITE_CHUNK = 1 << 24  # voxels cast at a time when checking finiteness (bounds the extra memory)
+
+
+def count_nonfinite(arr: np.ndarray, dtype=WORKING_DTYPE) -> int:
+    """Voxels that are NaN or infinite once ``arr`` is cast to ``dtype``, the type the data is used in.
+
+    A float64 voxel at 1e39 is finite in the file but infinite in float32, so the count is taken after
+    the cast (in chunks, so a large volume costs little extra memory). Integer volumes always fit."""
     if arr.dtype.kind != "f":
-        return None
-    n_bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+        return 0
+    flat = arr.reshape(-1)
+    if np.dtype(arr.dtype).itemsize <= np.dtype(dtype).itemsize:
+        return flat.size - int(np.count_nonzero(np.isfinite(flat)))
+    bad = 0
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        part = flat[start:start + _FINITE_CHUNK]
+        with np.errstate(over="ignore"):
+            bad += part.size - int(np.count_nonzero(np.isfinite(part.astype(dtype))))
+    return bad
+
+
+def nonfinite_problem(path: Path | str, arr: np.ndarray, dtype=WORKING_DTYPE) -> str | None:
+    """The message for a float volume holding NaN or infinite voxels, counted after the cast to
+    ``dtype`` (values beyond its range become infinite there), else None."""
+    n_bad = count_nonfinite(arr, dtype)
     if not n_bad:
         return None
-    return (f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the background value) "
-            "and re-export")
+    n_file = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if n_file == n_bad:
+        return (f"{path}: {n_bad} voxel(s) are NaN or infinite; replace them (e.g. by 0 or the background value) "
+                "and re-export")
+    limit = float(np.finfo(dtype).max)
+    return (f"{path}: {n_bad} voxel(s) are NaN, infinite or beyond the {np.dtype(dtype).name} range "
+            f"(|value| > {limit:.3g}, {n_bad - n_file} of them finite in the file); replace them (e.g. by 0 or the "
+            "background value) or rescale the image, and re-export")
 
 
 def gzip_problem(path: Path | str) -> str | None:
@@ -285,7 +408,7 @@ def write_like(array: np.ndarray, reference: Path | str, out_path: Path | str, f
                 img.set_qform(affine, code=1)
                 img.set_sform(affine, code=1)
             else:
-                ref = _load_nifti(reference)
+                ref = _load_nifti(reference, check_header=False)  # checked when the case was read
                 header = ref.header.copy()
                 header.set_data_dtype(array.dtype)
                 img = nib.Nifti1Image(array, ref.affine, header)

@@ -1,5 +1,6 @@
-"""Segmentation networks, looked up by name in :data:`autoseg.models.registry.MODELS`."""
+"""Segmentation networks, looked up by name in :data:`autoseg.models.registry.ARCHITECTURES`."""
 
-from autoseg.models.registry import MODELS, ModelError, build_model, get_builder
+from autoseg.models.architecture import Architecture, ModelError
+from autoseg.models.registry import ARCHITECTURES, build_model, get_architecture
 
-__all__ = ["MODELS", "ModelError", "build_model", "get_builder"]
+__all__ = ["ARCHITECTURES", "Architecture", "ModelError", "build_model", "get_architecture"]

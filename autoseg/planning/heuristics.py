@@ -18,8 +18,7 @@ import numpy as np
 from autoseg.fingerprint import IntensityStats
 from autoseg.planning.plans import NormalizationPlan, ResamplingPlan
 from autoseg.planning.settings import PlannerSettings
-from autoseg.planning.topology import (Topology, estimate_feature_map_size, network_topology, stage_features,
-                                       swin_features, swin_topology)
+from autoseg.planning.topology import ArchitectureRules, Topology
 
 
 def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]],
@@ -75,7 +74,8 @@ def median_resampled_shape(spacings, shapes, new_spacing) -> tuple[float, ...]:
     return tuple(float(m) for m in np.median(np.asarray(new, dtype=np.float64), axis=0))
 
 
-NORMALIZATION_BY_NAME = {"ct": "ct", "nonorm": "none", "rescale_to_0_1": "rescale_0_1", "zscore": "zscore"}
+NORMALIZATION_BY_NAME = {"ct": "ct", "nonorm": "none", "rescale_to_0_1": "rescale_0_1", "rgb_to_0_1": "rgb_0_1",
+                         "zscore": "zscore"}
 
 
 def normalization_plan(channel_names: Sequence[str], intensity_stats: Sequence[IntensityStats],
@@ -84,7 +84,8 @@ def normalization_plan(channel_names: Sequence[str], intensity_stats: Sequence[I
     """One plan per channel, chosen by channel name (case-insensitive).
 
     "CT": clip to the dataset foreground [p0.5, p99.5], then subtract the foreground mean and divide
-    by its std (global statistics). "noNorm": none. "rescale_to_0_1": per-image min-max. Any other
+    by its std (global statistics). "noNorm": none. "rescale_to_0_1": per-image min-max. "rgb_to_0_1":
+    divided by 255. Any other
     name: per-image z-score, computed inside the non-zero mask when the median relative size after
     cropping is below ``mask_threshold`` (cropping removed over a quarter of the typical image, so
     the zero background is large and would dominate the statistics).
@@ -134,25 +135,11 @@ class PatchPlan:
     estimate: int
 
 
-def _layout(spacing, patch, settings: PlannerSettings) -> Topology:
-    if settings.architecture == "swin_unetr":
-        return swin_topology(patch, settings.patch_divisible_by)
-    return network_topology(spacing, patch, settings.min_feature_map_edge, settings.single_axis_pool_factor,
-                            settings.patch_divisible_by)
-
-
-def _estimate(topo: Topology, n_classes: int, settings: PlannerSettings):
-    dims = len(topo.patch_size)
+def _estimate(topo: Topology, n_classes: int, settings: PlannerSettings, arch: ArchitectureRules):
     n = topo.n_stages
-    if settings.architecture == "swin_unetr":
-        # proxy: a plain U-Net with SwinUNETR's channels per resolution (see planners/swin_unetr.toml)
-        features = swin_features(settings.base_features)
-    else:
-        features = stage_features(n, settings.base_features, settings.max_features(dims))
+    features = arch.features(n, len(topo.patch_size), settings)
     enc, dec = settings.encoder_blocks(n), settings.decoder_blocks(n)
-    est = estimate_feature_map_size(topo.patch_size, topo.strides, features, n_classes, enc, dec,
-                                    residual=settings.architecture == "resenc_unet")
-    return est, features, enc, dec
+    return arch.estimate(topo, features, n_classes, enc, dec), features, enc, dec
 
 
 def _axis_to_shrink(patch, median_shape, can_shrink) -> int | None:
@@ -163,21 +150,13 @@ def _axis_to_shrink(patch, median_shape, can_shrink) -> int | None:
     return max(axes, key=lambda a: (patch[a] / median_shape[a], a))
 
 
-def _can_shrink(patch, steps, axis: int, architecture: str) -> bool:
-    """Whether ``patch[axis]`` may lose one step: it stays positive; for SwinUNETR every edge stays at
-    least one step (32) and one edge stays above it (see :func:`swin_topology`)."""
-    trial = list(patch)
-    trial[axis] -= steps[axis]
-    if architecture != "swin_unetr":
-        return trial[axis] >= 1
-    return trial[axis] >= steps[axis] and any(q > d for q, d in zip(trial, steps))
-
-
 def patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], dataset_voxels: float,
-                    n_classes: int, settings: PlannerSettings) -> PatchPlan:
+                    n_classes: int, settings: PlannerSettings, arch: ArchitectureRules) -> PatchPlan:
     """Largest patch (then batch) that fits the memory budget.
 
-    Start from :func:`initial_patch_size`; while ``estimate * b / ref_batch`` exceeds the budget
+    ``arch`` (the entry of ``settings.architecture``) lays the network out for a patch
+    (``arch.layout``: pooling, kernels, divisibility), gives its features and its memory estimate, and
+    says which axes may shrink. Start from :func:`initial_patch_size`; while ``estimate * b / ref_batch`` exceeds the budget
     (``settings.reference_estimate``; ``b`` = ``shrink_until_batch``), shrink the axis with the
     largest patch / median-shape ratio by its divisibility step (the step of the already reduced
     patch, so sizes such as 224 between multiples of 64 are not skipped) and recompute the topology.
@@ -187,19 +166,19 @@ def patch_and_batch(spacing: Sequence[float], median_shape: Sequence[float], dat
     dims = len(spacing)
     budget = settings.reference_estimate(dims)
     ref_bs = settings.reference_batch(dims)
-    topo = _layout(spacing, initial_patch_size(spacing, median_shape, settings.patch_volume(dims)), settings)
-    est, features, enc, dec = _estimate(topo, n_classes, settings)
+    topo = arch.layout(spacing, initial_patch_size(spacing, median_shape, settings.patch_volume(dims)), settings)
+    est, features, enc, dec = _estimate(topo, n_classes, settings, arch)
     while est * settings.shrink_until_batch(dims) / ref_bs > budget:
         patch = list(topo.patch_size)
-        can_shrink = [_can_shrink(patch, topo.divisible_by, a, settings.architecture) for a in range(len(patch))]
+        can_shrink = [arch.can_shrink(patch, topo.divisible_by, a) for a in range(len(patch))]
         axis = _axis_to_shrink(patch, median_shape, can_shrink)
         if axis is None:
             break
         trial = list(patch)
         trial[axis] -= topo.divisible_by[axis]
-        patch[axis] -= _layout(spacing, trial, settings).divisible_by[axis]
-        topo = _layout(spacing, patch, settings)
-        est, features, enc, dec = _estimate(topo, n_classes, settings)
+        patch[axis] -= arch.layout(spacing, trial, settings).divisible_by[axis]
+        topo = arch.layout(spacing, patch, settings)
+        est, features, enc, dec = _estimate(topo, n_classes, settings, arch)
     batch = round(budget / est * ref_bs)
     cap = round(dataset_voxels * settings.max_dataset_coverage / float(np.prod(topo.patch_size, dtype=np.float64)))
     batch = max(min(batch, cap), settings.min_batch_size)

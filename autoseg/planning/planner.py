@@ -1,7 +1,7 @@
 """Experiment planner: fingerprint + dataset spec + settings -> :class:`Plans`.
 
 Configurations (nnU-Net v2 rules, ``ExperimentPlanner.plan_experiment`` in
-nunetv2/experiment_planning/experiment_planners/default_experiment_planner.py):
+nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py):
 
 - ``3d_fullres`` at the target spacing, unless the data is 2D-like (median size 1 along the first,
   coarsest axis after transposition);
@@ -10,6 +10,11 @@ nunetv2/experiment_planning/experiment_planners/default_experiment_planner.py):
   covers less than ``lowres_threshold`` of the median image: the spacing grows in steps of
   ``lowres_spacing_step`` until a patch covers enough; dropped again when the lowres median image
   is less than ``lowres_min_voxel_ratio`` times smaller than the fullres one.
+
+Only configurations whose network can be built and trained are kept
+(:mod:`autoseg.planning.trainable`); the others are named with their reason in
+``settings["unplanned_configurations"]``, and a default configuration that cannot be built refuses
+the plan (the images are too small for a U-Net).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from autoseg.planning.heuristics import (PatchPlan, median_resampled_shape, need
                                          transpose_order)
 from autoseg.planning.plans import ConfigurationPlan, Plans
 from autoseg.planning.settings import PlannerSettings
+from autoseg.planning.topology import ArchitectureRules
+from autoseg.planning.trainable import configuration_problems
+
+UNPLANNED_KEY = "unplanned_configurations"  # Plans.settings: {configuration: why it was left out}
 
 
 class PlanningError(ValueError):
@@ -53,7 +62,7 @@ def _configuration(name: str, spacing, median_shape, pp: PatchPlan, batch_dice: 
 
 
 def _lowres_search(spacing, median_shape, fullres: PatchPlan, n_cases: int, n_classes: int,
-                   settings: PlannerSettings):
+                   settings: PlannerSettings, arch: ArchitectureRules):
     """Coarsen the spacing until a patch covers ``lowres_threshold`` of the median image.
 
     Returns ``(spacing, median_shape, PatchPlan)`` or ``None`` (not needed, or too close to fullres).
@@ -67,7 +76,7 @@ def _lowres_search(spacing, median_shape, fullres: PatchPlan, n_cases: int, n_cl
         low_median = base / np.asarray(low_spacing) * median
         shape = tuple(float(round(m)) for m in low_median)
         voxels = float(np.prod(low_median))
-        pp = patch_and_batch(low_spacing, shape, voxels * n_cases, n_classes, settings)
+        pp = patch_and_batch(low_spacing, shape, voxels * n_cases, n_classes, settings, arch)
         lowres = (low_spacing, shape, pp)
         patch = pp.patch_size
     if lowres is not None and float(np.prod(median) / np.prod(low_median)) < settings.lowres_min_voxel_ratio:
@@ -75,15 +84,37 @@ def _lowres_search(spacing, median_shape, fullres: PatchPlan, n_cases: int, n_cl
     return lowres
 
 
+def _check_intensity(fingerprint: Fingerprint) -> None:
+    """Every channel's intensity statistics must be finite: CT normalisation uses them, and NaN or inf
+    there means the images hold no usable voxel or values beyond float32 (plans would normalise to NaN)."""
+    bad = []
+    for name, st in zip(fingerprint.channel_names, fingerprint.intensity):
+        values = {k: getattr(st, k) for k in ("mean", "std", "percentile_00_5", "percentile_99_5")}
+        if not all(math.isfinite(v) for v in values.values()):
+            bad.append(f"channel '{name}' ({', '.join(f'{k} {v:g}' for k, v in values.items())})")
+    if bad:
+        raise PlanningError(f"the fingerprint of {fingerprint.dataset_name} has non-finite intensity statistics for "
+                            f"{'; '.join(bad)}: the images hold no non-zero voxel or values beyond the float32 "
+                            "range; fix the images (`autoseg plan --check-only` lists them), then rerun "
+                            "`autoseg plan --fresh`")
+
+
 def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: PlannerSettings,
-                    plans_name: str = "autosegPlans") -> Plans:
-    """Plan every configuration for a dataset. Pure: reads nothing from disk."""
+                    plans_name: str = "autosegPlans", *, arch: ArchitectureRules) -> Plans:
+    """Plan every configuration for a dataset. Pure: reads nothing from disk.
+
+    ``arch`` is the registry entry of ``settings.architecture``
+    (``autoseg.models.get_architecture(settings.architecture)``): its rules lay out the networks."""
+    if arch.name != settings.architecture:
+        raise PlanningError(f"planner preset '{settings.preset}' plans for architecture '{settings.architecture}' "
+                            f"but the rules of '{arch.name}' were given")
     if not fingerprint.cases:
         raise PlanningError(f"the fingerprint of {fingerprint.dataset_name} holds no cases; "
                             f"rerun `autoseg fingerprint` on a dataset with training cases")
     if len(fingerprint.intensity) != spec.num_channels:
         raise PlanningError(f"the fingerprint has {len(fingerprint.intensity)} channel(s) but dataset.json of "
                             f"{spec.name} declares {spec.num_channels}; rerun `autoseg fingerprint`")
+    _check_intensity(fingerprint)
     spacing_xyz = target_spacing(fingerprint.spacings, fingerprint.shapes_after_crop,
                                  settings.anisotropy_threshold, settings.anisotropic_spacing_percentile)
     median_xyz = median_resampled_shape(fingerprint.spacings, fingerprint.shapes_after_crop, spacing_xyz)
@@ -96,12 +127,12 @@ def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: Plann
     thr = settings.anisotropy_threshold
     configs: dict[str, ConfigurationPlan] = {}
 
-    pp2d = patch_and_batch(spacing[1:], median[1:], dataset_voxels, n_classes, settings)
+    pp2d = patch_and_batch(spacing[1:], median[1:], dataset_voxels, n_classes, settings, arch)
     configs["2d"] = _configuration("2d", spacing[1:], median[1:], pp2d, True, "3d_fullres", settings, thr)
     is_3d = median[0] != 1
     if is_3d:
-        full = patch_and_batch(spacing, median, dataset_voxels, n_classes, settings)
-        low = _lowres_search(spacing, median, full, n_cases, n_classes, settings)
+        full = patch_and_batch(spacing, median, dataset_voxels, n_classes, settings, arch)
+        low = _lowres_search(spacing, median, full, n_cases, n_classes, settings, arch)
         fullres = _configuration("3d_fullres", spacing, median, full, low is not None, "3d_fullres", settings, thr)
         configs["3d_fullres"] = fullres
         if low is not None:
@@ -109,6 +140,11 @@ def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: Plann
             configs["3d_lowres"] = _configuration("3d_lowres", low_spacing, low_median, low_pp, False,
                                                   "3d_lowres", settings, thr)
             configs["3d_cascade_fullres"] = replace(fullres, name="3d_cascade_fullres", previous_stage="3d_lowres")
+    default = "3d_fullres" if is_3d else "2d"
+    wanted = configs[default]
+    configs, unplanned = _trainable_only(configs, arch)
+    if default in unplanned:
+        raise PlanningError(_too_small(spec.name, wanted, unplanned[default], settings))
     norm = normalization_plan(spec.channel_names, fingerprint.intensity, fingerprint.median_relative_size_after_crop,
                               settings.mask_for_norm_threshold)
     return Plans(
@@ -121,7 +157,43 @@ def plan_experiment(fingerprint: Fingerprint, spec: DatasetSpec, settings: Plann
         labels=dict(spec.labels),
         normalization=norm,
         configurations=configs,
-        default_configuration="3d_fullres" if is_3d else "2d",
+        default_configuration=default,
         settings={**settings.to_dict(), "target_spacing_xyz": list(spacing_xyz),
-                  "median_shape_xyz": list(median_xyz)},
+                  "median_shape_xyz": list(median_xyz), **({UNPLANNED_KEY: unplanned} if unplanned else {})},
     )
+
+
+def unplanned_configurations(plans: Plans) -> dict[str, str]:
+    """The configurations the planner left out of ``plans`` because their network could not be built
+    or trained, each with the reason (:mod:`autoseg.planning.trainable`)."""
+    found = plans.settings.get(UNPLANNED_KEY)
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _trainable_only(configs: dict[str, ConfigurationPlan], architecture: ArchitectureRules
+                    ) -> tuple[dict[str, ConfigurationPlan], dict[str, str]]:
+    """The configurations whose network can be built and trained, and why each other one cannot
+    (:func:`~autoseg.planning.trainable.configuration_problems`); the cascade goes with its lowres stage."""
+    kept, unplanned = {}, {}
+    for name, cfg in configs.items():
+        problems = configuration_problems(cfg, architecture)
+        if cfg.previous_stage is not None and cfg.previous_stage not in kept and not problems:
+            problems = [f"its previous stage {cfg.previous_stage} is not planned"]
+        if problems:
+            unplanned[name] = "; ".join(problems)
+        else:
+            kept[name] = cfg
+    return kept, unplanned
+
+
+def _too_small(dataset: str, cfg: ConfigurationPlan, reason: str, settings: PlannerSettings) -> str:
+    """The refusal when the default configuration cannot be built: what is wrong and what to do."""
+    shape = "x".join(str(m) for m in cfg.median_shape)
+    mm = "x".join(f"{s:.3g}" for s in cfg.spacing)
+    edge = settings.min_feature_map_edge
+    return (f"{dataset}: the images are too small for a {cfg.spatial_dims}D U-Net: the median image is {shape} "
+            f"voxels at {mm} mm "
+            f"after resampling, and {reason} (an axis needs at least {2 * edge} voxels to be downsampled, "
+            f"{settings.single_axis_pool_factor * edge} when it is the only one). Pad or resample the images to "
+            f"more voxels, or plan a smaller network with a planner preset that sets a smaller bottleneck edge: "
+            f"a .toml file holding `min_feature_map_edge = {max(1, edge // 2)}`, given as `--planner FILE.toml`")

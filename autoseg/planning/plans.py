@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from autoseg.artifacts import Artifact
+from autoseg.planning.settings import DEFAULT_ARCHITECTURE
 
 PLANS_SCHEMA_VERSION = 1
 DEFAULT_PRESET = "default"
@@ -29,8 +31,8 @@ class NormalizationPlan:
     """How one channel is normalised.
 
     scheme: "ct" (clip to [clip_low, clip_high], then (x - mean) / std with dataset foreground
-    statistics), "zscore" (per image, over the non-zero mask when ``use_mask``), "rescale_0_1" or
-    "none".
+    statistics), "zscore" (per image, over the non-zero mask when ``use_mask``), "rescale_0_1",
+    "rgb_0_1" (divided by 255) or "none".
     """
 
     channel_name: str
@@ -56,6 +58,32 @@ class ResamplingPlan:
 
 
 @dataclass(frozen=True)
+class NnUNetNetwork:
+    """The network of a model imported from nnU-Net v2 (``autoseg import``): the
+    ``dynamic_network_architectures`` class and its arguments, read from the ``architecture`` entry
+    of nnU-Net's plans. torch classes are named by their ``torch.nn`` name (``Conv3d``,
+    ``InstanceNorm3d``, ``LeakyReLU``); ``blocks_per_stage`` is ``n_conv_per_stage`` of a
+    ``PlainConvUNet`` or ``n_blocks_per_stage`` of a ``ResidualEncoderUNet``. Built by
+    :func:`autoseg.models.nnunet.build_nnunet_network`."""
+
+    class_name: str
+    n_stages: int
+    features_per_stage: tuple[int, ...]
+    conv_op: str
+    kernel_sizes: tuple[tuple[int, ...], ...]
+    strides: tuple[tuple[int, ...], ...]
+    blocks_per_stage: tuple[int, ...]
+    convs_per_decoder_stage: tuple[int, ...]
+    conv_bias: bool
+    norm_op: str | None
+    norm_op_kwargs: dict[str, Any]
+    dropout_op: str | None
+    dropout_op_kwargs: dict[str, Any]
+    nonlin: str | None
+    nonlin_kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ConfigurationPlan:
     """One trainable configuration (``2d``, ``3d_fullres``, ``3d_lowres``, ``3d_cascade_fullres``).
 
@@ -76,10 +104,11 @@ class ConfigurationPlan:
     features: tuple[int, ...]
     batch_dice: bool
     data_identifier: str
-    architecture: str = "unet"
+    architecture: str = DEFAULT_ARCHITECTURE
     blocks_per_stage: tuple[int, ...] = ()
     resampling: ResamplingPlan = field(default_factory=ResamplingPlan)
     previous_stage: str | None = None
+    nnunet_network: NnUNetNetwork | None = None  # architecture "nnunet": a model imported from nnU-Net v2
 
     @property
     def num_pools_per_axis(self) -> tuple[int, ...]:

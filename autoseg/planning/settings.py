@@ -13,7 +13,10 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHITECTURES = ("unet", "resenc_unet", "swin_unetr")
+# the architecture a preset without an ``architecture`` key plans for (an entry of autoseg.models.registry)
+DEFAULT_ARCHITECTURE = "unet"
+
+
 def _presets_dir() -> Path:
     """``autoseg/planners`` in an installed package, else the checkout's top-level ``planners/``."""
     package = Path(__file__).resolve().parents[1]
@@ -22,10 +25,6 @@ def _presets_dir() -> Path:
 
 
 PRESETS_DIR = _presets_dir()
-
-# MONAI SwinUNETR downsamples 5 times (patch embedding /2, then 4 patch-merging stages), so every
-# spatial size must be divisible by 2**5 (MONAI raises otherwise).
-SWIN_DOWNSAMPLINGS = 5
 
 
 class PresetError(ValueError):
@@ -43,8 +42,9 @@ class PlannerSettings:
     """
 
     preset: str = "default"
-    # "unet" (plain conv U-Net), "resenc_unet" (residual encoder) or "swin_unetr" (MONAI SwinUNETR)
-    architecture: str = "unet"
+    # the network planned for: a name in autoseg.models.registry.ARCHITECTURES (its entry states the
+    # layout, feature and memory rules the planner applies)
+    architecture: str = DEFAULT_ARCHITECTURE
     # nnU-Net configuration.py ANISO_THRESHOLD: an axis is "thick" when its spacing > 3x the others
     anisotropy_threshold: float = 3.0
     # nnU-Net determine_fullres_target_spacing: thick axis uses the 10th percentile of its spacings
@@ -93,16 +93,13 @@ class PlannerSettings:
     lowres_min_voxel_ratio: float = 2.0
     # nnU-Net: z-score inside the non-zero mask when median relative size after crop < 3/4
     mask_for_norm_threshold: float = 0.75
-    # extra divisibility of every patch edge (1 = only the 2**pools rule). SwinUNETR needs 32.
+    # extra divisibility of every patch edge (1 = only the architecture's own rule, e.g. 2**pools)
     patch_divisible_by: int = 1
 
     def __post_init__(self) -> None:
         problems = []
-        if self.architecture not in ARCHITECTURES:
-            problems.append(f"architecture '{self.architecture}' is unknown; choices: {', '.join(ARCHITECTURES)}")
-        if self.architecture == "swin_unetr" and self.patch_divisible_by % 2 ** SWIN_DOWNSAMPLINGS:
-            problems.append(f"swin_unetr needs patch_divisible_by to be a multiple of {2 ** SWIN_DOWNSAMPLINGS}, "
-                            f"got {self.patch_divisible_by}")
+        if not self.architecture:
+            problems.append("architecture must name an architecture")
         for name in ("anisotropy_threshold", "gpu_memory_gb", "reference_vram_gb", "reference_estimate_3d",
                      "reference_estimate_2d", "max_dataset_coverage", "lowres_threshold",
                      "lowres_min_voxel_ratio", "patch_divisible_by", "min_feature_map_edge", "base_features"):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from autoseg.planning.settings import SWIN_DOWNSAMPLINGS
+from autoseg.planning.settings import PlannerSettings
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,29 @@ class Topology:
     @property
     def n_stages(self) -> int:
         return len(self.strides)
+
+
+class ArchitectureRules(Protocol):
+    """What the planner asks the architecture it plans for (an entry of ``autoseg.models.registry``,
+    given to :func:`autoseg.planning.planner.plan_experiment` by the caller)."""
+
+    name: str
+
+    def layout(self, spacing: Sequence[float], patch: Sequence[float], settings: PlannerSettings) -> Topology:
+        """The network layout for a requested patch, the patch padded to the network's divisibility."""
+
+    def features(self, n_stages: int, dims: int, settings: PlannerSettings) -> tuple[int, ...]:
+        """Channels per stage."""
+
+    def estimate(self, topology: Topology, features: Sequence[int], n_classes: int, encoder_blocks: Sequence[int],
+                 decoder_blocks: Sequence[int]) -> int:
+        """Feature-map elements of the network for one sample (the quantity nnU-Net's budget is in)."""
+
+    def can_shrink(self, patch: Sequence[int], steps: Sequence[int], axis: int) -> bool:
+        """Whether the planner may take one divisibility step off ``patch[axis]``."""
+
+    def problems(self, plan) -> list:
+        """What keeps a configuration plan from being built and trained as this network (empty: nothing)."""
 
 
 def pad_to_multiple(size: float, step: int) -> int:
@@ -84,34 +107,9 @@ def network_topology(spacing: Sequence[float], patch_size: Sequence[float], min_
     return Topology(tuple(kernels), tuple(strides), tuple(num_pools), padded, divisible)
 
 
-def swin_topology(patch_size: Sequence[float], divisor: int = 2 ** SWIN_DOWNSAMPLINGS) -> Topology:
-    """SwinUNETR's fixed layout: 5 downsamplings on every axis, 3-kernels; each patch edge rounded
-    to the nearest multiple of ``divisor`` (halves round up), at least one ``divisor``.
-
-    Rounding to the nearest multiple, not up, keeps e.g. a 35-voxel median edge at a 32 patch
-    instead of a 64 patch that would be half padding. A patch of ``divisor`` on every axis would
-    leave a single-voxel bottleneck, which instance norm rejects, so then the largest requested
-    edge (the last one on ties) becomes ``2 * divisor``.
-    """
-    dims = len(patch_size)
-    n = SWIN_DOWNSAMPLINGS
-    patch = [max(divisor, int(math.floor(p / divisor + 0.5)) * divisor) for p in patch_size]
-    if all(p == divisor for p in patch):
-        patch[max(range(dims), key=lambda a: (patch_size[a], a))] = 2 * divisor
-    patch = tuple(patch)
-    strides = ((1,) * dims,) + ((2,) * dims,) * n
-    return Topology(((3,) * dims,) * (n + 1), strides, (n,) * dims, patch, (divisor,) * dims)
-
-
 def stage_features(n_stages: int, base: int, maximum: int) -> tuple[int, ...]:
     """Channels per stage: ``min(base * 2**i, maximum)`` (nnU-Net: 32 doubling, capped at 320 / 512)."""
     return tuple(min(base * 2 ** i, maximum) for i in range(n_stages))
-
-
-def swin_features(feature_size: int) -> tuple[int, ...]:
-    """Channels per resolution of MONAI SwinUNETR: full, /2, /4, /8, /16, /32 ->
-    fs, fs, 2fs, 4fs, 8fs, 16fs."""
-    return (feature_size,) + tuple(feature_size * 2 ** i for i in range(SWIN_DOWNSAMPLINGS))
 
 
 def estimate_feature_map_size(patch_size: Sequence[int], strides: Sequence[Sequence[int]],

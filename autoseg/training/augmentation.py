@@ -8,7 +8,7 @@ draw the parameters ourselves instead of seeding MONAI's ``Rand*`` transforms: s
 but the parameters can be inspected, forced and tested.)
 
 Order and probabilities (batchgeneratorsv2 as configured by ``nnUNetTrainer.get_training_transforms``,
-nunetv2/training/nnUNetTrainer/nnUNetTrainer.py):
+nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py):
 
 1. spatial: rotation p 0.2 (3D: each axis U(-30, 30) deg; 2D: U(-180, 180), or U(-15, 15) when the
    patch's long/short side > 1.5), isotropic scaling p 0.2 U(0.7, 1.4), no elastic deformation.

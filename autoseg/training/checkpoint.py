@@ -3,7 +3,8 @@
 The file format, its digests and the record of what a model is live in
 :mod:`autoseg.core.checkpoint`; this module adds the training state (``optimizer``, ``scaler``, ``schedule``: ``{"name": "poly", "epoch",
 "initial_lr", "exponent", "max_epochs"}``, ``rng``: python / numpy / torch / cuda generator states,
-``train_state``: EMA and best EMA pseudo Dice, epochs since best, per-epoch history).
+``train_state``: EMA and best EMA pseudo Dice, epochs since best, per-epoch history, the time budget
+spent so far and its plan (``train --time-budget``, :mod:`autoseg.training.budget`)).
 
 The run folder holds ``checkpoint_latest.pt`` (every epoch), ``checkpoint_best.pt`` (when the EMA
 pseudo Dice improves) and ``checkpoint_final.pt`` (end of training; the latest is then removed).
@@ -20,6 +21,10 @@ import torch
 
 from autoseg.core.checkpoint import BEST, FINAL, FORMAT, FORMAT_VERSION, LATEST, save_checkpoint
 from autoseg.training.trainer import Callback, Run, TrainState
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """Weights with NaN or infinite values were about to be saved (training diverged)."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -70,7 +75,8 @@ def make_checkpoint(run: Run) -> dict[str, Any]:
                      "max_epochs": s.epochs},
         "rng": rng_state(),
         "train_state": {"epoch": run.state.epoch, "ema": run.state.ema, "best_ema": run.state.best_ema,
-                        "epochs_since_best": run.state.epochs_since_best, "history": run.state.history},
+                        "epochs_since_best": run.state.epochs_since_best, "history": run.state.history,
+                        "budget_elapsed": run.state.budget_elapsed, "budget_plan": run.state.budget_plan},
     }
 
 
@@ -82,7 +88,8 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
         run.scaler.load_state_dict(ckpt["scaler"])
     t = ckpt["train_state"]
     run.state = TrainState(epoch=int(t["epoch"]), ema=t["ema"], best_ema=t["best_ema"],
-                           epochs_since_best=int(t["epochs_since_best"]), history=list(t["history"]))
+                           epochs_since_best=int(t["epochs_since_best"]), history=list(t["history"]),
+                           budget_elapsed=float(t.get("budget_elapsed") or 0.0), budget_plan=t.get("budget_plan"))
     set_rng_state(ckpt["rng"])
 
 

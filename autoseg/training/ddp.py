@@ -97,6 +97,13 @@ def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Maximum of ``tensor`` over ranks (in place) and return it; unchanged for one process."""
+    if ctx.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.is_distributed and dist.is_initialized():
         dist.barrier()

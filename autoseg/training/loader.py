@@ -33,6 +33,7 @@ from autoseg.planning.plans import ConfigurationPlan
 from autoseg.storage import PreprocessedCase, is_case_done, open_case
 from autoseg.training.augmentation import AugmentSettings, apply_augmentation, draw_augmentation, read_margin
 from autoseg.sampling import draw_patch_box, forced_count, oversampling_classes, read_patch
+from autoseg.training.stopping import ignore_in_workers
 
 TRAIN_STREAM, VAL_STREAM = 0, 1    # separate random streams, so validation never repeats training batches
 DEFAULT_PREFETCH = 2               # batches queued per worker (torch's default)
@@ -176,6 +177,7 @@ def default_num_workers() -> int:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers run numpy/scipy per patch; threads would fight the trainer
+    ignore_in_workers()  # SIGTERM/SIGINT to the process group: the trainer stops and closes us
 
 
 def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:

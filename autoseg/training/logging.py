@@ -19,6 +19,7 @@ from typing import Any
 
 from autoseg.core.fileops import atomic_write_bytes
 from autoseg.progress import _make_progress
+from autoseg.training.budget import BudgetPlan
 from autoseg.training.trainer import Callback, Run
 
 LOG_JSONL, LOG_TXT, PROGRESS_PNG = "log.jsonl", "training_log.txt", "progress.png"
@@ -79,6 +80,12 @@ def plot_progress(history: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
+def log_line(run_dir: Path, line: str) -> None:
+    """Append a time-stamped line to the run's text log."""
+    with open(run_dir / LOG_TXT, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
+
+
 class LogCallback(Callback):
     """Writes the three log files of the run folder (rank 0 only, like every callback)."""
 
@@ -86,8 +93,7 @@ class LogCallback(Callback):
         self.plot = plot
 
     def _text(self, run: Run, line: str) -> None:
-        with open(run.run_dir / LOG_TXT, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
+        log_line(run.run_dir, line)
 
     def on_train_start(self, run: Run) -> None:
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,11 +107,15 @@ class LogCallback(Callback):
                         f"{f' ({run.amp_dtype})'.replace('torch.', '') if run.amp_dtype else ' (fp32)'}, "
                         f"{s.epochs} epochs x {s.iters_per_epoch} iterations, "
                         f"{run.dist.world_size} process(es)")
+        if run.state.budget_plan:
+            self._text(run, BudgetPlan(**run.state.budget_plan).describe())
 
     def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
         with open(run.run_dir / LOG_JSONL, "a") as f:
             f.write(_json_line(record))
         self._text(run, describe_epoch(record, run.settings.epochs))
+        if record.get("budget_plan"):
+            self._text(run, BudgetPlan(**record["budget_plan"]).describe())
         if record.get("early_stopped"):
             self._text(run, f"early stop: no better EMA pseudo Dice for {run.settings.early_stop} epochs")
         if self.plot:
@@ -126,6 +136,8 @@ class ProgressBarCallback(Callback):
     def on_train_start(self, run: Run) -> None:
         self._progress = _make_progress()
         self._progress.start()
+        if run.state.budget_plan:
+            self._progress.console.print(BudgetPlan(**run.state.budget_plan).describe())
 
     def on_epoch_start(self, run: Run, epoch: int) -> None:
         self._task = self._progress.add_task(f"epoch {epoch + 1}/{run.settings.epochs}",
@@ -137,6 +149,8 @@ class ProgressBarCallback(Callback):
     def on_epoch_end(self, run: Run, record: dict[str, Any]) -> None:
         self._progress.remove_task(self._task)
         self._progress.console.print(describe_epoch(record, run.settings.epochs))
+        if record.get("budget_plan"):
+            self._progress.console.print(BudgetPlan(**record["budget_plan"]).describe())
 
     def on_train_end(self, run: Run) -> None:
         if self._progress is not None:

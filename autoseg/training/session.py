@@ -12,6 +12,9 @@ every case. Under torchrun every rank calls :func:`train` with its
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,31 +22,47 @@ from typing import Any
 
 import torch
 
-from autoseg.core.checkpoint import BEST, FINAL, LATEST, DatasetRecord, ModelRecord, load_checkpoint
+from autoseg.core.checkpoint import (BEST, FINAL, LATEST, DatasetRecord, ModelRecord, NonFiniteWeightsError,
+                                     load_checkpoint)
 from autoseg.core.runlock import LOCK_NAME, RunLock
 from autoseg.core.runtime import resolve_amp, resolve_device, seed_everything
 from autoseg.dataset import DatasetSpec
-from autoseg.models import MODELS, build_model
+from autoseg.inference.sliding import window_starts
+from autoseg.models import ARCHITECTURES, build_model
+from autoseg.models.registry import check_buildable
+from autoseg.planning.planner import unplanned_configurations
 from autoseg.planning.plans import Plans
 from autoseg.progress import progress_bar
 from autoseg.splits import Fold, Splits
+from autoseg.storage import CaseProperties
 from autoseg.training import ddp
+from autoseg.training.budget import TimeBudget
 from autoseg.training.checkpoint import CheckpointCallback, restore
 from autoseg.training.loader import Sampling, Workers, make_train_loader, make_val_loader
-from autoseg.training.logging import LogCallback, ProgressBarCallback
+from autoseg.training.durations import format_duration
+from autoseg.training.logging import LogCallback, ProgressBarCallback, log_line
 from autoseg.training.losses import make_loss
-from autoseg.training.trainer import Run, Targets, TrainSettings, fit, make_optimizer
+from autoseg.training.trainer import NonFiniteLossError, Run, Targets, TrainSettings, fit, make_optimizer
 from autoseg.training.validation import ValidationJob, validate
 from autoseg.workspace import Workspace
 
 # Settings that may change when resuming; any other difference would make the resumed run differ
 # from the uninterrupted one, so it is refused.
 RESUMABLE_CHANGES = frozenset({"epochs", "early_stop", "device", "num_workers", "compile", "save_probabilities",
-                               "val_mirroring"})
+                               "val_mirroring", "time_budget"})
 
 
 class TrainError(ValueError):
     """A training request that cannot run as given (the message says what to change)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights became NaN/inf; the run stopped and its last good checkpoints are kept."""
+
+
+def _kept_checkpoints(run_dir: Path) -> str:
+    kept = [n for n in (LATEST, BEST, FINAL) if (run_dir / n).is_file()]
+    return f"kept from earlier epochs: {', '.join(kept)}" if kept else "no checkpoint had been written yet"
 
 
 @dataclass(frozen=True)
@@ -109,13 +128,15 @@ def parse_folds(folds: Sequence[int | str], n_folds: int) -> list[int | str]:
 
 
 def train(workspace: Workspace, request: TrainRequest, dist=None, progress: bool = True,
-          callbacks: Sequence = ()) -> list[Path]:
+          callbacks: Sequence = (), stop=None) -> list[Path]:
     """Train each fold of ``request`` (:func:`jobs_for`) one after another; returns the run folders.
 
     ``dist``: this process's :class:`~autoseg.training.ddp.DistContext` (default: a single process);
-    ``callbacks``: extra trainer hooks (:class:`~autoseg.training.trainer.Callback`) for every fold."""
+    ``callbacks``: extra trainer hooks (:class:`~autoseg.training.trainer.Callback`) for every fold;
+    ``stop``: the installed :class:`~autoseg.training.stopping.StopSignals` (SIGTERM/SIGINT end
+    training after the current step with :class:`~autoseg.training.stopping.TrainingStopped`)."""
     dist = dist or ddp.SINGLE
-    return [run_job(job, dist, progress, callbacks) for job in jobs_for(workspace, request)]
+    return [run_job(job, dist, progress, callbacks, stop) for job in jobs_for(workspace, request)]
 
 
 def jobs_for(workspace: Workspace, request: TrainRequest) -> list[TrainJob]:
@@ -135,11 +156,13 @@ def jobs_for(workspace: Workspace, request: TrainRequest) -> list[TrainJob]:
     plans = Plans.load(plans_file)
     config = request.config or plans.default_configuration
     if config not in plans.configurations:
-        raise TrainError(f"configuration '{config}' is not planned for {name}; choices: "
+        why = unplanned_configurations(plans).get(config)
+        raise TrainError(f"configuration '{config}' is not planned for {name}{f' ({why})' if why else ''}; choices: "
                          f"{', '.join(plans.configurations)}")
     arch = request.arch or plans.configurations[config].architecture
-    if arch not in MODELS:
-        raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(MODELS)}")
+    if arch not in ARCHITECTURES:
+        raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(ARCHITECTURES)}")
+    check_buildable(arch, plans.configurations[config])  # before any run folder is made
     splits = Splits.load(workspace.splits_file(name))
     fold_list = parse_folds(request.folds, len(splits.folds))
     if request.resume and request.pretrained is not None:
@@ -185,8 +208,9 @@ def model_record(plans, config: str, arch: str, fold, spec, settings) -> ModelRe
                        settings=settings.to_dict())
 
 
-def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()) -> Path:
-    """Build, (resume,) fit and validate one fold; returns its run folder."""
+def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = (), stop=None) -> Path:
+    """Build, (resume,) fit and validate one fold; returns its run folder (``stop``: see :func:`train`)."""
+    started = time.monotonic()  # a time budget counts from here
     run_dir = job.run_dir
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
@@ -200,7 +224,9 @@ def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()
         plans_file = job.workspace.plans_file(job.dataset_name, job.plans.plans_name)
         raise TrainError(f"--resume: {plans_file.name} of {job.dataset_name} changed since {run_dir} was started; "
                          "train a new run (delete the folder) or restore the old plans")
-    lock = RunLock(run_dir).acquire() if dist.is_main else None
+    made = missing_folders(run_dir, job.workspace.root) if dist.is_main else []
+    lock = RunLock(run_dir, notify=_tell).acquire() if dist.is_main else None
+    done = False  # a failure removes the folders this call made, when they are still empty
     try:
         if lock is not None:
             remove_temporaries(run_dir)
@@ -210,6 +236,10 @@ def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()
         elif job.pretrained is not None:
             load_pretrained(run.model, job.pretrained)
         run.network = _wrap(run, dist)
+        if stop is not None:
+            run.stop = stop
+        if settings.time_budget is not None:
+            run.budget = make_time_budget(job, run, dist, started)
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
@@ -219,11 +249,44 @@ def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()
             _finish_checkpoints(run)
         ddp.barrier(dist)
         if dist.is_main and (not finished or not (run_dir / "validation" / "summary.json").is_file()):
+            validation_started = time.monotonic()
             _final_validation(job, run, progress)
+            if run.budget is not None:
+                _log_budget_use(run, time.monotonic() - validation_started)
+        done = True
     finally:
         if lock is not None:
             lock.release()
+        if not done:
+            remove_empty(made)
     return run_dir
+
+
+def _tell(line: str) -> None:
+    """A line for the user while the command works (stderr, so stdout keeps only results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def missing_folders(folder: Path, root: Path) -> list[Path]:
+    """``folder`` and those of its parents below ``root`` that do not exist yet, deepest first: what
+    a start that fails before training must remove again."""
+    root = Path(root).resolve()
+    out = []
+    for p in (folder, *folder.parents):
+        if p.exists() or p.resolve() == root or root not in p.resolve().parents:
+            break
+        out.append(p)
+    return out
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is empty: a failed start leaves no half-made run
+    folder, and a folder holding anything (an earlier run's files) is never touched."""
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:  # not empty, or already gone
+            return
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -281,6 +344,36 @@ def make_batch_factories(folder: Path, fold_cases, cfg, spec, settings, batch_si
     return train_batches, (lambda epoch: val_loader)
 
 
+def make_time_budget(job: TrainJob, run: Run, dist, started: float) -> TimeBudget:
+    """The run's :class:`~autoseg.training.budget.TimeBudget`: the final validation's network
+    evaluations counted from the validation cases' preprocessed shapes (sliding-window patches at
+    the validation's step, times the mirrorings), the epoch cap from the run's settings (or the
+    plan an interrupted run stored)."""
+    cfg = job.plans.configuration(job.config)
+    windows = 0
+    for case in job.fold_cases.val:
+        shape = CaseProperties.load(job.data_folder / f"{case}.json").shape_after_resample
+        windows += math.prod(len(window_starts(n, p, 0.5)) for n, p in zip(shape[-len(cfg.patch_size):],
+                                                                             cfg.patch_size))
+    mirrorings = 2 ** len(cfg.patch_size) if run.settings.val_mirroring else 1
+    stored = run.state.budget_plan or {}
+    cap = int(stored.get("cap") or run.settings.epochs)
+    batch = ddp.batch_share(run.settings.batch_size or cfg.batch_size, dist)
+    budget = TimeBudget(run.settings.time_budget, windows * mirrorings, cap, batch)
+    budget.session_start = started
+    return budget
+
+
+def _log_budget_use(run: Run, validation_seconds: float) -> None:
+    """How the budget was spent, beside its plan: the final validation's actual time and the total."""
+    plan = run.state.budget_plan or {}
+    used = run.budget.elapsed()
+    log_line(run.run_dir, f"time budget {format_duration(run.budget.seconds)}: used {format_duration(used)} "
+                          f"({100 * used / run.budget.seconds:.0f}%); final validation took "
+                          f"{format_duration(validation_seconds)} (estimated "
+                          f"{format_duration(plan.get('final_validation', 0.0))})")
+
+
 def _wrap(run, dist):
     network = torch.compile(run.model) if run.settings.compile else run.model
     return ddp.wrap(network, dist, run.device)
@@ -291,6 +384,11 @@ def _fit(run, loaders, progress: bool, extra_callbacks: Sequence) -> None:
     callbacks = [LogCallback(), CheckpointCallback(), *([bar] if bar else []), *extra_callbacks]
     try:
         fit(run, loaders[0], loaders[1], callbacks)
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
+        raise TrainingDivergedError(f"{run.run_dir}: {e}; {_kept_checkpoints(run.run_dir)}. Check the data "
+                                    "(`autoseg plan --check-only` on the raw dataset; preprocessed files changed by "
+                                    "hand: delete the preprocessed folder and rerun `autoseg plan`), or start a new "
+                                    "run with --amp fp32 or another --seed") from e
     finally:
         if bar is not None and bar._progress is not None:
             bar._progress.stop()
@@ -310,8 +408,8 @@ def _final_validation(job: TrainJob, run: Run, progress: bool) -> Path:
 
 def load_pretrained(model, source: Path) -> None:
     """Fine-tuning: copy weights from a run folder (its final, else best, else latest checkpoint) or
-    a checkpoint file. Output heads whose shape differs (another number of classes) keep their fresh
-    weights; any other shape difference is an error."""
+    a checkpoint file. Output heads (the head names of the checkpoint's architecture entry) whose shape
+    differs (another number of classes) keep their fresh weights; any other shape difference is an error."""
     source = Path(source)
     path = source
     if source.is_dir():
@@ -319,10 +417,12 @@ def load_pretrained(model, source: Path) -> None:
         if not found:
             raise TrainError(f"--pretrained {source}: no checkpoint there (checkpoint_final.pt, _best.pt, _latest.pt)")
         path = found[0]
-    weights = load_checkpoint(path)["model"]
+    ckpt = load_checkpoint(path)
+    weights = ckpt["model"]
     own = model.state_dict()
     mismatched = [k for k in own if k in weights and weights[k].shape != own[k].shape]
-    heads = [k for k in mismatched if "output_block" in k or "super_head" in k or k.startswith("out.")]
+    arch = ARCHITECTURES.get(ModelRecord.of(ckpt, path).arch)
+    heads = [k for k in mismatched if arch is not None and arch.is_head(k)]
     others = [k for k in mismatched if k not in heads]
     missing = [k for k in own if k not in weights] + [k for k in weights if k not in own]
     if others or missing:

@@ -31,6 +31,7 @@ from autoseg.core.runtime import AMP_CHOICES, DEVICE_CHOICES, autocast
 from autoseg.training import ddp
 from autoseg.training.losses import labels_to_regions, one_hot
 from autoseg.training.schedule import poly_lr
+from autoseg.training.stopping import NEVER, StopSignals, TrainingStopped, pending_stop
 
 EMA_OLD = 0.9  # nnU-Net logger: ema = 0.9 * old + 0.1 * new
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -62,20 +63,23 @@ class TrainSettings:
     oversample_foreground: float = 0.33  # share of each batch forced to hold foreground
     deep_supervision: bool = True
     val_mirroring: bool = True  # mirroring test-time augmentation in the final validation
+    time_budget: float | None = None  # seconds for training + final validation; epochs is then fitted to it
 
     def __post_init__(self):
-        problems = []
+        problems = []  # named as `autoseg train` options, where the values come from
         for name in ("epochs", "iters_per_epoch", "val_iters"):
             if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
+                problems.append(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.early_stop is not None and self.early_stop < 1:
-            problems.append("early_stop (patience in epochs) must be at least 1")
+            problems.append(f"--early-stop (patience in epochs) must be at least 1, got {self.early_stop}")
         if self.device not in DEVICE_CHOICES:
-            problems.append(f"device '{self.device}' is not one of {', '.join(DEVICE_CHOICES)}")
+            problems.append(f"--device '{self.device}' is not one of {', '.join(DEVICE_CHOICES)}")
         if self.amp not in AMP_CHOICES:
-            problems.append(f"amp '{self.amp}' is not one of {', '.join(AMP_CHOICES)}")
+            problems.append(f"--amp '{self.amp}' is not one of {', '.join(AMP_CHOICES)}")
         if self.batch_size is not None and self.batch_size < 1:
             problems.append("batch_size must be at least 1")
+        if self.time_budget is not None and not self.time_budget > 0:
+            problems.append("time_budget must be a positive number of seconds")
         if not 0 <= self.oversample_foreground <= 1:
             problems.append("oversample_foreground must be within 0..1")
         if problems:
@@ -99,6 +103,8 @@ class TrainState:
     best_ema: float | None = None
     epochs_since_best: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    budget_elapsed: float = 0.0  # --time-budget: seconds used by the run so far (all sessions)
+    budget_plan: dict[str, Any] | None = None  # --time-budget: the fitted plan (training.budget.BudgetPlan)
 
 
 @dataclass
@@ -134,6 +140,8 @@ class Run:
     record: ModelRecord | None = None  # what the model is (plans, dataset, fold...), for checkpoints
     stop_requested: bool = False  # ends training after this epoch (callbacks run on rank 0 only, so
     # a callback may set it in single-process runs; early stopping sets it on every rank alike)
+    budget: Any = None  # training.budget.TimeBudget: fits settings.epochs to --time-budget as the run goes
+    stop: StopSignals = NEVER  # SIGTERM/SIGINT recorded while training (autoseg.training.stopping)
 
 
 class Callback:
@@ -154,14 +162,20 @@ class Callback:
 
 def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
         callbacks: Sequence[Callback] = ()) -> Run:
-    """Train from ``run.state.epoch`` to ``settings.epochs`` (or an early stop)."""
-    s = run.settings
+    """Train from ``run.state.epoch`` to ``settings.epochs`` (or an early stop). With a time budget
+    (``run.budget``) the number of epochs is fitted before and after the first epochs, so
+    ``run.settings`` is read afresh every epoch."""
     hooks = list(callbacks) if run.dist.is_main else []
+    if run.budget is not None:
+        run.budget.start(run, val_batches)
     for cb in hooks:
         cb.on_train_start(run)
-    train_iter = train_batches(run.state.epoch * s.iters_per_epoch)
+    train_iter = train_batches(run.state.epoch * run.settings.iters_per_epoch)
+    run.stop.deferred = True  # SIGTERM/SIGINT now only stop the loop at its next check_stop
     try:
-        while run.state.epoch < s.epochs and not run.stop_requested:
+        while run.state.epoch < run.settings.epochs and not run.stop_requested:
+            check_stop(run)  # the finished epochs are saved: stop here rather than start another
+            s = run.settings
             epoch = run.state.epoch
             started = time.perf_counter()
             for group in run.optimizer.param_groups:
@@ -170,23 +184,50 @@ def fit(run: Run, train_batches: BatchFactory, val_batches: ValFactory,
                 cb.on_epoch_start(run, epoch)
             lr = run.optimizer.param_groups[0]["lr"]  # as trained: a callback may have set its own schedule
             train_loss, wait_fraction = train_epoch(run, train_iter, epoch, hooks)
+            check_finite_loss(train_loss, "training", epoch)
+            val_started = time.perf_counter()
             val_loss, dice = validate_epoch(run, val_batches(epoch))
+            val_time = time.perf_counter() - val_started
+            check_finite_loss(val_loss, "validation", epoch)
             for cb in hooks:
                 cb.on_validation_end(run, epoch, dice)
             record = finish_epoch(run.state, epoch, train_loss, val_loss, dice, lr,
                                   time.perf_counter() - started, wait_fraction)
+            record["val_time"] = val_time
             if s.early_stop is not None and run.state.epochs_since_best >= s.early_stop:
                 run.stop_requested = True
                 record["early_stopped"] = True
+            if run.budget is not None:
+                run.budget.after_epoch(run, record)
             for cb in hooks:
                 cb.on_epoch_end(run, record)
+        check_stop(run)
     finally:
+        run.stop.deferred = False
         close = getattr(train_iter, "close", None)
         if close is not None:
             close()
     for cb in hooks:
         cb.on_train_end(run)
     return run
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before saving anything of that epoch."""
+
+    def __init__(self, which: str, epoch: int, loss: float):
+        self.which, self.epoch, self.loss = which, epoch, loss
+        super().__init__(f"the {which} loss of epoch {epoch} is {loss} (not a finite number), so training stopped "
+                         "and nothing of this epoch was saved")
+
+
+def check_finite_loss(loss: float, which: str, epoch: int) -> None:
+    """Raise :class:`NonFiniteLossError` for a NaN/inf epoch loss. Checked once per epoch on the mean over
+    all steps and ranks (one NaN step makes it NaN; every rank sees the same all-reduced value, so all
+    stop together), before the epoch's checkpoint is written: the weights of a diverged epoch are
+    never saved, the previous epoch's checkpoint stays the latest."""
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(which, epoch, loss)
 
 
 def train_epoch(run: Run, batches: Iterator[Batch], epoch: int, hooks: Sequence[Callback]) -> tuple[float, float]:
@@ -206,10 +247,19 @@ def train_epoch(run: Run, batches: Iterator[Batch], epoch: int, hooks: Sequence[
         loss_sum += loss
         for cb in hooks:
             cb.on_batch_end(run, epoch, step, loss)
+        check_stop(run)  # a step is never cut in half; the unfinished epoch is dropped
     elapsed = time.perf_counter() - started
     totals = ddp.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(run.settings.iters_per_epoch),
                                                                     device=run.device)]), run.dist)
     return float(totals[0] / totals[1]), wait / max(elapsed, 1e-9)
+
+
+def check_stop(run: Run) -> None:
+    """Raise :class:`~autoseg.training.stopping.TrainingStopped` on every rank alike when a rank got
+    SIGTERM/SIGINT; the checkpoint of the last finished epoch is the one to resume from."""
+    signum = pending_stop(run.stop, run.dist, run.device)
+    if signum is not None:
+        raise TrainingStopped(signum, run.state.epoch, run.run_dir)
 
 
 def train_step(run: Run, image: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -246,6 +296,7 @@ def validate_epoch(run: Run, batches: Iterable[Batch]) -> tuple[float, list[floa
             logits = run.network(image)
             loss_sum += run.loss_fn(logits, target).float()
         counts += confusion_counts(logits.float(), target, run.targets)
+        check_stop(run)
     ddp.all_reduce_sum(counts, run.dist)
     n = torch.tensor(float(run.settings.val_iters), device=run.device)
     mean_loss = ddp.all_reduce_sum(torch.stack([loss_sum, n]), run.dist)

@@ -248,3 +248,16 @@ def test_folds_linked_to_a_quantized_checkpoint_share_its_int8_network(quantized
     report = api.predict(type(ws)(tmp_path), ws.raw / tw.DATASET / "imagesTr", tmp_path / "out",
                          ModelChoice(model=linked), PredictOptions(**FAST_PREDICT))
     assert report.ok and report.engine == "openvino int8 on cpu"
+
+
+def test_weights_digest_takes_zero_dim_tensors_and_keeps_the_bytes_of_the_others():
+    import hashlib
+
+    from autoseg.core.checkpoint import state_digest
+
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    h = hashlib.sha256()
+    h.update(b"w|torch.float32|(2, 3)|" + w.numpy().tobytes())
+    assert state_digest({"w": w}) == h.hexdigest()  # unchanged for every tensor with a dimension
+    with_count = state_digest({"w": w, "bn.num_batches_tracked": torch.tensor(3)})
+    assert with_count != state_digest({"w": w, "bn.num_batches_tracked": torch.tensor(4)})

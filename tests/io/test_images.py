@@ -167,3 +167,17 @@ def test_write_nifti_like_an_itk_reference(tmp_path):
     assert_same_geometry(read_geometry(ref), read_geometry(out))
     back = write_like(voxels(np.int16), out, tmp_path / "back.mha")
     assert_same_geometry(read_geometry(ref), read_geometry(back))
+
+
+def test_count_nonfinite_counts_after_the_cast_to_float32(monkeypatch):
+    """Issue 15: 1e39 is finite in float64 but infinite in float32, where the data are used; counted in chunks."""
+    import autoseg.io.images as images
+
+    monkeypatch.setattr(images, "_FINITE_CHUNK", 7)  # several chunks for a 4x5x6 volume
+    a = np.zeros((4, 5, 6), np.float64)
+    a[0, 0, 0], a[1, 2, 3], a[3, 4, 5] = 1e39, -1e300, np.nan
+    assert images.count_nonfinite(a) == 3
+    assert images.count_nonfinite(a, np.float64) == 1
+    assert images.count_nonfinite(np.ones((2, 2, 2), np.int64)) == 0
+    message = images.nonfinite_problem("x.nii.gz", a)
+    assert "x.nii.gz: 3 voxel(s)" in message and "beyond the float32 range" in message and "2 of them finite" in message

@@ -1,10 +1,18 @@
 import pytest
 
 from autoseg.fingerprint import IntensityStats
+from autoseg.models import get_architecture
+from autoseg.planning import heuristics
 from autoseg.planning.heuristics import (initial_patch_size, median_resampled_shape, needs_lowres,
-                                         next_lowres_spacing, normalization_plan, patch_and_batch,
-                                         resampled_shape, resampling_plan, target_spacing, transpose_order)
+                                         next_lowres_spacing, normalization_plan, resampled_shape, resampling_plan,
+                                         target_spacing, transpose_order)
 from autoseg.planning.settings import PlannerSettings, load_preset
+
+
+def patch_and_batch(spacing, median_shape, dataset_voxels, n_classes, settings):
+    """The planner's rule for the architecture the settings plan for (its registry entry)."""
+    return heuristics.patch_and_batch(spacing, median_shape, dataset_voxels, n_classes, settings,
+                                      get_architecture(settings.architecture))
 
 STATS = IntensityStats(mean=40.0, median=35.0, std=120.0, min=-1000.0, max=3000.0,
                        percentile_00_5=-950.0, percentile_99_5=1500.0)

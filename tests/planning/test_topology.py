@@ -1,7 +1,6 @@
 import pytest
 
-from autoseg.planning.topology import (estimate_feature_map_size, network_topology, pad_to_multiple, stage_features,
-                                       swin_features, swin_topology)
+from autoseg.planning.topology import estimate_feature_map_size, network_topology, pad_to_multiple, stage_features
 
 
 def test_isotropic_hippocampus_topology():
@@ -37,20 +36,6 @@ def test_fractional_median_is_padded_up():
 def test_extra_divisor_applies_on_top_of_pools():
     t = network_topology((1.0, 1.0, 1.0), (35, 50, 35), extra_divisor=32)
     assert t.divisible_by == (32, 32, 32) and t.patch_size == (64, 64, 64)
-
-
-def test_swin_topology_is_fixed_and_divisible_by_32():
-    t = swin_topology((35, 50, 35))
-    assert t.patch_size == (32, 64, 32)
-    assert t.num_pools == (5, 5, 5) and t.n_stages == 6
-    assert swin_topology((20, 200, 15)).patch_size == (32, 192, 32)
-
-
-def test_swin_topology_never_leaves_a_single_voxel_bottleneck():
-    assert swin_topology((30, 40, 33)).patch_size == (32, 64, 32)  # largest requested edge doubled
-    assert swin_topology((20, 20, 20)).patch_size == (32, 32, 64)  # ties: the last axis
-    assert swin_topology((40, 20)).patch_size == (64, 32)
-    assert swin_features(48) == (48, 48, 96, 192, 384, 768)
 
 
 def test_stage_features_are_capped():

@@ -4,7 +4,8 @@
 exactly what ``python -m autoseg`` runs) after wrapping one function: on its ``nth`` call whose
 arguments match ``match`` (fnmatch on the base name of any str/Path argument; None: every call),
 the process sends itself SIGKILL ``before`` or ``after`` the call. Nothing runs after that (no
-``finally``, no atexit), just as when a scheduler kills a job. Useful targets:
+``finally``, no atexit), just as when a scheduler kills a job. ``signal`` may name another signal
+(SIGTERM, SIGINT), which the process handles as it would one sent by a scheduler or Ctrl-C. Useful targets:
 
 - ``os:replace`` -- every atomic write renames its temporary file into place; ``before`` leaves the
   temporary file behind, ``after`` stops right after an artifact appeared;
@@ -35,6 +36,7 @@ class KillPoint:
     nth: int  # 1-based index among the matching calls
     when: str = "before"  # or "after"
     match: str | None = None
+    signal: str = "SIGKILL"  # or SIGTERM / SIGINT: what a scheduler sends first, and Ctrl-C
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -88,7 +90,7 @@ def main(argv: list[str]) -> int:
     def on_call(index: int, phase: str) -> None:
         if index == point.nth and phase == point.when:
             sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, point.signal))
 
     from autoseg.cli import main as autoseg_main
 

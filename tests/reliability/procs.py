@@ -1,7 +1,7 @@
 """Helpers of the process-level reliability tests (interruption, concurrency, determinism).
 
 One toy dataset (4 training cases of 16x16x12 voxels, 3 test cases) is planned with a tiny planner
-preset (4 base features, one convolution per stage, 3 stages: the fewest DynUNet allows), trained
+preset (4 base features, one convolution per stage, 3 stages), trained
 for 4 epochs of 2 iterations on fold 0 and used to predict the test cases, all once per session and
 in this process: that is the uninterrupted reference every test compares with. Killed runs are
 separate processes; their reruns go through the same command line.

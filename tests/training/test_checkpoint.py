@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from autoseg import __version__
-from autoseg.core.checkpoint import CheckpointError, DatasetRecord, ModelRecord, load_checkpoint, save_checkpoint
+from autoseg.core.checkpoint import (CheckpointError, DatasetRecord, ModelRecord, NonFiniteWeightsError, load_checkpoint,
+                                     save_checkpoint)
 from autoseg.models import build_model
 from autoseg.training import checkpoint as ck
 from autoseg.training.checkpoint import make_checkpoint, restore, rng_state, set_rng_state
@@ -128,3 +129,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint({"x": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pt"]
+
+
+def test_save_checkpoint_refuses_non_finite_weights_and_leaves_the_old_file(tmp_path):
+    """Issue 15: a diverged run must never leave NaN weights behind as best or final."""
+    good = {"format": "autoseg-checkpoint", "format_version": 1, "model": {"w": torch.ones(3), "n": torch.tensor(2)}}
+    path = save_checkpoint(good, tmp_path / "checkpoint_best.pt")
+    bad = {**good, "model": {"w": torch.tensor([1.0, float("inf"), 0.0]), "n": torch.tensor(2)}}
+    match = r"checkpoint_best\.pt: not written: 1 weight tensor\(s\).*e\.g\. w"
+    with pytest.raises(NonFiniteWeightsError, match=match):
+        save_checkpoint(bad, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_best.pt"]

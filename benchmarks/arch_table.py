@@ -1,0 +1,118 @@
+"""Dice and time per iteration of every registered architecture, at equal iterations, on one fold.
+
+Usage (from the repository root)::
+
+    python benchmarks/arch_table.py [--dataset ../shared/data/Dataset004_Hippocampus] [--workdir /tmp/arch_table] \
+        [--archs unet,resenc_unet,...] [--epochs 20] [--iters-per-epoch 250] [--device cuda] [--fold 0]
+
+For each architecture (default: every entry of ``autoseg.models.registry.ARCHITECTURES``) it plans the
+dataset with the architecture's own preset (``autoseg plan DATASET --planner <preset>``; planned once per
+preset, fingerprint shared), trains ``--fold`` for ``--epochs`` x ``--iters-per-epoch`` iterations
+(``autoseg train --arch A --plans <preset>``), and reads
+
+- Dice: ``foreground_mean`` of the end-of-training validation (``validation/summary.json``: full
+  volumes of the fold's validation cases, mirroring TTA), and the per-class means;
+- time per iteration: median over epochs of ``epoch_time / iters_per_epoch`` from ``log.jsonl``
+  (the first epoch, which includes start-up and compilation, is left out when there are several);
+- the patch, batch and parameter count of the trained network.
+
+It prints a Markdown table and the commands it ran. Nothing here is timed by tests; run it on a
+GPU (``--device cuda``) or an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATASET = REPO.parent / "shared" / "data" / "Dataset004_Hippocampus"
+
+
+def run(cmd: list[str], log: list[str]) -> None:
+    log.append(" ".join(cmd))
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def autoseg(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autoseg", *args]
+
+
+def figures(run_dir: Path) -> dict:
+    import torch
+
+    from autoseg.core.checkpoint import FINAL, ModelRecord, load_checkpoint
+    from autoseg.models import build_model
+    from autoseg.planning.plans import Plans
+
+    record = ModelRecord.of(load_checkpoint(run_dir / FINAL), run_dir / FINAL)
+    plans = Plans.from_dict(record.plans)
+    config = plans.configuration(record.configuration)
+    labels = len(record.dataset.labels)
+    with torch.device("meta"):
+        net = build_model(record.arch, config, len(record.dataset.channel_names), labels)
+    history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    iters = record.settings["iters_per_epoch"]
+    times = [h["epoch_time"] / iters for h in (history[1:] if len(history) > 1 else history)]
+    summary = json.loads((run_dir / "validation" / "summary.json").read_text())
+    return {"dice": summary["foreground_mean"], "per_class": summary["mean"], "s_per_iter": statistics.median(times),
+            "patch": config.patch_size, "batch": config.batch_size,
+            "params": sum(p.numel() for p in net.parameters())}
+
+
+def main(argv=None) -> int:
+    from autoseg.models import ARCHITECTURES
+    from autoseg.planning.plans import plans_name_for
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/arch_table"))
+    ap.add_argument("--archs", default=",".join(ARCHITECTURES))
+    ap.add_argument("--fold", default="0")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--iters-per-epoch", type=int, default=250)
+    ap.add_argument("--val-iters", type=int, default=50)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("-j", "--workers", type=int, default=4, help="planning workers")
+    args = ap.parse_args(argv)
+    archs = [a for a in args.archs.split(",") if a]
+    unknown = [a for a in archs if a not in ARCHITECTURES]
+    if unknown:
+        raise SystemExit(f"unknown architecture(s) {', '.join(unknown)}; choices: {', '.join(ARCHITECTURES)}")
+    if not (args.dataset / "dataset.json").is_file():
+        raise SystemExit(f"{args.dataset}: no dataset.json; give a raw dataset folder with --dataset")
+    work = ["--workdir", str(args.workdir)]
+    commands, rows = [], []
+    planned = set()
+    for name in archs:
+        preset = ARCHITECTURES[name].preset
+        if preset not in planned:
+            run(autoseg("plan", str(args.dataset), "--planner", preset, "-j", str(args.workers), "--no-progress",
+                        *work), commands)
+            planned.add(preset)
+        run(autoseg("train", args.dataset.name, "--fold", args.fold, "--arch", name, "--plans", preset,
+                    "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
+                    "--val-iters", str(args.val_iters), "--device", args.device, "--no-progress", *work), commands)
+        run_dir = (args.workdir / "results" / args.dataset.name / f"{name}__{plans_name_for(preset)}__3d_fullres"
+                   / f"fold_{args.fold}")
+        f = figures(run_dir)
+        rows.append([name, preset, "×".join(map(str, f["patch"])), str(f["batch"]), f"{f['params'] / 1e6:.1f} M",
+                     f"{f['dice']:.4f}", ", ".join(f"{k} {v:.4f}" for k, v in f["per_class"].items()),
+                     f"{f['s_per_iter']:.3f}"])
+    header = ["--arch", "preset", "patch", "batch", "parameters", "Dice (fg mean)", "Dice per class", "s / iteration"]
+    print(f"{args.dataset.name}, fold {args.fold}, {args.epochs} x {args.iters_per_epoch} iterations, "
+          f"device {args.device}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print("\n```bash\n" + "\n".join(commands) + "\n```")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

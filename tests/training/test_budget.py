@@ -1,0 +1,207 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.training import session
+from autoseg.training.session import TrainRequest
+from autoseg.cli import main
+from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint
+from autoseg.models import build_model
+from autoseg.training import budget
+from autoseg.training.budget import MEASURE_EPOCHS, RESERVE, TimeBudget, fit_epochs
+from autoseg.training.durations import BudgetError, format_duration, parse_duration
+from autoseg.training.losses import make_loss
+from autoseg.training.schedule import poly_lr
+from autoseg.training.trainer import Callback, Run, Targets, TrainSettings, fit, make_optimizer
+from tiny_workspace import DATASET, make_workspace, tiny_plan, toy_case
+
+
+def test_durations_are_read_as_users_write_them():
+    assert parse_duration("90m") == 5400 and parse_duration("8h") == 8 * 3600 and parse_duration("2d") == 172800
+    assert parse_duration("1h30m") == 5400 and parse_duration("45s") == 45 and parse_duration("600") == 600
+    assert parse_duration(" 1.5H ") == 5400
+    for bad in ("", "ten minutes", "5x", "0", "0m", "-5m", "m"):
+        with pytest.raises(BudgetError, match="--time-budget"):
+            parse_duration(bad)
+    assert format_duration(3900) == "1h 05m" and format_duration(750) == "12m 30s" and format_duration(45) == "45s"
+
+
+def test_fitted_epochs_leave_room_for_the_final_validation_and_the_reserve():
+    # 1000 s budget, 100 s used, 30 s final validation, 50 s epochs: (970 - 100 - 30) // 50 = 16 more
+    assert fit_epochs(1000, 100, 2, 50, 30, cap=1000) == 2 + int((1000 * (1 - RESERVE) - 130) // 50)
+    assert fit_epochs(1000, 100, 2, 50, 30, cap=10) == 10  # --epochs is the most
+    assert fit_epochs(1000, 990, 7, 50, 30, cap=1000) == 7  # nothing left: stop where it is
+
+
+# --- the loop on in-memory batches, with a clock that the test advances -------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class Tick(Callback):
+    """Every training step takes ``seconds`` on the test's clock."""
+
+    def __init__(self, clock, seconds):
+        self.clock, self.seconds = clock, seconds
+
+    def on_batch_end(self, run, epoch, step, loss):
+        self.clock.now += self.seconds
+
+
+def _batches(batch=2):
+    def factory(start):
+        def gen():
+            i = start
+            while True:
+                pairs = [toy_case(batch * i + j) for j in range(batch)]
+                yield (torch.from_numpy(np.stack([p[0][None] for p in pairs])),
+                       torch.from_numpy(np.stack([p[1][None] for p in pairs]).astype(np.int64)))
+                i += 1
+        return gen()
+    return factory
+
+
+def _run(tmp_path, budget, clock, windows=0, **settings) -> Run:
+    torch.manual_seed(0)
+    s = TrainSettings(**{"iters_per_epoch": 2, "val_iters": 1, "time_budget": budget, **settings})
+    model = build_model("unet", tiny_plan(features=(4, 8, 8)), 1, 3, True)
+    run = Run(model=model, network=model, loss_fn=make_loss(3, False), optimizer=make_optimizer(model, s),
+              scaler=None, settings=s, targets=Targets(3), device=torch.device("cpu"), amp_dtype=None,
+              run_dir=tmp_path)
+    run.budget = TimeBudget(budget, windows, cap=s.epochs, batch_size=2, clock=clock)
+    return run
+
+
+class LearningRates(Callback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_epoch_start(self, run, epoch):
+        self.lrs.append(run.optimizer.param_groups[0]["lr"])
+
+
+def test_epochs_are_fitted_to_the_budget_and_the_schedule_runs_over_the_fitted_length(tmp_path):
+    clock = Clock()
+    run = _run(tmp_path, budget=100.0, clock=clock)
+    lrs = LearningRates()
+    fit(run, _batches(), lambda epoch: _batches()(10_000), [Tick(clock, 5.0), lrs])  # 10 s per epoch
+    expected = int(100 * (1 - RESERVE) // 10)  # 9 epochs of 10 s fit in 97 s
+    assert run.settings.epochs == expected and run.state.epoch == expected and clock.now <= 100 * (1 - RESERVE)
+    assert run.state.budget_plan["epochs"] == expected and run.state.budget_plan["epoch_seconds"] == 10.0
+    # the poly schedule over the fitted length, from the first epoch on (not a longer schedule cut short)
+    np.testing.assert_allclose(lrs.lrs, [poly_lr(e, expected, 1e-2) for e in range(expected)], rtol=1e-12)
+    assert run.state.history[0]["budget_plan"]["epochs"] == expected
+
+
+def test_a_machine_that_slows_down_gets_fewer_epochs(tmp_path):
+    clock = Clock()
+    run = _run(tmp_path, budget=200.0, clock=clock)
+
+    class SlowerLater(Tick):
+        def on_batch_end(self, run, epoch, step, loss):
+            self.clock.now += 5.0 if epoch < MEASURE_EPOCHS + 1 else 15.0  # 10 s, then 30 s epochs
+
+    fit(run, _batches(), lambda epoch: _batches()(10_000), [SlowerLater(clock, 0)])
+    assert clock.now <= 200 * (1 - RESERVE) and run.state.epoch == run.settings.epochs
+    assert run.settings.epochs < int(200 * (1 - RESERVE) // 10)  # the first plan (19 epochs) was cut back
+
+
+def test_a_resumed_run_keeps_to_what_is_left_of_the_budget(tmp_path):
+    clock = Clock()
+    first = _run(tmp_path, budget=100.0, clock=clock)
+
+    class Stop(Tick):
+        def on_epoch_end(self, run, record):
+            if run.state.epoch == 3:
+                run.stop_requested = True
+
+    fit(first, _batches(), lambda epoch: _batches()(10_000), [Stop(clock, 5.0)])
+    assert first.state.epoch == 3 and first.state.budget_elapsed == 30.0
+    clock.now = 5000.0  # time between the interruption and the resubmission does not count
+    resumed = _run(tmp_path, budget=100.0, clock=clock)
+    resumed.state = first.state
+    resumed.settings = first.settings
+    resumed.budget.session_start = clock.now
+    fit(resumed, _batches(), lambda epoch: _batches()(10_000), [Tick(clock, 5.0)])
+    assert resumed.state.epoch == int(100 * (1 - RESERVE) // 10) and resumed.state.budget_elapsed <= 97
+
+
+def test_a_budget_with_no_room_for_more_epochs_ends_the_run(tmp_path):
+    clock = Clock()
+    run = _run(tmp_path, budget=100.0, clock=clock)
+    run.state.epoch, run.state.budget_elapsed = 2, 99.0
+    run.state.history = [{"epoch_time": 10.0, "val_time": 0.1}] * 2
+    fit(run, _batches(), lambda epoch: _batches()(10_000), [Tick(clock, 5.0)])
+    assert run.state.epoch == 2 and run.settings.epochs == 2
+
+
+def test_the_final_validation_is_budgeted_from_the_measured_patch_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "calibrate", lambda run, val_batches: (1.0, 0.01))  # not the machine's load
+    clock = Clock()
+    run = _run(tmp_path, budget=100.0, clock=clock, windows=100)
+    fit(run, _batches(), lambda epoch: _batches()(10_000), [Tick(clock, 5.0)])
+    plan = run.state.budget_plan
+    assert plan["final_validation"] > 0
+    assert plan["epochs"] == fit_epochs(100.0, plan["elapsed"], plan["fitted_after"], 10.0, plan["final_validation"],
+                                        1000)
+
+
+# --- through the command line ----------------------------------------------------------------------
+
+def _cli(capsys, ws, *args):
+    code = main(["--workdir", str(ws.root), "train", DATASET, "--num-workers", "0", "--no-progress", *args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_time_budget_is_fitted_logged_and_stored(tmp_path, capsys):
+    ws = make_workspace(tmp_path)
+    code, err = _cli(capsys, ws, "--time-budget", "1h", "--epochs", "2", "--iters-per-epoch", "1", "--val-iters", "1")
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 0)
+    assert code == 0, err
+    ckpt = load_checkpoint(run_dir / FINAL)
+    assert ckpt["settings"]["time_budget"] == 3600 and ckpt["settings"]["epochs"] == 2  # --epochs caps the fit
+    assert ckpt["train_state"]["budget_plan"]["epochs"] == 2 and ckpt["train_state"]["budget_elapsed"] > 0
+    log = (run_dir / "training_log.txt").read_text()
+    assert "time budget 1h 00m: 2 epochs" in log and "final validation took" in log and "(estimated" in log
+    assert json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])["budget_plan"]["cap"] == 2
+
+
+def test_cli_refuses_a_budget_too_small_for_one_epoch_and_says_the_minimum(tmp_path, capsys):
+    ws = make_workspace(tmp_path)
+    code, err = _cli(capsys, ws, "--time-budget", "1s", "--iters-per-epoch", "250", "--val-iters", "50")
+    assert code == 2 and "--time-budget 1s is too small" in err and "give at least --time-budget" in err, err
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 0)
+    assert not (run_dir / LATEST).exists() and not (run_dir / FINAL).exists()
+
+
+def test_cli_rejects_a_duration_it_cannot_read(tmp_path, capsys):
+    ws = make_workspace(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        _cli(capsys, ws, "--time-budget", "soon")
+    assert e.value.code == 2 and "'soon' is not a duration" in capsys.readouterr().err
+
+
+def test_cli_resume_with_a_budget_continues_within_it(tmp_path, capsys):
+    ws = make_workspace(tmp_path)
+
+    class Interrupt(Callback):
+        def on_epoch_end(self, run, record):
+            if run.state.epoch == 1:
+                raise KeyboardInterrupt
+
+    settings = dict(time_budget=3600.0, epochs=3, iters_per_epoch=1, val_iters=1, num_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        session.train(ws, TrainRequest(settings=settings), progress=False, callbacks=[Interrupt()])
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 0)
+    used = load_checkpoint(run_dir / LATEST)["train_state"]["budget_elapsed"]
+    code, err = _cli(capsys, ws, "--resume", "--time-budget", "1h")
+    assert code == 0, err
+    state = load_checkpoint(run_dir / FINAL)["train_state"]
+    assert state["epoch"] == 3 and state["budget_elapsed"] > used and state["budget_plan"]["cap"] == 3

@@ -33,6 +33,7 @@ from autoseg.planning.plans import NormalizationPlan, Plans, ResamplingPlan
 from autoseg.progress import progress_bar
 from autoseg.resampling import compute_new_shape, resample_image, resample_label
 from autoseg.storage import CaseProperties, is_case_done, label_dtype, write_case
+from autoseg.workspace import cases_folder, data_folder
 
 LOCATION_SEED = 1234  # nnU-Net seeds foreground location sampling with 1234 for every case
 MAX_LOCATIONS_PER_CLASS = 10_000  # nnU-Net: up to 10,000 stored voxels per class ...
@@ -84,11 +85,6 @@ class CroppedCase:
     bbox: BBox
     geometry: Geometry
     spacing: tuple[float, float, float]
-
-
-def data_folder(dataset_dir: Path, plans: Plans, config_name: str) -> Path:
-    """Folder holding the preprocessed cases of ``config_name``."""
-    return Path(dataset_dir) / f"{plans.plans_name}_{plans.configuration(config_name).data_identifier}"
 
 
 def location_classes(spec: DatasetSpec) -> list[int]:
@@ -237,7 +233,7 @@ def targets_for(plans: Plans, dataset_dir: Path, configs: list[str] | None = Non
                 raise ValueError(f"plans.json: configurations sharing data '{ident}' have different spacings "
                                  f"{spacing} and {cfg.spacing}; give them different data identifiers")
             spacing = b
-        targets[ident] = Target(ident, Path(dataset_dir) / f"{plans.plans_name}_{ident}", spacing,
+        targets[ident] = Target(ident, cases_folder(dataset_dir, plans.plans_name, ident), spacing,
                                 sharing[0].resampling)
     return targets
 

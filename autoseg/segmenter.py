@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from autoseg.api_predict import model_dir_for
+from autoseg.api import model_dir_for
+from autoseg.inference.choice import ModelChoice
 from autoseg.inference.pipeline import (InputCase, PredictError, case_probabilities, finish_prediction,
                                         model_engine, prepare_arrays, prepare_case)
 from autoseg.inference.predictor import Predictor, PredictorError, load_predictor
@@ -113,8 +114,8 @@ class Segmenter:
         if not root.is_dir():
             raise PredictorError(f"workdir {root}: folder not found; give the workspace folder that holds results/ "
                                  "(autoseg's --workdir)")
-        model_dir = model_dir_for(Workspace(root), None if dataset is None else str(dataset), config, arch,
-                                  plans=plans)
+        model_dir = model_dir_for(Workspace(root), ModelChoice(dataset=None if dataset is None else str(dataset),
+                                                               config=config, arch=arch, plans=plans))
         return cls(load_predictor(model_dir, folds, checkpoint), settings)
 
     @classmethod
@@ -132,7 +133,7 @@ class Segmenter:
         scratch = tempfile.TemporaryDirectory(prefix="autoseg-model-") if workdir is None else None
         try:
             root = Path(scratch.name if scratch is not None else workdir)
-            predictor = load_predictor(model_dir_for(Workspace(root), model=path), folds, checkpoint)
+            predictor = load_predictor(model_dir_for(Workspace(root), ModelChoice(model=path)), folds, checkpoint)
             return cls(predictor, settings, scratch)
         except BaseException:
             if scratch is not None:

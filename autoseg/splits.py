@@ -11,17 +11,22 @@ folds are nnU-Net's for the same case names, without a scikit-learn dependency.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from autoseg.artifacts import Artifact
+from autoseg import jsonfiles
+from autoseg.artifacts import Artifact, ArtifactError
 
 DEFAULT_FOLDS = 5  # nnU-Net v2: KFold(n_splits=5, ...)
 DEFAULT_SEED = 12345  # nnU-Net v2: KFold(..., shuffle=True, random_state=12345)
 RULE_NNUNET = "nnunet-kfold"  # folds of make_splits: scikit-learn KFold's rule, as nnU-Net v2
 RULE_EARLIER = "autoseg-default_rng"  # splits.json written before autoseg used nnU-Net's rule (no "rule" key)
 RULE_USER = "user"  # copied from a user's splits.json / splits_final.json
+USER_SPLITS_NAMES = ("splits.json", "splits_final.json")  # looked up in the raw dataset folder
+NNUNET_SPLITS_NAME = "splits_final.json"  # nnU-Net's folds, looked up next to the dataset's splits.json
 
 
 @dataclass(frozen=True)
@@ -91,3 +96,58 @@ def make_splits(case_ids: list[str], n_folds: int = DEFAULT_FOLDS, seed: int = D
         val_set = set(val)
         folds.append(Fold(train=tuple(c for c in ids if c not in val_set), val=tuple(sorted(val))))
     return Splits(folds=tuple(folds), seed=seed, rule=RULE_NNUNET)
+
+
+def _parse_user_splits(path: Path) -> Splits:
+    """Our splits artifact, or nnU-Net's ``splits_final.json`` (a list of {"train", "val"})."""
+    try:
+        data = jsonfiles.loads(path.read_text(encoding="utf-8-sig"), path)  # a byte-order mark is accepted
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: cannot be read as JSON ({e}); fix or remove it") from None
+    if isinstance(data, list):
+        try:
+            folds = tuple(Fold(train=tuple(f["train"]), val=tuple(f["val"])) for f in data)
+        except (TypeError, KeyError):
+            raise ArtifactError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}} folds") from None
+        return Splits(folds=folds, seed=-1, user_provided=True, rule=RULE_USER)
+    splits = Splits.from_dict(data, source=str(path))
+    return Splits(folds=splits.folds, seed=splits.seed, user_provided=True, rule=RULE_USER)
+
+
+def _validate_splits(splits: Splits, case_ids: list[str], source: Path) -> None:
+    known = set(case_ids)
+    unknown = sorted({c for f in splits.folds for c in f.train + f.val} - known)
+    if not splits.folds:
+        raise ArtifactError(f"{source}: holds no folds; add folds or delete it to get 5 automatic folds")
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise ArtifactError(f"{source}: names {len(unknown)} case(s) that are not training cases of the dataset "
+                            f"({shown}); fix the file or delete it to get automatic folds")
+    for k, f in enumerate(splits.folds):
+        if not f.train or not f.val:
+            raise ArtifactError(f"{source}: fold {k} has an empty train or val list; fix the file")
+
+
+def resolve_splits(raw_dir: Path, existing: Path, case_ids: list[str]) -> Splits:
+    """The folds to use, first found of: the user's ``splits.json`` / ``splits_final.json`` in the raw
+    folder, nnU-Net's ``splits_final.json`` next to ``existing`` (the dataset's splits.json), the
+    splits in ``existing`` (user-provided, or automatic over the same cases: runs already trained on
+    it keep their folds), else nnU-Net's five folds (:func:`make_splits`)."""
+    existing = Path(existing)
+    user_files = [Path(raw_dir) / name for name in USER_SPLITS_NAMES] + [existing.parent / NNUNET_SPLITS_NAME]
+    for path in user_files:
+        if path.is_file():
+            splits = _parse_user_splits(path)
+            _validate_splits(splits, case_ids, path)
+            return splits
+    if existing.is_file():
+        try:
+            old = Splits.load(existing)
+        except ArtifactError:
+            old = None
+        if old is not None and old.user_provided:
+            _validate_splits(old, case_ids, existing)
+            return old
+        if old is not None and old.folds and old.case_ids() == set(case_ids):
+            return old
+    return make_splits(case_ids)

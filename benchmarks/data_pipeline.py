@@ -25,7 +25,7 @@ import torch
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.storage import CaseProperties, write_case
 from autoseg.training.augmentation import AugmentSettings
-from autoseg.training.loader import BatchSpec, PatchBatches, make_train_loader
+from autoseg.training.loader import BatchSpec, PatchBatches, Sampling, Workers, make_train_loader
 
 ALL_ON = AugmentSettings(**{f.name: 1.0 for f in dataclasses.fields(AugmentSettings) if f.name.startswith("p_")})
 
@@ -64,8 +64,8 @@ def time_batches(folder, ids, patch, batch, augment, n) -> float:
 
 
 def loader_throughput(folder, ids, config, batch, workers, n) -> float:
-    it = make_train_loader(folder, ids, config, batch_size=batch, seed=0, num_workers=workers,
-                           foreground_classes=(1, 2))
+    it = make_train_loader(folder, ids, config, Sampling(batch_size=batch, seed=0, foreground_classes=(1, 2)),
+                           Workers(num_workers=workers))
     next(it)  # start-up (worker processes) not counted
     t0 = time.perf_counter()
     for _ in range(n):
@@ -125,8 +125,8 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         print(f"3. DynUNet (4 stages 32-256) training step: {statistics.median(times):.3f} s (median of 3)")
         for w in a.workers:
-            it = make_train_loader(folder, ids, config, batch_size=a.batch, seed=0, num_workers=w,
-                                   foreground_classes=(1, 2))
+            it = make_train_loader(folder, ids, config, Sampling(batch_size=a.batch, seed=0, foreground_classes=(1, 2)),
+                                   Workers(num_workers=w))
             step(*next(it))
             it.take_wait_seconds()
             t0 = time.perf_counter()

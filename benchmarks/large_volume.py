@@ -121,8 +121,9 @@ def make_model(work: Path, small: bool, folds: int = 1) -> Path:
     from autoseg.models import build_model
     from autoseg.planning.plans import Plans
     from autoseg.core.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+    from autoseg.workspace import Workspace
 
-    plans = Plans.load(work / "preprocessed" / DATASET / "plans.json")
+    plans = Plans.load(Workspace(work).plans_file(DATASET, "autosegPlans"))
     cfg = plans.configuration("3d_fullres")
     if small:
         cfg = dataclasses.replace(cfg, features=small_features(len(cfg.features)))

@@ -94,8 +94,8 @@ def axis_map(autoseg_tf, nnunet_tf) -> tuple[int, ...]:
 
 def benchmark_models(model_dir: Path, nnunet_root: Path, dataset: str, n_folds: int, work: Path):
     """(autoseg model folder with ``n_folds`` folds, nnU-Net model folder with the same weights)."""
-    from autoseg.inference.predictor import fold_dirs
     from autoseg.core.checkpoint import load_checkpoint
+    from autoseg.workspace import fold_dirs
 
     trained = [d / "checkpoint_final.pt" for f, d in fold_dirs(model_dir).items()
                if f != "all" and (d / "checkpoint_final.pt").is_file()]
@@ -167,13 +167,12 @@ def check_same_network(ours: Path, theirs: Path, perm, python: Path, work: Path)
 
 def case_folders(workdir: Path, dataset: str, n_cases: int, work: Path) -> tuple[Path, Path, list[str]]:
     """Input folder (links to fold 0's first validation cases) and the raw label folder."""
-    from autoseg.api import find_raw_dir
     from autoseg.splits import Splits
     from autoseg.workspace import Workspace
 
     ws = Workspace(workdir)
-    raw = find_raw_dir(ws, dataset)
-    cases = list(Splits.load(ws.preprocessed_dir(dataset) / "splits.json").folds[0].val)[:n_cases]
+    raw = ws.raw_dir(dataset)
+    cases = list(Splits.load(ws.splits_file(dataset)).folds[0].val)[:n_cases]
     images = work / "images"
     images.mkdir()
     for case in cases:
@@ -208,10 +207,11 @@ def warm_up(ours: Path, precision: str) -> str:
 def quantize_trained(workdir: Path, dataset: str, model_dir: Path) -> None:
     """``autoseg quantize`` on the trained folds (the benchmark's folds link to them, so they share the
     int8 networks); prints the Dice check of each."""
-    from autoseg import api_predict
+    from autoseg import api
+    from autoseg.inference.choice import ModelChoice
     from autoseg.workspace import Workspace
 
-    for r in api_predict.quantize(Workspace(workdir), dataset, model=model_dir):
+    for r in api.quantize(Workspace(workdir), ModelChoice(dataset, model=model_dir)):
         c = r.record["check"]
         print(f"int8 fold {r.fold}: Dice {c['dice_int8']} vs f32 {c['dice_fp32']} on {len(c['cases'])} validation "
               f"cases, voxel agreement {c['voxel_agreement']:.4%}, passed: {c['passed']}")
@@ -295,7 +295,9 @@ def main() -> None:
     ap.add_argument("--tta-only", action="store_true", help="time only the runs with TTA")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="predict_vs_nnunet_"))
-    model_dir = args.workdir / "results" / args.dataset / "unet__autosegPlans__3d_fullres"
+    from autoseg.workspace import Workspace
+
+    model_dir = Workspace(args.workdir).model_dir(args.dataset, "unet", "autosegPlans", "3d_fullres")
     ours, theirs, perm = benchmark_models(model_dir, args.nnunet_root, args.dataset, args.folds, work)
     diff = check_same_network(ours, theirs, perm, args.nnunet_bin / "python", work)
     images, labels, cases = case_folders(args.workdir, args.dataset, args.cases, work)

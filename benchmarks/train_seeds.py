@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/train_seeds"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    from autoseg import api_train
+    from autoseg import api
+    from autoseg.training.session import TrainRequest
     from autoseg.workspace import Workspace
 
     root = args.out / f"seed{args.seed}"
@@ -37,9 +38,9 @@ def main() -> None:
     if not (root / "preprocessed").exists():
         (root / "preprocessed").symlink_to((args.planned / "preprocessed").resolve())
     t0 = time.time()
-    run = api_train.train(Workspace(root), args.dataset, [0], progress=False,
-                          settings=dict(batch_size=2, epochs=6, iters_per_epoch=25, val_iters=2, val_mirroring=False,
-                                        seed=args.seed, device="cpu", num_workers=1))[0]
+    settings = dict(batch_size=2, epochs=6, iters_per_epoch=25, val_iters=2, val_mirroring=False, seed=args.seed,
+                    device="cpu", num_workers=1)
+    run = api.train(Workspace(root), TrainRequest(args.dataset, settings=settings), progress=False)[0]
     summary = json.loads((run / "validation" / "summary.json").read_text())
     losses = [round(json.loads(line)["train_loss"], 3) for line in (run / "log.jsonl").read_text().splitlines()]
     print(f"seed {args.seed}: {time.time() - t0:.0f} s; train loss per epoch {losses}; final validation Dice "

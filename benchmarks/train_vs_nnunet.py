@@ -157,31 +157,32 @@ def nnunet_env(args, pre: Path, results: Path, timing: Path, budget: dict) -> di
 
 def run_worker(spec_path: Path) -> None:
     """autoseg side, in its own process: a burst (build_run + fit, no validation) or a budget run
-    (api_train.train: checkpoints, logs and the final validation, as `autoseg train` runs it)."""
+    (autoseg.api.train: checkpoints, logs and the final validation, as `autoseg train` runs it)."""
     spec = json.loads(spec_path.read_text())
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from autoseg import api_train
+    from autoseg import api
     from autoseg.planning.plans import Plans
     from autoseg.splits import Splits
     from autoseg.training import ddp
+    from autoseg.training.session import TrainJob, TrainRequest, build_run
     from autoseg.training.trainer import fit
     from autoseg.workspace import Workspace
 
     ws, name, fold = Workspace(Path(spec["workdir"])), spec["dataset"], spec["fold"]
     clock = make_clock(spec)
     if spec["mode"] == "budget":
-        api_train.train(ws, name, [fold], config=CONFIG, settings=spec["settings"], progress=False,
-                        callbacks=[clock])
+        api.train(ws, TrainRequest(name, (fold,), config=CONFIG, settings=spec["settings"]), progress=False,
+                  callbacks=[clock])
         return
     from autoseg.training.trainer import TrainSettings
 
-    pre = ws.preprocessed_dir(name)
-    plans = Plans.load(pre / "plans.json")
+    plans = Plans.load(ws.plans_file(name, "autosegPlans"))
     arch = plans.configurations[CONFIG].architecture
-    run, loaders = api_train.build_run(ws, name, plans, CONFIG, arch, Splits.load(pre / "splits.json").fold(fold),
-                                       fold, Path(spec["run_dir"]), TrainSettings(**spec["settings"]), ddp.SINGLE)
+    job = TrainJob(ws, name, plans, CONFIG, arch, fold, Splits.load(ws.splits_file(name)).fold(fold))
+    run, loaders = build_run(job, TrainSettings(**spec["settings"]), ddp.SINGLE)
+    run.run_dir = Path(spec["run_dir"])  # a burst writes beside the workspace, not into its run folder
     fit(run, loaders[0], loaders[1], [clock])
 
 
@@ -360,7 +361,9 @@ def throughput(args, ws: Path, name: str, pre: Path) -> dict:
 def budget_runs(args, ws: Path, name: str, pre: Path) -> dict:
     """Train each for the budget (in parallel or one after the other), then their final validations."""
     budget_s = args.budget_minutes * 60
-    a_dir = ws / "results" / name / f"unet__autosegPlans__{CONFIG}" / f"fold_{args.fold}"
+    from autoseg.workspace import Workspace
+
+    a_dir = Workspace(ws).run_dir(name, "unet", "autosegPlans", CONFIG, args.fold)
     n_results = args.workdir / "nnunet" / "results"
     n_dir = n_results / name / f"{TRAINER_NAME}__nnUNetPlans__{CONFIG}" / f"fold_{args.fold}"
     shutil.rmtree(a_dir, ignore_errors=True)

@@ -1,5 +1,8 @@
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -8,7 +11,7 @@ from autoseg.artifacts import ArtifactError
 from autoseg.dataset import DatasetError
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning.plans import Plans
-from autoseg.splits import RULE_EARLIER, RULE_NNUNET, RULE_USER, Fold, Splits, make_splits
+from autoseg.splits import RULE_EARLIER, RULE_NNUNET, RULE_USER, Fold, Splits, make_splits, resolve_splits
 from autoseg.storage import list_done_cases
 from autoseg.toy import make_toy_dataset
 from autoseg.workspace import Workspace, WorkspaceError
@@ -45,7 +48,7 @@ def test_plan_writes_every_artifact(raw, ws):
     assert list_done_cases(folder) == ["toy_000", "toy_001", "toy_002"]
     assert set(result.computed) == {"toy_000", "toy_001", "toy_002"}
     # the raw data live outside <workdir>/raw: later commands find them through source.json
-    assert api.find_raw_dir(ws, raw.name) == raw.resolve()
+    assert ws.raw_dir(raw.name) == raw.resolve()
 
 
 def test_rerun_reuses_fingerprint_and_skips_cases(raw, ws):
@@ -116,17 +119,17 @@ def _earlier_splits_file(path, cases):
 def test_existing_automatic_splits_json_is_kept(tmp_path):
     cases = ["a", "b", "c", "d", "e", "f"]
     folds = _earlier_splits_file(tmp_path / "pre" / "splits.json", cases)
-    kept = api.resolve_splits(tmp_path / "raw", tmp_path / "pre", cases)
+    kept = resolve_splits(tmp_path / "raw", tmp_path / "pre" / "splits.json", cases)
     assert list(kept.folds) == folds and kept.rule == RULE_EARLIER and not kept.user_provided
     # other cases than the file's: new folds, nnU-Net's
-    assert api.resolve_splits(tmp_path / "raw", tmp_path / "pre", cases + ["g"]) == make_splits(cases + ["g"])
+    assert resolve_splits(tmp_path / "raw", tmp_path / "pre" / "splits.json", cases + ["g"]) == make_splits(cases + ["g"])
 
 
 def test_nnunet_splits_final_json_in_preprocessed_folder_wins(tmp_path):
     cases = ["a", "b", "c"]
     _earlier_splits_file(tmp_path / "pre" / "splits.json", cases)
     (tmp_path / "pre" / "splits_final.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["c"]}]))
-    splits = api.resolve_splits(tmp_path / "raw", tmp_path / "pre", cases)
+    splits = resolve_splits(tmp_path / "raw", tmp_path / "pre" / "splits.json", cases)
     assert splits.user_provided and splits.rule == RULE_USER and splits.folds == (Fold(("a", "b"), ("c",)),)
 
 
@@ -139,9 +142,9 @@ def test_new_dataset_gets_nnunet_folds(raw, ws):
 def test_find_raw_dir_falls_back_to_workspace_raw(tmp_path):
     ws = Workspace(tmp_path)
     (ws.raw / "Dataset001_X").mkdir(parents=True)
-    assert api.find_raw_dir(ws, "Dataset001_X") == ws.raw / "Dataset001_X"
+    assert ws.raw_dir("Dataset001_X") == ws.raw / "Dataset001_X"
     with pytest.raises(WorkspaceError, match="rerun `autoseg plan`"):
-        api.find_raw_dir(ws, "Dataset002_Y")
+        ws.raw_dir("Dataset002_Y")
 
 
 def test_gpu_memory_override_reaches_the_plans(raw, ws):
@@ -152,7 +155,7 @@ def test_gpu_memory_override_reaches_the_plans(raw, ws):
 
 
 def test_plans_of_another_preset_live_beside_the_default_ones(raw, ws, tmp_path):
-    from autoseg.planning.plans import find_plans, planned
+    from autoseg.workspace import find_plans, planned
 
     default = _plan(raw, ws)
     d = ws.preprocessed_dir(raw.name)
@@ -186,6 +189,15 @@ def test_a_preset_name_that_would_break_run_folder_names_is_refused(raw, ws, tmp
     with pytest.raises(ValueError, match="my__preset"):
         _plan(raw, ws, planner=preset)
     assert not (ws.preprocessed_dir(raw.name) / "fingerprint.json").exists()
+
+
+def test_importing_the_api_loads_no_torch():
+    """The api module docstring: stages that need torch are imported inside the commands that use them,
+    so ``autoseg plan`` (and ensemble, postprocess, find-best) never load it."""
+    code = "import sys\nimport autoseg.api\nassert 'torch' not in sys.modules, 'autoseg.api imported torch'\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_a_preset_for_an_unknown_architecture_lists_the_registered_ones_before_any_work(raw, ws, tmp_path):

@@ -5,7 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 
-import autoseg.cli_evaluate  # noqa: F401  (registers the commands)
+import autoseg.cli.evaluate  # noqa: F401  (registers the commands)
 from autoseg.cli import EXIT_INPUT, EXIT_OK, main
 
 

@@ -31,10 +31,10 @@ from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.evaluate import read_label_map, run_bounded
 from autoseg.evaluation.metrics import case_metrics, evaluation_targets
 from autoseg.inference.ensemble import ensemble_folders
-from autoseg.inference.predictor import ModelFolder, fold_dirs
 from autoseg.planning.plans import DEFAULT_PLANS_NAME
 from autoseg.postprocessing import POSTPROCESSING_FILE, determine_postprocessing_from_folders
 from autoseg.splits import Splits
+from autoseg.workspace import ModelFolder, fold_dirs
 
 CROSSVAL_DIR = "crossval_results"
 ENSEMBLES_DIR = "ensembles"

@@ -41,7 +41,7 @@ from autoseg.core.fileops import atomic_write_with, staged_folder, writing_into
 from autoseg.inference.conversion import QUANTIZATION_FILE, QuantizeError, int8_status, read_records, records_document
 from autoseg.inference.predictor import choose_checkpoints, load_predictor
 from autoseg.paths import file_output, inside, refuse_overwriting_inputs
-from autoseg.workspace import Workspace
+from autoseg.workspace import DATASET_FILE, Workspace, fold_folder_name, model_folder_name
 
 MANIFEST_NAME = "manifest.json"
 ONNX_NAME = "network.onnx"
@@ -94,11 +94,13 @@ def _exported_checkpoint(ckpt: dict) -> bytes:
 
 def dataset_json_path(model_root: Path) -> Path | None:
     """The dataset.json the model was trained with: the imported model's copy or the workspace's
-    (``<workdir>/preprocessed/<Dataset>/dataset.json``); None when neither exists."""
+    (:meth:`~autoseg.workspace.Workspace.dataset_json`); None when neither exists."""
     model_root = Path(model_root)
-    candidates = [model_root / "dataset.json"]
-    if len(model_root.parents) > 2:  # <workdir>/results/<Dataset>/<model folder>
-        candidates.append(model_root.parents[2] / "preprocessed" / model_root.parent.name / "dataset.json")
+    candidates = [model_root / DATASET_FILE]
+    owner = Workspace.holding_model(model_root)  # <workdir>/results/<Dataset>/<model folder>
+    if owner is not None:
+        workspace, dataset_name = owner
+        candidates.append(workspace.dataset_json(dataset_name))
     return next((c for c in candidates if c.is_file()), None)
 
 
@@ -154,7 +156,8 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
     root = model.model_dir
     refuse_overwriting_inputs(Path(out_zip), [p for p in root.rglob("*") if p.is_file()], "-o")
     file_output(Path(out_zip), "-o", ".zip")
-    folder = root.name if len(root.name.split("__")) == 3 else f"{model.arch}__{model.plans.plans_name}__{model.config.name}"
+    folder = root.name if len(root.name.split("__")) == 3 else model_folder_name(model.arch, model.plans.plans_name,
+                                                                                 model.config.name)
     entries: dict[str, bytes] = {}
     diffs: dict[str, float] = {}
     record = None
@@ -164,11 +167,11 @@ def export_model(model_dir: Path, out_zip: Path, folds: Sequence | None = None, 
             ckpt = load_checkpoint(path)
         except CheckpointError as e:
             raise ExportError(str(e)) from None
-        entries[f"{folder}/fold_{fold}/{path.name}"] = _exported_checkpoint(ckpt)
+        entries[f"{folder}/{fold_folder_name(fold)}/{path.name}"] = _exported_checkpoint(ckpt)
         record = ModelRecord.of(ckpt, path)
         if onnx:
-            entries[f"{folder}/fold_{fold}/{ONNX_NAME}"], diffs[str(fold)] = export_onnx(net, example)
-        entries.update(_int8_entries(path, net, example, f"{folder}/fold_{fold}"))
+            entries[f"{folder}/{fold_folder_name(fold)}/{ONNX_NAME}"], diffs[str(fold)] = export_onnx(net, example)
+        entries.update(_int8_entries(path, net, example, f"{folder}/{fold_folder_name(fold)}"))
     entries[f"{folder}/plans.json"] = (json.dumps(model.plans.to_dict(), indent=2) + "\n").encode()
     entries[f"{folder}/dataset.json"] = _dataset_json(root, record)
     post = root / "postprocessing.json"

@@ -41,9 +41,10 @@ from autoseg.core.fileops import staged_folder
 from autoseg.dataset import DatasetError, DatasetSpec
 from autoseg.models.architecture import ModelError
 from autoseg.planning.plans import ConfigurationPlan, NormalizationPlan, Plans, ResamplingPlan
-from autoseg.workspace import Workspace
+from autoseg.workspace import PLANS_FILE, Workspace, fold_folder_name, model_folder_name
 
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
+NNUNET_PLANS = PLANS_FILE  # nnU-Net names a results folder's plans file as autoseg names its default plans
 ARCH = "nnunet"
 _FOLDER_RE = re.compile(r"^(?P<trainer>[A-Za-z0-9][A-Za-z0-9_.-]*?)__(?P<plans>[A-Za-z0-9][A-Za-z0-9_.-]*?)__"
                         r"(?P<config>[A-Za-z0-9][A-Za-z0-9_.-]*)$")
@@ -85,12 +86,12 @@ class NnUNetModel:
 
     @property
     def model_folder(self) -> str:
-        return f"{ARCH}__{self.plans.plans_name}__{self.configuration}"
+        return model_folder_name(ARCH, self.plans.plans_name, self.configuration)
 
 
 def is_nnunet_folder(path: Path) -> bool:
     """Whether ``path`` looks like an nnU-Net results folder (``plans.json`` + ``dataset.json``)."""
-    return Path(path).is_dir() and (Path(path) / "plans.json").is_file() and (Path(path) / "dataset.json").is_file()
+    return Path(path).is_dir() and (Path(path) / NNUNET_PLANS).is_file() and (Path(path) / "dataset.json").is_file()
 
 
 def is_nnunet_zip(zf: zipfile.ZipFile) -> bool:
@@ -336,7 +337,7 @@ def read_nnunet_model(folder: Path, allowed_trainers: tuple[str, ...] = ()) -> N
                                 "(e.g. nnUNetTrainer__nnUNetPlans__3d_fullres); keep nnU-Net's folder name")
     trainer, plans_id, config_name = m["trainer"], m["plans"], m["config"]
     _check_trainer(trainer, folder, allowed_trainers)
-    plans_path = folder / "plans.json"
+    plans_path = folder / NNUNET_PLANS
     plans, dataset = _read_json(plans_path), _read_json(folder / "dataset.json")
     checkpoints = fold_checkpoints(folder)
     dataset_name = str(plans.get("dataset_name") or folder.parent.name)
@@ -385,13 +386,13 @@ def convert_checkpoint(model: NnUNetModel, fold: str, path: Path) -> dict[str, A
         fold=int(fold) if fold.isdigit() else fold, dataset=dataset, settings={"deep_supervision": False},
         inference_mirror_axes=tuple(_mirror_axes(ckpt, cfg.spatial_dims, path)),
         imported_from={"tool": "nnU-Net v2", "trainer": model.trainer, "plans": model.plans_identifier,
-                       "configuration": model.configuration, "checkpoint": f"fold_{fold}/{path.name}"})
+                       "configuration": model.configuration, "checkpoint": f"{fold_folder_name(fold)}/{path.name}"})
     return {"format": FORMAT, "format_version": FORMAT_VERSION, **record.to_dict(), "model": net.state_dict()}
 
 
 def _model_folders_in(root: Path) -> list[Path]:
     """nnU-Net model folders under ``root`` (folders holding plans.json whose name has two ``__``)."""
-    return sorted(p.parent for p in Path(root).rglob("plans.json") if _FOLDER_RE.match(p.parent.name))
+    return sorted(p.parent for p in Path(root).rglob(NNUNET_PLANS) if _FOLDER_RE.match(p.parent.name))
 
 
 def extract_nnunet_zip(zip_path: Path, into: Path) -> list[Path]:
@@ -428,11 +429,11 @@ def _write_model(model: NnUNetModel, converted: dict[str, dict], target: Path) -
     nnunet_plans.json (nnU-Net's, for reference)."""
     with staged_folder(target) as new:  # a killed import leaves no half-installed model
         for fold, ckpt in converted.items():
-            (new / f"fold_{fold}").mkdir()
-            save_checkpoint(ckpt, new / f"fold_{fold}" / FINAL)  # with its digests, like a trained fold's
-        model.plans.save(new / "plans.json")
+            (new / fold_folder_name(fold)).mkdir()
+            save_checkpoint(ckpt, new / fold_folder_name(fold) / FINAL)  # with its digests, like a trained fold's
+        model.plans.save(new / PLANS_FILE)
         shutil.copyfile(model.folder / "dataset.json", new / "dataset.json")
-        shutil.copyfile(model.folder / "plans.json", new / "nnunet_plans.json")
+        shutil.copyfile(model.folder / NNUNET_PLANS, new / "nnunet_plans.json")
 
 
 def install_nnunet(source: Path, workspace: Workspace, overwrite: bool = False,

@@ -27,17 +27,13 @@ from autoseg.core.checkpoint import (CHECKPOINTS, CheckpointError, ModelRecord, 
 from autoseg.dataset import DatasetSpec
 from autoseg.planning.plans import ConfigurationPlan, Plans, matches_plans
 from autoseg.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision
-from autoseg.workspace import Workspace
+from autoseg.workspace import Fold, Workspace, fold_dirs, fold_of
 
-_FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 _DATASET_RE = re.compile(r"^Dataset(\d+)_.+$")
 
 
 class PredictorError(ValueError):
     """A model folder, fold or checkpoint that cannot be used for prediction (the message says why)."""
-
-
-Fold = int | str  # 0, 1, ... or "all"
 
 
 def parse_fold(text: str | int) -> Fold:
@@ -123,17 +119,6 @@ class Predictor:
                 f"checkpoint {self.checkpoint})")
 
 
-def fold_dirs(model_dir: Path) -> dict[Fold, Path]:
-    """The ``fold_*`` folders of a model folder, by fold (numbers first, in order, then ``all``)."""
-    found: dict[Fold, Path] = {}
-    if Path(model_dir).is_dir():
-        for p in Path(model_dir).iterdir():
-            m = _FOLD_RE.match(p.name)
-            if m and p.is_dir():
-                found[parse_fold(m.group(1))] = p
-    return dict(sorted(found.items(), key=lambda kv: (kv[0] == "all", kv[0] if kv[0] != "all" else 0)))
-
-
 def _checkpoint_name(checkpoint: str) -> str:
     if checkpoint not in CHECKPOINTS:
         raise PredictorError(f"unknown checkpoint '{checkpoint}'; choices: {', '.join(CHECKPOINTS)}")
@@ -147,13 +132,14 @@ def choose_checkpoints(model_dir: Path, folds: Sequence[Fold] | None, checkpoint
     name = _checkpoint_name(checkpoint)
     if not model_dir.is_dir():
         raise PredictorError(f"{model_dir}: model folder not found")
-    if _FOLD_RE.match(model_dir.name):  # a single fold folder
-        if folds is not None and [parse_fold(f) for f in folds] != [parse_fold(model_dir.name[5:])]:
+    own_fold = fold_of(model_dir)
+    if own_fold is not None:  # a single fold folder
+        if folds is not None and [parse_fold(f) for f in folds] != [own_fold]:
             raise PredictorError(f"{model_dir} is one fold's folder; give its configuration folder to choose folds")
         path = model_dir / name
         if not path.is_file():
             raise PredictorError(f"{path}: not found; {_hint(model_dir, checkpoint)}")
-        return {parse_fold(model_dir.name[5:]): path}
+        return {own_fold: path}
     available = fold_dirs(model_dir)
     if not available:
         raise PredictorError(f"{model_dir}: holds no fold_* folders; give a configuration folder "
@@ -239,7 +225,7 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
     def build(state: dict[str, Any]):
         return build_network(state, config, spec, state["source"])
 
-    model_root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
+    model_root = Path(model_dir) if fold_of(model_dir) is None else Path(model_dir).parent
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=FoldNetworks(states, build),
                      postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()),
@@ -258,7 +244,7 @@ def _load(path: Path) -> tuple[dict[str, Any], ModelRecord]:
 def _check_owner(model_dir: Path, spec: DatasetSpec, path: Path) -> None:
     """A model folder under ``results/<Dataset>/`` must hold that dataset's checkpoints: a checkpoint
     copied from another dataset would predict that dataset's labels under this one's name."""
-    root = Path(model_dir) if not _FOLD_RE.match(Path(model_dir).name) else Path(model_dir).parent
+    root = Path(model_dir) if fold_of(model_dir) is None else Path(model_dir).parent
     owner = root.resolve().parent.name
     if _DATASET_RE.match(owner) and spec.name and spec.name != owner:
         raise PredictorError(f"{path}: checkpoint of dataset {spec.name} found in the models of {owner}; remove it, "
@@ -272,43 +258,9 @@ def load_postprocessing(model_dir: Path) -> PostprocessingDecision | None:
 
 # --- finding a model in a workspace ---------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ModelFolder:
-    """A trained configuration folder ``<arch>__<plans_name>__<config>`` and its parts."""
-
-    path: Path
-    arch: str
-    plans_name: str
-    config: str
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-def model_folders(results_dir: Path) -> list[ModelFolder]:
-    """Configuration folders under ``results/<Dataset>`` with at least one fold checkpoint."""
-    out = []
-    if Path(results_dir).is_dir():
-        for p in sorted(Path(results_dir).iterdir()):
-            parts = p.name.split("__")
-            if len(parts) != 3 or not p.is_dir():
-                continue
-            if any((d / n).is_file() for d in fold_dirs(p).values() for n in CHECKPOINTS.values()):
-                out.append(ModelFolder(p, *parts))
-    return out
-
-
-def trained_datasets(workspace: Workspace) -> list[str]:
-    root = workspace.results
-    if not root.is_dir():
-        return []
-    return [p.name for p in sorted(root.iterdir()) if p.is_dir() and model_folders(p)]
-
-
 def resolve_trained(workspace: Workspace, dataset: str | None) -> str:
     """The name of a trained dataset from its name or number; ``None`` picks the only one."""
-    trained = trained_datasets(workspace)
+    trained = workspace.trained_datasets()
     if dataset is None:
         if len(trained) == 1:
             return trained[0]
@@ -330,7 +282,7 @@ def find_model_dir(workspace: Workspace, dataset: str | None = None, config: str
     """The configuration folder to predict with: the only trained one matching ``config``/``arch``/``plans``
     (a plans name or planner preset, :func:`~autoseg.planning.plans.matches_plans`)."""
     name = resolve_trained(workspace, dataset)
-    found = model_folders(workspace.results_dir(name))
+    found = workspace.model_folders(name)
     matching = [m for m in found if (config is None or m.config == config) and (arch is None or m.arch == arch)
                 and (plans is None or matches_plans(m.plans_name, plans))]
     if len(matching) == 1:

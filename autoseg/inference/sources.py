@@ -41,6 +41,7 @@ from autoseg.core.fileops import atomic_path, writing_into
 from autoseg.evaluation.statistics import StatisticsReport, label_statistics, summary_lines, write_statistics
 from autoseg.io import file_ending, read_image, read_volume, strip_ending
 from autoseg.io.dicom import Series, extract_zip, holds_dicom, is_dicom_file, scan_series, write_series_as
+from autoseg.inference.choice import PredictOptions
 from autoseg.inference.outputs import OutputContext, output_ending, output_problem, write_output
 from autoseg.inference.pipeline import PredictError, PredictReport
 
@@ -52,20 +53,10 @@ class SourceError(ValueError):
     """The predict request itself is invalid (sharding or channel options); the message says the fix."""
 
 
-@dataclass(frozen=True)
-class PredictOptions:
-    """The input/output options of ``predict`` handled here (defaults: behave as before them)."""
-
-    output_type: str | None = None  # None: the input's format (nifti for DICOM)
-    series_channels: tuple[str, ...] = ()  # one pattern per model channel, for multi-series DICOM sources
-    num_parts: int = 1
-    part_id: int = 0
-    statistics: bool = False
-
-    def needs_staging(self, in_dir: Path) -> bool:
-        """Whether ``predict`` must go through this module (else the folder pipeline runs as is)."""
-        return (self.output_type is not None or self.num_parts > 1 or self.statistics
-                or any(not file_ending(p) and _is_dicom_entry(p) for p in _entries(in_dir)))
+def needs_staging(options: PredictOptions, in_dir: Path) -> bool:
+    """Whether ``predict`` must go through this module (else the folder pipeline runs as is)."""
+    return (options.output_type is not None or options.num_parts > 1 or options.statistics
+            or any(not file_ending(p) and _is_dicom_entry(p) for p in _entries(in_dir)))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from autoseg.artifacts import Artifact
@@ -24,7 +23,6 @@ from autoseg.planning.settings import DEFAULT_ARCHITECTURE
 PLANS_SCHEMA_VERSION = 1
 DEFAULT_PRESET = "default"
 DEFAULT_PLANS_NAME = "autosegPlans"
-PLANS_FILE = "plans.json"
 _PRESET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*$")  # no "__": it splits run folders
 
 
@@ -149,47 +147,7 @@ def plans_name_for(preset: str) -> str:
     return DEFAULT_PLANS_NAME if preset == DEFAULT_PRESET else f"{DEFAULT_PLANS_NAME}_{preset}"
 
 
-def plans_path(dataset_dir: Path, plans_name: str) -> Path:
-    """Where the plans named ``plans_name`` lie in a preprocessed dataset folder."""
-    if plans_name == DEFAULT_PLANS_NAME:
-        return Path(dataset_dir) / PLANS_FILE
-    return Path(dataset_dir) / f"plans_{plans_name.removeprefix(DEFAULT_PLANS_NAME + '_')}.json"
-
-
-def planned(dataset_dir: Path) -> dict[str, Path]:
-    """The plans of a preprocessed dataset folder: ``{plans name: file}``, the default plans first."""
-    folder = Path(dataset_dir)
-    found = {}
-    if (folder / PLANS_FILE).is_file():
-        found[DEFAULT_PLANS_NAME] = folder / PLANS_FILE
-    for p in sorted(folder.glob("plans_*.json")) if folder.is_dir() else []:
-        if p.is_file():
-            found[f"{DEFAULT_PLANS_NAME}_{p.stem.removeprefix('plans_')}"] = p
-    return found
-
-
 def matches_plans(plans_name: str, wanted: str) -> bool:
     """Whether ``wanted`` (a plans name such as ``autosegPlans_resenc_m``, or the preset name
     ``resenc_m``; ``default`` for the default plans) names the plans ``plans_name``."""
     return wanted == plans_name or (_PRESET_RE.match(wanted) is not None and plans_name_for(wanted) == plans_name)
-
-
-def find_plans(dataset_dir: Path, wanted: str | None = None) -> Path:
-    """The plans file to use: the one ``wanted`` names (see :func:`matches_plans`); without a name the
-    default plans, or the only plans there. Errors list the plans that exist."""
-    found = planned(dataset_dir)
-    listed = ", ".join(found) or "none"
-    if wanted is None:
-        if DEFAULT_PLANS_NAME in found:
-            return found[DEFAULT_PLANS_NAME]
-        if len(found) == 1:
-            return next(iter(found.values()))
-        if not found:
-            raise FileNotFoundError(f"{dataset_dir}: no plans; run `autoseg plan` first")
-        raise ValueError(f"{dataset_dir}: several plans ({listed}); choose one with --plans")
-    for name, path in found.items():
-        if matches_plans(name, wanted):
-            return path
-    preset = wanted.removeprefix(DEFAULT_PLANS_NAME + "_")
-    raise ValueError(f"{dataset_dir}: no plans named '{wanted}' (planned: {listed}); plan them with "
-                     f"`autoseg plan DATASET --planner {preset}`")

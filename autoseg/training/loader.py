@@ -192,56 +192,68 @@ def _check_cases(folder: Path, case_ids: Sequence[str]) -> None:
                                 "rerun `autoseg preprocess` for this configuration")
 
 
-def _spec(config: ConfigurationPlan, batch_size: int, oversample: float, augment, seed: int, rank: int,
-          world_size: int, stream: int, foreground_classes, ignore_label, regions) -> BatchSpec:
+@dataclass(frozen=True)
+class Sampling:
+    """Which patches a loader draws: batch size, seed, foreground oversampling and the classes forced
+    foreground samples target (see :func:`autoseg.sampling.oversampling_classes`)."""
+
+    batch_size: int
+    seed: int
+    oversample_foreground: float = 0.33  # nnU-Net v2's oversample_foreground_percent
+    foreground_classes: Sequence[int] | None = None
+    ignore_label: int | None = None
+    regions: Sequence[tuple[int, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where batches are made: this process's rank among ``world_size`` and its worker processes
+    (``num_workers`` None: :func:`default_num_workers`; 0 computes batches in this process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int | None = None
+    pin_memory: bool = False
+    prefetch: int = DEFAULT_PREFETCH
+
+
+def _spec(config: ConfigurationPlan, sampling: Sampling, augment, workers: Workers, stream: int) -> BatchSpec:
+    batch_size, oversample, rank = sampling.batch_size, sampling.oversample_foreground, workers.rank
     if config.spatial_dims not in (2, 3) or len(config.patch_size) != config.spatial_dims:
         raise ValueError(f"configuration '{config.name}': patch_size {config.patch_size} does not match "
                          f"spatial_dims {config.spatial_dims}; re-create plans.json with `autoseg plan`")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    if not 0 <= rank < workers.world_size:
+        raise ValueError(f"rank {rank} is outside world size {workers.world_size}")
     forced_count(batch_size, oversample)  # validates the fraction
-    classes = oversampling_classes(foreground_classes, ignore_label, regions)
-    return BatchSpec(tuple(config.patch_size), batch_size, oversample, classes, augment, seed, rank, stream)
+    classes = oversampling_classes(sampling.foreground_classes, sampling.ignore_label, sampling.regions)
+    return BatchSpec(tuple(config.patch_size), batch_size, oversample, classes, augment, sampling.seed, rank, stream)
 
 
-def _data_loader(folder, case_ids, spec, sampler, num_workers, pin_memory, prefetch) -> DataLoader:
-    workers = default_num_workers() if num_workers is None else num_workers
+def _data_loader(folder, case_ids, spec, sampler, workers: Workers) -> DataLoader:
+    n = default_num_workers() if workers.num_workers is None else workers.num_workers
     return DataLoader(PatchBatches(folder, case_ids, spec), batch_size=None, sampler=sampler,
-                      num_workers=workers, pin_memory=pin_memory and torch.cuda.is_available(),
-                      persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None,
-                      worker_init_fn=_worker_init if workers > 0 else None)
+                      num_workers=n, pin_memory=workers.pin_memory and torch.cuda.is_available(),
+                      persistent_workers=n > 0, prefetch_factor=workers.prefetch if n > 0 else None,
+                      worker_init_fn=_worker_init if n > 0 else None)
 
 
-def make_train_loader(folder: Path, case_ids: Sequence[str], config: ConfigurationPlan, *, batch_size: int,
-                      seed: int, augment: AugmentSettings | None = AugmentSettings(),
-                      oversample_foreground: float = 0.33, start_iteration: int = 0, rank: int = 0,
-                      world_size: int = 1, num_workers: int | None = None, pin_memory: bool = False,
-                      prefetch: int = DEFAULT_PREFETCH, foreground_classes: Sequence[int] | None = None,
-                      ignore_label: int | None = None,
-                      regions: Sequence[tuple[int, ...]] | None = None) -> TimedIterator:
+def make_train_loader(folder: Path, case_ids: Sequence[str], config: ConfigurationPlan, sampling: Sampling,
+                      workers: Workers = Workers(), augment: AugmentSettings | None = AugmentSettings(),
+                      start_iteration: int = 0) -> TimedIterator:
     """Endless training batches ``(image, target)`` from batch ``start_iteration`` on.
 
     ``folder`` holds the preprocessed cases of ``config``; ``case_ids`` the training cases of the
-    fold. ``num_workers`` None: :func:`default_num_workers`; 0 computes batches in this process.
-    ``foreground_classes`` / ``regions`` / ``ignore_label`` choose the classes that forced
-    foreground samples target (see :func:`autoseg.sampling.oversampling_classes`).
-    The returned iterator records its data-wait time; ``close()`` stops its workers.
+    fold. The returned iterator records its data-wait time; ``close()`` stops its workers.
     """
     _check_cases(folder, case_ids)
-    spec = _spec(config, batch_size, oversample_foreground, augment, seed, rank, world_size, TRAIN_STREAM,
-                 foreground_classes, ignore_label, regions)
-    loader = _data_loader(folder, case_ids, spec, _CountFrom(start_iteration), num_workers, pin_memory, prefetch)
-    return TimedIterator(loader)
+    spec = _spec(config, sampling, augment, workers, TRAIN_STREAM)
+    return TimedIterator(_data_loader(folder, case_ids, spec, _CountFrom(start_iteration), workers))
 
 
-def make_val_loader(folder: Path, case_ids: Sequence[str], config: ConfigurationPlan, *, batch_size: int,
-                    num_batches: int, seed: int, oversample_foreground: float = 0.33, rank: int = 0,
-                    world_size: int = 1, num_workers: int | None = None, pin_memory: bool = False,
-                    prefetch: int = DEFAULT_PREFETCH, foreground_classes: Sequence[int] | None = None,
-                    ignore_label: int | None = None,
-                    regions: Sequence[tuple[int, ...]] | None = None) -> DataLoader:
+def make_val_loader(folder: Path, case_ids: Sequence[str], config: ConfigurationPlan, sampling: Sampling,
+                    num_batches: int, workers: Workers = Workers()) -> DataLoader:
     """The same ``num_batches`` validation batches (no augmentation) each time it is iterated.
 
     Same oversampling as training; drawn from a stream separate from training's.
@@ -249,6 +261,5 @@ def make_val_loader(folder: Path, case_ids: Sequence[str], config: Configuration
     if num_batches < 1:
         raise ValueError(f"num_batches must be at least 1, got {num_batches}")
     _check_cases(folder, case_ids)
-    spec = _spec(config, batch_size, oversample_foreground, None, seed, rank, world_size, VAL_STREAM,
-                 foreground_classes, ignore_label, regions)
-    return _data_loader(folder, case_ids, spec, range(num_batches), num_workers, pin_memory, prefetch)
+    spec = _spec(config, sampling, None, workers, VAL_STREAM)
+    return _data_loader(folder, case_ids, spec, range(num_batches), workers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoseg import api_predict
+from autoseg import api
 from autoseg.inference.crossval import CROSSVAL_DIR, CrossvalError, merge_folds
 from autoseg.postprocessing import PostprocessingDecision
 
@@ -47,14 +47,14 @@ def test_a_merge_that_fails_keeps_the_earlier_merge_and_one_that_succeeds_replac
 
 
 def test_postprocess_saves_the_decision_with_the_model(workspace):
-    path = api_predict.postprocess(workspace, DATASET, config="3d_fullres", progress=False)
+    path = api.postprocess(workspace, DATASET, config="3d_fullres", progress=False)
     assert path == workspace.results_dir(DATASET) / A / "postprocessing.json"
     decision = PostprocessingDecision.load(path)
     assert decision.keep_largest_foreground and decision.mean_dice_after["organ"] == pytest.approx(1.0)
 
 
 def test_find_best_ranks_models_and_their_ensemble(workspace):
-    result = api_predict.find_best(workspace, DATASET, progress=False)
+    result = api.find_best(workspace, DATASET, progress=False)
     scores = {c.name: c.foreground_dice for c in result.candidates}
     assert scores[A] == pytest.approx(128 / 130)  # 64 voxels + a 2-voxel island
     assert scores[B] == pytest.approx(96 / 128)  # shifted by one voxel: 48 of 64 overlap
@@ -75,7 +75,7 @@ def test_ensemble_winner_gets_ensemble_commands(workspace):
         return seg
 
     validation(results / B, other_island)  # A and B now make different mistakes, which average out
-    result = api_predict.find_best(workspace, DATASET, progress=False)
+    result = api.find_best(workspace, DATASET, progress=False)
     assert result.best == f"{B}--{A}" and result.candidates[-1].foreground_dice == pytest.approx(1.0)
     assert result.commands[0].endswith("--config 2d --arch unet --save-probabilities")
     assert result.commands[-1].startswith("autoseg ensemble OUTPUT_FOLDER_2d_unet OUTPUT_FOLDER_3d_fullres_unet -o")
@@ -86,7 +86,7 @@ def test_models_without_probabilities_are_scored_but_not_ensembled(workspace):
     results = workspace.results_dir(DATASET)
     for npz in (results / B).rglob("*.npz"):
         npz.unlink()
-    result = api_predict.find_best(workspace, DATASET, progress=False)
+    result = api.find_best(workspace, DATASET, progress=False)
     assert {c.name for c in result.candidates} == {A, B}
     assert any("not ensembled" in n for n in result.notes)
 
@@ -95,7 +95,7 @@ def test_recommended_commands_name_plans_other_than_the_default(tmp_path):
     from pathlib import Path
 
     from autoseg.inference.crossval import CandidateScore, predict_commands
-    from autoseg.inference.predictor import ModelFolder
+    from autoseg.workspace import ModelFolder
 
     a = ModelFolder(Path("unet__autosegPlans__3d_fullres"), "unet", "autosegPlans", "3d_fullres")
     b = ModelFolder(Path("unet__autosegPlans_resenc_m__3d_fullres"), "unet", "autosegPlans_resenc_m", "3d_fullres")

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg import api_predict, api_train
+from autoseg import api
+from autoseg.inference.choice import ModelChoice, PredictOptions
+from autoseg.training.session import TrainRequest
 from autoseg.cli import EXIT_INPUT, EXIT_OK, main
 from autoseg.core.checkpoint import FINAL, load_checkpoint, save_checkpoint, weights_digest
 from autoseg.dataset import DatasetSpec
@@ -50,7 +52,7 @@ FAST_PREDICT = dict(tta=False, device="cpu", progress=False)
 def trained(tmp_path_factory):
     """A tiny planned workspace with fold 0 trained for a few iterations (2 training, 2 validation cases)."""
     ws = tw.make_workspace(tmp_path_factory.mktemp("ws"))
-    run = api_train.train(ws, None, [0], settings=dict(tw.FAST, iters_per_epoch=40), progress=False)[0]
+    run = api.train(ws, TrainRequest(settings=dict(tw.FAST, iters_per_epoch=40)), progress=False)[0]
     return ws, run
 
 
@@ -118,7 +120,7 @@ def test_quantize_writes_a_checked_int8_network_per_fold(trained, quantized):
 
 
 def _predict(ws, out: Path, precision: str):
-    return api_predict.predict(ws, ws.raw / tw.DATASET / "imagesTr", out, precision=precision, **FAST_PREDICT)
+    return api.predict(ws, ws.raw / tw.DATASET / "imagesTr", out, options=PredictOptions(precision=precision, **FAST_PREDICT))
 
 
 def _labels(folder: Path) -> np.ndarray:
@@ -166,8 +168,8 @@ def test_int8_without_a_quantized_network_says_how_to_make_one(trained, tmp_path
     with pytest.raises(BackendError, match="autoseg quantize"):
         _predict(ws, tmp_path / "out", "int8")
     with pytest.raises(BackendError, match="--backend openvino"):
-        api_predict.predict(ws, ws.raw / tw.DATASET / "imagesTr", tmp_path / "t", precision="int8", backend="torch",
-                            **FAST_PREDICT)
+        api.predict(ws, ws.raw / tw.DATASET / "imagesTr", tmp_path / "t",
+                    options=PredictOptions(precision="int8", backend="torch", **FAST_PREDICT))
 
 
 def test_export_carries_the_int8_network_to_another_machine(quantized, tmp_path):
@@ -175,8 +177,8 @@ def test_export_carries_the_int8_network_to_another_machine(quantized, tmp_path)
     zip_path = tmp_path / "model.zip"
     assert main(["export", tw.DATASET, "-o", str(zip_path), "--workdir", str(ws.root)]) == EXIT_OK
     other = type(ws)(tmp_path / "other")
-    report = api_predict.predict(other, ws.raw / tw.DATASET / "imagesTr", tmp_path / "b", model=zip_path,
-                                 precision="int8", **FAST_PREDICT)
+    report = api.predict(other, ws.raw / tw.DATASET / "imagesTr", tmp_path / "b", ModelChoice(model=zip_path),
+                         PredictOptions(precision="int8", **FAST_PREDICT))
     assert report.engine == "openvino int8 on cpu"
     _predict(ws, tmp_path / "a", "int8")
     np.testing.assert_array_equal(_labels(tmp_path / "a"), _labels(tmp_path / "b"))
@@ -229,11 +231,11 @@ def test_openvino_and_nncf_send_no_usage_statistics(tmp_path):
 
 def test_a_2d_model_is_quantized_slice_by_slice(tmp_path):
     ws = tw.make_workspace(tmp_path, extra_plans=(tw.tiny_plan(patch=(16, 16), name="2d", batch_size=4),))
-    api_train.train(ws, None, [0], config="2d", settings=dict(tw.FAST, iters_per_epoch=20), progress=False)
-    [result] = api_predict.quantize(ws, config="2d", patches=4, check_cases=1, tolerance=1.0)
+    api.train(ws, TrainRequest(config="2d", settings=dict(tw.FAST, iters_per_epoch=20)), progress=False)
+    [result] = api.quantize(ws, ModelChoice(config="2d"), patches=4, check_cases=1, tolerance=1.0)
     assert result.record["input_shape"] == [1, 1, 16, 16] and result.record["check"]["passed"]
-    report = api_predict.predict(ws, ws.raw / tw.DATASET / "imagesTr", tmp_path / "out", config="2d",
-                                 precision="int8", **FAST_PREDICT)
+    report = api.predict(ws, ws.raw / tw.DATASET / "imagesTr", tmp_path / "out", ModelChoice(config="2d"),
+                         PredictOptions(precision="int8", **FAST_PREDICT))
     assert report.ok and report.engine == "openvino int8 on cpu" and len(report.written) == 4
 
 
@@ -243,8 +245,8 @@ def test_folds_linked_to_a_quantized_checkpoint_share_its_int8_network(quantized
     for fold in (0, 1):
         (linked / f"fold_{fold}").mkdir(parents=True)
         (linked / f"fold_{fold}" / FINAL).symlink_to(_fold_dir(ws) / FINAL)
-    report = api_predict.predict(type(ws)(tmp_path), ws.raw / tw.DATASET / "imagesTr", tmp_path / "out",
-                                 model=linked, **FAST_PREDICT)
+    report = api.predict(type(ws)(tmp_path), ws.raw / tw.DATASET / "imagesTr", tmp_path / "out",
+                         ModelChoice(model=linked), PredictOptions(**FAST_PREDICT))
     assert report.ok and report.engine == "openvino int8 on cpu"
 
 

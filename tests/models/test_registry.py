@@ -52,7 +52,7 @@ def test_every_entry_has_a_preset_that_plans_for_it(name):
 
 
 def test_the_registry_and_the_planner_import_no_torch():
-    code = ("import sys, autoseg.models, autoseg.planning.planner, autoseg.cli_train, autoseg.cli_predict; "
+    code = ("import sys, autoseg.models, autoseg.planning.planner, autoseg.cli.train, autoseg.cli.predict; "
             "print(sorted(m for m in ('torch', 'monai', 'dynamic_network_architectures') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "[]"

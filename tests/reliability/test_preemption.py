@@ -69,7 +69,7 @@ def test_a_signal_mid_epoch_stops_after_the_step_and_resume_reaches_the_uninterr
 def test_sigterm_during_the_final_validation_ends_at_once_and_resume_validates(reference, tmp_path):
     workdir = reference.planned_copy(tmp_path / "w")
     run_dir = workdir / RUN / "fold_0"
-    point = KillPoint("autoseg.api_train:_final_validation", nth=1, when="before", signal="SIGTERM")
+    point = KillPoint("autoseg.training.session:_final_validation", nth=1, when="before", signal="SIGTERM")
 
     code, out, err = finish(spawn(train_args(workdir), tmp_path, point))
 

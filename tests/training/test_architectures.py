@@ -90,17 +90,18 @@ def _ddp_worker(rank: int, root: str, port: int, name: str) -> None:
 
     import torch
 
-    from autoseg import api_train
-    from autoseg.training import ddp
+    from autoseg.training import ddp, session
+    from autoseg.training.session import TrainRequest
     from autoseg.workspace import Workspace
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     ctx = ddp.DistContext(rank, 2, rank)
     try:
-        api_train.train(Workspace(Path(root) / "ws"), None, [0], arch=name, dist=ctx, progress=False,
-                        settings={"epochs": 1, "iters_per_epoch": 2, "val_iters": 1, "num_workers": 0,
-                                  "val_mirroring": False})
+        session.train(Workspace(Path(root) / "ws"),
+                      TrainRequest(arch=name, settings={"epochs": 1, "iters_per_epoch": 2, "val_iters": 1,
+                                                        "num_workers": 0, "val_mirroring": False}),
+                      dist=ctx, progress=False)
     finally:
         ddp.shutdown(ctx)
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg import api_train
+from autoseg.training import session
+from autoseg.training.session import TrainRequest
 from autoseg.cli import main
 from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint
 from autoseg.models import build_model
@@ -162,7 +163,7 @@ def _cli(capsys, ws, *args):
 def test_cli_time_budget_is_fitted_logged_and_stored(tmp_path, capsys):
     ws = make_workspace(tmp_path)
     code, err = _cli(capsys, ws, "--time-budget", "1h", "--epochs", "2", "--iters-per-epoch", "1", "--val-iters", "1")
-    run_dir = api_train.run_dir_for(ws, DATASET, "unet", "autosegPlans", "3d_fullres", 0)
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 0)
     assert code == 0, err
     ckpt = load_checkpoint(run_dir / FINAL)
     assert ckpt["settings"]["time_budget"] == 3600 and ckpt["settings"]["epochs"] == 2  # --epochs caps the fit
@@ -176,7 +177,7 @@ def test_cli_refuses_a_budget_too_small_for_one_epoch_and_says_the_minimum(tmp_p
     ws = make_workspace(tmp_path)
     code, err = _cli(capsys, ws, "--time-budget", "1s", "--iters-per-epoch", "250", "--val-iters", "50")
     assert code == 2 and "--time-budget 1s is too small" in err and "give at least --time-budget" in err, err
-    run_dir = api_train.run_dir_for(ws, DATASET, "unet", "autosegPlans", "3d_fullres", 0)
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 0)
     assert not (run_dir / LATEST).exists() and not (run_dir / FINAL).exists()
 
 
@@ -197,8 +198,8 @@ def test_cli_resume_with_a_budget_continues_within_it(tmp_path, capsys):
 
     settings = dict(time_budget=3600.0, epochs=3, iters_per_epoch=1, val_iters=1, num_workers=0)
     with pytest.raises(KeyboardInterrupt):
-        api_train.train(ws, None, [0], settings=settings, progress=False, callbacks=[Interrupt()])
-    run_dir = api_train.run_dir_for(ws, DATASET, "unet", "autosegPlans", "3d_fullres", 0)
+        session.train(ws, TrainRequest(settings=settings), progress=False, callbacks=[Interrupt()])
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 0)
     used = load_checkpoint(run_dir / LATEST)["train_state"]["budget_elapsed"]
     code, err = _cli(capsys, ws, "--resume", "--time-budget", "1h")
     assert code == 0, err

@@ -35,22 +35,23 @@ def _free_port() -> int:
 def _worker(rank: int, root: str, port: int, extra: dict | None = None) -> None:
     from pathlib import Path
 
-    from autoseg import api_train
+    from autoseg.training import session
+    from autoseg.training.session import TrainRequest
     from autoseg.workspace import Workspace
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    fit = api_train._fit
+    fit = session._fit
 
     def fit_and_keep(run, *args):  # every rank's final weights, to check they stayed in sync
         fit(run, *args)
         torch.save(run.model.state_dict(), Path(root) / f"rank{rank}.pt")
 
-    api_train._fit = fit_and_keep
+    session._fit = fit_and_keep
     ctx = ddp.DistContext(rank, 2, rank)
     try:
-        api_train.train(Workspace(Path(root) / "ws"), None, [0], settings={**FAST, "epochs": 2, **(extra or {})},
-                        dist=ctx, progress=False)
+        session.train(Workspace(Path(root) / "ws"), TrainRequest(settings={**FAST, "epochs": 2, **(extra or {})}),
+                      dist=ctx, progress=False)
     finally:
         ddp.shutdown(ctx)
 
@@ -100,8 +101,8 @@ def _stop_worker(rank: int, root: str, port: int) -> None:
     import signal
     from pathlib import Path
 
-    from autoseg import api_train
-    from autoseg.training import trainer
+    from autoseg.training import session, trainer
+    from autoseg.training.session import TrainRequest
     from autoseg.training.stopping import StopSignals, TrainingStopped
     from autoseg.workspace import Workspace
 
@@ -118,8 +119,8 @@ def _stop_worker(rank: int, root: str, port: int) -> None:
     trainer.train_step = counted
     ctx = ddp.DistContext(rank, 2, rank)
     try:
-        api_train.train(Workspace(Path(root) / "ws"), None, [0], settings=dict(FAST, epochs=3), dist=ctx,
-                        progress=False, stop=stop)
+        session.train(Workspace(Path(root) / "ws"), TrainRequest(settings=dict(FAST, epochs=3)), dist=ctx,
+                      progress=False, stop=stop)
         result = f"finished after step {calls[0]}"
     except TrainingStopped as e:
         result = f"stopped by {signal.Signals(e.signum).name} after step {calls[0]}, epochs done {e.epochs_done}"

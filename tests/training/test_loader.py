@@ -8,7 +8,7 @@ import torch
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.storage import CaseProperties, write_case
 from autoseg.training.augmentation import AugmentSettings
-from autoseg.training.loader import TimedIterator, make_train_loader, make_val_loader
+from autoseg.training.loader import Sampling, TimedIterator, Workers, make_train_loader, make_val_loader
 
 SHAPE = (20, 20, 20)
 CASES = ["a", "b", "c"]
@@ -42,7 +42,10 @@ def _take(folder, n, **kw):
     args = dict(batch_size=2, seed=7, num_workers=0, foreground_classes=(1, 2))
     args.update(kw)
     config = args.pop("config", _config())
-    it = make_train_loader(folder, CASES, config, **args)
+    pick = lambda *names: {k: args.pop(k) for k in names if k in args}  # noqa: E731
+    workers = Workers(**pick("rank", "world_size", "num_workers"))
+    it = make_train_loader(folder, CASES, config, Sampling(**pick("batch_size", "seed", "foreground_classes")),
+                           workers, **args)
     out = [next(it) for _ in range(n)]
     it.close()
     return out
@@ -107,7 +110,8 @@ def test_augmentation_changes_batches_and_off_settings_do_not(folder):
 
 
 def test_val_loader_repeats_its_batches_without_augmentation(folder):
-    val = make_val_loader(folder, CASES, _config(), batch_size=2, num_batches=3, seed=7, num_workers=0)
+    val = make_val_loader(folder, CASES, _config(), Sampling(batch_size=2, seed=7), num_batches=3,
+                          workers=Workers(num_workers=0))
     first, second = list(val), list(val)
     assert len(first) == 3 and _same(first, second)
     assert not _same(first, _take(folder, 3, augment=None))
@@ -116,7 +120,7 @@ def test_val_loader_repeats_its_batches_without_augmentation(folder):
 
 def test_missing_case_is_reported_with_the_fix(folder):
     with pytest.raises(FileNotFoundError, match="autoseg preprocess"):
-        make_train_loader(folder, CASES + ["zzz"], _config(), batch_size=2, seed=0, num_workers=0)
+        make_train_loader(folder, CASES + ["zzz"], _config(), Sampling(batch_size=2, seed=0), Workers(num_workers=0))
 
 
 def test_timed_iterator_adds_up_waiting_time():

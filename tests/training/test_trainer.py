@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from autoseg import api_train
+from autoseg import api
+from autoseg.training import session
+from autoseg.training.session import TrainRequest
 from autoseg.cli import main
 from autoseg.core import runtime
 from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint, save_checkpoint
@@ -135,9 +137,10 @@ def test_amp_resolution(monkeypatch):
 def trained(tmp_path_factory):
     """A workspace with 1-epoch unet and resenc_unet runs on fold 0."""
     ws = make_workspace(tmp_path_factory.mktemp("ws"))
-    unet = api_train.train(ws, None, [0], settings=dict(FAST), progress=False)[0]
-    resenc = api_train.train(ws, DATASET, [0], arch="resenc_unet", progress=False,
-                             settings=dict(FAST, save_probabilities=True, val_mirroring=True))[0]
+    unet = api.train(ws, TrainRequest(settings=dict(FAST)), progress=False)[0]
+    resenc = api.train(ws, TrainRequest(DATASET, arch="resenc_unet",
+                                        settings=dict(FAST, save_probabilities=True, val_mirroring=True)),
+                       progress=False)[0]
     return ws, unet, resenc
 
 
@@ -170,14 +173,14 @@ def test_one_epoch_resenc_unet_with_mirroring_and_saved_probabilities(trained):
 
 def test_one_epoch_2d_configuration(tmp_path):
     ws = make_workspace(tmp_path, extra_plans=(tiny_plan(patch=(16, 16), name="2d", batch_size=4),))
-    run_dir = api_train.train(ws, None, [0], config="2d", settings=dict(FAST), progress=False)[0]
+    run_dir = api.train(ws, TrainRequest(config="2d", settings=dict(FAST)), progress=False)[0]
     assert run_dir.parent.name == "unet__autosegPlans__2d"
     assert json.loads((run_dir / "validation" / "summary.json").read_text())["n_cases"] == 2
 
 
 def test_region_dataset_trains_with_sigmoid_outputs(tmp_path):
-    run_dir = api_train.train(make_workspace(tmp_path, labels=REGIONS), None, [0], settings=dict(FAST),
-                              progress=False)[0]
+    run_dir = api.train(make_workspace(tmp_path, labels=REGIONS), TrainRequest(settings=dict(FAST)),
+                        progress=False)[0]
     ckpt = load_checkpoint(run_dir / FINAL)
     assert ckpt["dataset"]["regions_class_order"] == [1, 2]
     assert ckpt["model"]["net.output_block.conv.conv.weight"].shape[0] == 2  # one channel per region
@@ -185,18 +188,18 @@ def test_region_dataset_trains_with_sigmoid_outputs(tmp_path):
 
 
 def test_ignore_label_dataset_trains_and_is_left_out_of_validation(tmp_path):
-    run_dir = api_train.train(make_workspace(tmp_path, labels=IGNORE), None, [0], settings=dict(FAST),
-                              progress=False)[0]
+    run_dir = api.train(make_workspace(tmp_path, labels=IGNORE), TrainRequest(settings=dict(FAST)),
+                        progress=False)[0]
     assert load_checkpoint(run_dir / FINAL)["model"]["net.output_block.conv.conv.weight"].shape[0] == 3
     assert set(json.loads((run_dir / "validation" / "summary.json").read_text())["mean"]) == {"bright", "dim"}
 
 
 def test_parse_folds():
-    assert api_train.parse_folds(["0", 3, "all", 0], 5) == [0, 3, "all"]
-    with pytest.raises(api_train.TrainError, match="unknown fold 5: splits.json has folds 0-4"):
-        api_train.parse_folds([5], 5)
-    with pytest.raises(api_train.TrainError, match="unknown fold 'x'"):
-        api_train.parse_folds(["x"], 5)
+    assert session.parse_folds(["0", 3, "all", 0], 5) == [0, 3, "all"]
+    with pytest.raises(session.TrainError, match="unknown fold 5: splits.json has folds 0-4"):
+        session.parse_folds([5], 5)
+    with pytest.raises(session.TrainError, match="unknown fold 'x'"):
+        session.parse_folds(["x"], 5)
 
 
 @pytest.mark.slow
@@ -204,8 +207,8 @@ def test_one_epoch_swin_unetr(tmp_path):
     shape = (32, 32, 64)
     ws = make_workspace(tmp_path, n_cases=2, shape=shape, plan=tiny_plan(patch=shape, features=(12, 24, 48),
                                                                         batch_size=1))
-    run_dir = api_train.train(ws, None, [0], arch="swin_unetr", settings=dict(FAST, iters_per_epoch=1),
-                              progress=False)[0]
+    run_dir = api.train(ws, TrainRequest(arch="swin_unetr", settings=dict(FAST, iters_per_epoch=1)),
+                        progress=False)[0]
     assert load_checkpoint(run_dir / FINAL)["arch"] == "swin_unetr"
     assert (run_dir / "validation" / "summary.json").is_file()
 
@@ -219,13 +222,13 @@ class Interrupt(Callback):
 def test_resume_after_an_interrupted_epoch_gives_the_uninterrupted_weights(tmp_path):
     settings = dict(FAST, epochs=3)
     ws_a, ws_b = make_workspace(tmp_path / "a"), make_workspace(tmp_path / "b")
-    straight = api_train.train(ws_a, None, [0], settings=settings, progress=False)[0]
+    straight = api.train(ws_a, TrainRequest(settings=settings), progress=False)[0]
     with pytest.raises(KeyboardInterrupt):
-        api_train.train(ws_b, None, [0], settings=settings, progress=False, callbacks=[Interrupt()])
+        api.train(ws_b, TrainRequest(settings=settings), progress=False, callbacks=[Interrupt()])
     run_b = straight.relative_to(tmp_path / "a")
     assert load_checkpoint(tmp_path / "b" / run_b / LATEST)["train_state"]["epoch"] == 1
     assert not (tmp_path / "b" / run_b / ".lock").exists()
-    resumed = api_train.train(ws_b, None, [0], settings={}, resume=True, progress=False)[0]
+    resumed = api.train(ws_b, TrainRequest(settings={}, resume=True), progress=False)[0]
     a, b = load_checkpoint(straight / FINAL), load_checkpoint(resumed / FINAL)
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -238,8 +241,8 @@ def test_resume_after_an_interrupted_epoch_gives_the_uninterrupted_weights(tmp_p
 
 def test_resume_may_extend_epochs_but_not_change_the_trajectory(trained, tmp_path):
     ws, unet, _ = trained
-    with pytest.raises(api_train.TrainError, match="cannot change seed"):
-        api_train.train(ws, None, [0], settings={"seed": 7}, resume=True, progress=False)
+    with pytest.raises(session.TrainError, match="cannot change seed"):
+        api.train(ws, TrainRequest(settings={"seed": 7}, resume=True), progress=False)
 
 
 def test_resume_refuses_changed_plans(trained):
@@ -248,8 +251,8 @@ def test_resume_refuses_changed_plans(trained):
     original = path.read_text()
     path.write_text(original.replace('"batch_size": 2', '"batch_size": 3'))
     try:
-        with pytest.raises(api_train.TrainError, match="plans.json of Dataset990_Tiny changed"):
-            api_train.train(ws, None, [0], settings={}, resume=True, progress=False)
+        with pytest.raises(session.TrainError, match="plans.json of Dataset990_Tiny changed"):
+            api.train(ws, TrainRequest(settings={}, resume=True), progress=False)
     finally:
         path.write_text(original)
 
@@ -262,8 +265,8 @@ def test_resume_refuses_a_checkpoint_of_another_dataset(trained, tmp_path):
     ckpt["dataset"]["name"] = "Dataset902_Other"  # e.g. a run folder copied from another dataset
     save_checkpoint(ckpt, latest)  # a valid file (digests of its content), not a damaged one
     try:
-        with pytest.raises(api_train.TrainError, match=f"holds a checkpoint of dataset Dataset902_Other, not {DATASET}"):
-            api_train.train(ws, None, [0], settings={}, resume=True, progress=False)
+        with pytest.raises(session.TrainError, match=f"holds a checkpoint of dataset Dataset902_Other, not {DATASET}"):
+            api.train(ws, TrainRequest(settings={}, resume=True), progress=False)
     finally:
         latest.write_bytes(original)
 
@@ -272,14 +275,14 @@ def test_pretrained_weights_are_loaded_and_output_heads_may_differ(trained):
     ws, unet, resenc = trained
     weights = load_checkpoint(unet / FINAL)["model"]
     same = build_model("unet", tiny_plan(), 1, 3)
-    api_train.load_pretrained(same, unet)
+    session.load_pretrained(same, unet)
     assert all(torch.equal(v, weights[k]) for k, v in same.state_dict().items())
     more_classes = build_model("unet", tiny_plan(), 1, 5)
-    api_train.load_pretrained(more_classes, unet)
+    session.load_pretrained(more_classes, unet)
     conv = "net.input_block.conv1.conv.weight"
     assert torch.equal(more_classes.state_dict()[conv], weights[conv])
-    with pytest.raises(api_train.TrainError, match="incompatible network"):
-        api_train.load_pretrained(build_model("unet", tiny_plan(), 1, 3), resenc)
+    with pytest.raises(session.TrainError, match="incompatible network"):
+        session.load_pretrained(build_model("unet", tiny_plan(), 1, 3), resenc)
 
 
 # --- command-line errors ---------------------------------------------------------------------------
@@ -314,7 +317,7 @@ def test_cli_resume_without_checkpoint_starts_the_run(tmp_path, capsys):
     ws = make_workspace(tmp_path)
     code, err = _cli(capsys, ws, "--fold", "1", "--resume", "--epochs", "1", "--iters-per-epoch", "1",
                      "--val-iters", "1", "--num-workers", "0")
-    run_dir = api_train.run_dir_for(ws, DATASET, "unet", "autosegPlans", "3d_fullres", 1)
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 1)
     assert code == 0 and (run_dir / FINAL).is_file(), err
     assert "starting" in (run_dir / "training_log.txt").read_text()
 
@@ -361,9 +364,9 @@ def test_train_picks_the_plans_named_by_preset_and_lists_them_when_unknown(tmp_p
     other = dataclasses.replace(default, plans_name="autosegPlans_small", planner="small")
     other.save(pre / "plans_small.json")
     shutil.copytree(pre / "autosegPlans_3d_fullres", pre / "autosegPlans_small_3d_fullres")
-    run_dir = api_train.train(ws, None, [0], settings=dict(FAST), plans_name="small", progress=False)[0]
+    run_dir = api.train(ws, TrainRequest(settings=dict(FAST), plans="small"), progress=False)[0]
     assert run_dir.parent.name == "unet__autosegPlans_small__3d_fullres"
     assert load_checkpoint(run_dir / FINAL)["plans"]["plans_name"] == "autosegPlans_small"
     assert not (ws.results_dir(DATASET) / "unet__autosegPlans__3d_fullres").exists()
-    with pytest.raises(api_train.TrainError, match="no plans named 'resenc_m' .*autosegPlans, autosegPlans_small"):
-        api_train.train(ws, None, [0], settings=dict(FAST), plans_name="resenc_m", progress=False)
+    with pytest.raises(session.TrainError, match="no plans named 'resenc_m' .*autosegPlans, autosegPlans_small"):
+        api.train(ws, TrainRequest(settings=dict(FAST), plans="resenc_m"), progress=False)

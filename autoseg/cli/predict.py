@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from autoseg.cli import EXIT_FAILURE, EXIT_OK, command, out, workspace_from
+from autoseg.cli import EXIT_FAILURE, EXIT_OK, command, dataset_spec, out, workspace_from
 from autoseg.models.registry import ARCHITECTURES, IMPORTED
 
 BACKEND_CHOICES = ("auto", "torch", "openvino")  # autoseg.inference.backends.BACKENDS (not imported: torch)
@@ -30,6 +30,14 @@ def _model_options(p: argparse.ArgumentParser, dataset_positional: bool = False)
                    help=f"architecture when several are trained ({', '.join([*ARCHITECTURES, *IMPORTED])})")
     p.add_argument("--plans", default=None, metavar="NAME",
                    help="plans (planner preset such as resenc_m, or plans name) when several are trained")
+
+
+def _model_choice(args: argparse.Namespace):
+    """The :class:`~autoseg.inference.choice.ModelChoice` that ``_model_options``/``_folds_option``/``--model`` give."""
+    from autoseg.inference.choice import ModelChoice
+
+    return ModelChoice(dataset=args.dataset, config=args.config, arch=args.arch, plans=args.plans,
+                       model=getattr(args, "model", None), folds=args.folds, checkpoint=args.checkpoint)
 
 
 def _folds_option(p: argparse.ArgumentParser) -> None:
@@ -105,18 +113,17 @@ def _report(report, what: str) -> int:
          "preprocessing as training, sliding window with mirroring, softmax averaged over folds, written with the "
          "input's exact geometry. Exit code 1 when any case failed (the others are written).")
 def run_predict(args: argparse.Namespace) -> int:
-    from autoseg import api_predict
-    from autoseg.inference.sources import PredictOptions, check_shard
+    from autoseg import api
+    from autoseg.inference.choice import PredictOptions
+    from autoseg.inference.sources import check_shard
 
     check_shard(args.num_parts, args.part_id)  # before the model is loaded
-    options = PredictOptions(output_type=args.output_type, series_channels=tuple(args.series_channels),
-                             num_parts=args.num_parts, part_id=args.part_id, statistics=args.statistics)
-    report = api_predict.predict(
-        workspace_from(args), args.in_dir, args.out_dir, dataset=args.dataset, config=args.config, arch=args.arch,
-        plans=args.plans,
-        folds=args.folds, checkpoint=args.checkpoint, model=args.model, step=args.step, tta=not args.no_tta,
-        save_probabilities=args.save_probabilities, device=args.device, backend=args.backend,
-        precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress, options=options)
+    options = PredictOptions(step=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,
+                             device=args.device, backend=args.backend, precision=args.precision,
+                             overwrite=args.overwrite, progress=not args.no_progress, output_type=args.output_type,
+                             series_channels=tuple(args.series_channels), num_parts=args.num_parts,
+                             part_id=args.part_id, statistics=args.statistics)
+    report = api.predict(workspace_from(args), args.in_dir, args.out_dir, _model_choice(args), options)
     return _report(report, "predicted")
 
 
@@ -143,13 +150,10 @@ def _quantize_arguments(p: argparse.ArgumentParser) -> None:
          "compare their Dice. A network that passes is used by `autoseg predict` on the CPU (--precision auto or "
          "int8); --precision fp32 keeps the exact path.")
 def run_quantize(args: argparse.Namespace) -> int:
-    from autoseg import api_predict
+    from autoseg import api
 
-    results = api_predict.quantize(workspace_from(args), args.dataset, config=args.config, arch=args.arch,
-                                   plans=args.plans,
-                                   folds=args.folds, checkpoint=args.checkpoint, model=args.model,
-                                   patches=args.patches, check_cases=args.check_cases, tolerance=args.tolerance,
-                                   seed=args.seed, progress=out, raw_data=args.raw_data)
+    results = api.quantize(workspace_from(args), _model_choice(args), raw_data=args.raw_data, patches=args.patches,
+                           check_cases=args.check_cases, tolerance=args.tolerance, seed=args.seed, progress=out)
     passed = True
     for r in results:
         c = r.record["check"]
@@ -185,15 +189,13 @@ def _ensemble_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("ensemble", "average the saved probabilities of several predictions", _ensemble_arguments)
 def run_ensemble(args: argparse.Namespace) -> int:
-    from autoseg import api_predict
+    from autoseg import api
 
     rco = None
     if args.dataset is not None:
-        from autoseg.cli_evaluate import dataset_spec
-
         spec = dataset_spec(args.dataset, args)
         rco = tuple(spec.regions_class_order) if spec.has_regions else ()
-    report = api_predict.ensemble(args.in_dirs, args.out_dir, postprocessing=args.postprocessing,
+    report = api.ensemble(args.in_dirs, args.out_dir, postprocessing=args.postprocessing,
                                   regions_class_order=rco, save_probabilities=args.save_probabilities,
                                   overwrite=args.overwrite, progress=not args.no_progress)
     return _report(report, "ensembled")
@@ -214,10 +216,12 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("export", "write a trained model to a self-contained zip", _export_arguments)
 def run_export(args: argparse.Namespace) -> int:
-    from autoseg import api_predict
+    from autoseg import api
+    from autoseg.inference.choice import ModelChoice
 
-    path = api_predict.export(workspace_from(args), args.run, args.out_zip, config=args.config, arch=args.arch,
-                              folds=args.folds, checkpoint=args.checkpoint, onnx=args.onnx, plans=args.plans)
+    choice = ModelChoice(config=args.config, arch=args.arch, plans=args.plans, folds=args.folds,
+                         checkpoint=args.checkpoint)
+    path = api.export(workspace_from(args), args.run, args.out_zip, choice, onnx=args.onnx)
     out(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB)")
     out(f"on another machine: autoseg import {path.name}  (or: autoseg predict --model {path.name} -i IN -o OUT)")
     return EXIT_OK
@@ -235,10 +239,10 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("import", "install an exported model (autoseg or nnU-Net v2) into the workspace", _import_arguments)
 def run_import(args: argparse.Namespace) -> int:
-    from autoseg import api_predict
+    from autoseg import api
 
-    targets = api_predict.import_(workspace_from(args), args.zip, overwrite=args.overwrite,
-                                  allowed_trainers=args.allow_trainer)
+    targets = api.import_(workspace_from(args), args.zip, overwrite=args.overwrite,
+                          allowed_trainers=args.allow_trainer)
     for target in targets:
         out(f"installed {target}")
     out(f"next: autoseg predict -i IN_DIR -o OUT_DIR --model {targets[0]}")
@@ -261,11 +265,11 @@ def _postprocess_arguments(p: argparse.ArgumentParser) -> None:
          "the largest connected component improves Dice, and save postprocessing.json in the model folder; "
          "`autoseg predict` applies it.")
 def run_postprocess(args: argparse.Namespace) -> int:
-    from autoseg import api_predict
+    from autoseg import api
     from autoseg.postprocessing import PostprocessingDecision
 
-    path = api_predict.postprocess(workspace_from(args), args.dataset, config=args.config, arch=args.arch,
-                                   workers=args.workers, progress=not args.no_progress, plans=args.plans)
+    path = api.postprocess(workspace_from(args), args.dataset, config=args.config, arch=args.arch,
+                           workers=args.workers, progress=not args.no_progress, plans=args.plans)
     d = PostprocessingDecision.load(path)
     kept = [", ".join(map(str, g)) for g in d.keep_largest_per_target]
     out(f"largest foreground component: {'yes' if d.keep_largest_foreground else 'no'}; per class/region: "
@@ -287,12 +291,12 @@ def _find_best_arguments(p: argparse.ArgumentParser) -> None:
          "averaged) by foreground-mean Dice on cross-validation; decide post-processing for the best and write "
          "results/<Dataset>/inference_instructions.txt with the predict command.")
 def run_find_best(args: argparse.Namespace) -> int:
-    from autoseg import api_predict
+    from autoseg import api
     from autoseg.inference.crossval import INSTRUCTIONS
 
     ws = workspace_from(args)
-    result = api_predict.find_best(ws, args.dataset, configs=args.configs, ensembles=not args.no_ensembles,
-                                   workers=args.workers, progress=not args.no_progress)
+    result = api.find_best(ws, args.dataset, configs=args.configs, ensembles=not args.no_ensembles,
+                           workers=args.workers, progress=not args.no_progress)
     for c in result.candidates:
         out(f"  {c.foreground_dice:.4f}  {c.name}{'  <- best' if c.name == result.best else ''}")
     for note in result.notes:

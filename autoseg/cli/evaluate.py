@@ -1,4 +1,5 @@
-"""CLI commands ``autoseg evaluate`` and ``autoseg show`` (registered in :mod:`autoseg.cli`)."""
+"""CLI commands ``autoseg evaluate`` and ``autoseg show`` (registered in :mod:`autoseg.cli`; SciPy and the
+metrics are imported inside the commands only)."""
 
 from __future__ import annotations
 
@@ -6,34 +7,13 @@ import argparse
 import os
 from pathlib import Path
 
-from autoseg.cli import EXIT_OK, command, out, workspace_from
+from autoseg.cli import EXIT_OK, command, dataset_spec, out
 
-
-def dataset_spec(dataset: str | None, args: argparse.Namespace, near: Path | None = None):
-    """The :class:`DatasetSpec` named by ``-d``: a dataset.json file, a raw dataset folder, a name or
-    number under ``<workdir>/raw`` or, failing that, the copy under ``<workdir>/preprocessed``.
-    Without ``-d``: the dataset.json next to ``near`` (e.g. ``labelsTr/..``), when there is one."""
-    from autoseg.dataset import DatasetSpec, read_json
-
-    if dataset is None:
-        if near is not None and (Path(near).parent / "dataset.json").is_file():
-            return DatasetSpec.load(Path(near).resolve().parent)
-        raise ValueError("name the dataset with -d DATASET (its dataset.json gives the labels and file ending)")
-    p = Path(dataset)
-    if p.is_file():
-        return DatasetSpec.from_json(read_json(p), p, p.resolve().parent.name)
-    ws = workspace_from(args)
-    try:
-        return DatasetSpec.load(ws.resolve_raw(dataset))
-    except ValueError:
-        name = ws.resolve_planned(dataset)  # raises with the list of planned datasets
-        folder = ws.preprocessed_dir(name)
-        return DatasetSpec.from_json(read_json(folder / "dataset.json"), folder / "dataset.json", name)
+# autoseg.evaluation.metrics.DEFAULT_TOLERANCE_MM (not imported here: SciPy; a test checks they agree)
+DEFAULT_TOLERANCE_MM = 2.0
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    from autoseg.evaluation.metrics import DEFAULT_TOLERANCE_MM
-
     p.add_argument("gt_dir", metavar="GT_DIR", type=Path, help="folder of reference label maps {case}{file_ending}")
     p.add_argument("pred_dir", metavar="PRED_DIR", type=Path, help="folder of predicted label maps")
     p.add_argument("-d", "--dataset", default=None,

@@ -1,4 +1,4 @@
-"""``autoseg train``: command-line options -> :func:`autoseg.api_train.train` (torch imported lazily)."""
+"""``autoseg train``: command-line options -> :func:`autoseg.api.train` (torch imported inside the command)."""
 
 from __future__ import annotations
 
@@ -91,11 +91,14 @@ def _callbacks(args: argparse.Namespace) -> list:
          "and validation/summary.json to <workdir>/results/<Dataset>/<arch>__<plans>__<config>/fold_<k>/. "
          "Multi-GPU: torchrun --nproc-per-node N -m autoseg train ...")
 def run_train(args: argparse.Namespace) -> int:
-    from autoseg import api_train
+    from autoseg import api
     from autoseg.training import ddp
+    from autoseg.training.session import TrainRequest
     from autoseg.training.stopping import StopSignals, TrainingStopped
 
     settings = {key: getattr(args, opt) for opt, key in OPTION_TO_SETTING.items() if getattr(args, opt) is not None}
+    request = TrainRequest(dataset=args.dataset, folds=tuple(args.fold), config=args.config, arch=args.arch,
+                           plans=args.plans, settings=settings, resume=args.resume, pretrained=args.pretrained)
     dist = ddp.detect(os.environ)
     if args.time_budget is not None and dist.is_main and (len(args.fold) > 1 or "all" in args.fold):
         from autoseg.training.durations import format_duration
@@ -104,10 +107,8 @@ def run_train(args: argparse.Namespace) -> int:
             f"another)")
     try:
         with StopSignals() as stop:
-            runs = api_train.train(workspace_from(args), args.dataset, args.fold, config=args.config, arch=args.arch,
-                                   settings=settings, resume=args.resume, pretrained=args.pretrained, dist=dist,
-                                   progress=not args.no_progress and dist.is_main, plans_name=args.plans, stop=stop,
-                                   callbacks=_callbacks(args))
+            runs = api.train(workspace_from(args), request, dist=dist, progress=not args.no_progress and dist.is_main,
+                             callbacks=_callbacks(args), stop=stop)
     except TrainingStopped as e:
         if dist.is_main:
             print(f"autoseg train: {stopped_message(e)}; resume with: {resume_command(args, dist, e.epochs_done != 0)}",

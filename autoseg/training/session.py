@@ -1,22 +1,49 @@
-"""``autoseg train``: train one configuration on one or more folds of a planned dataset.
+"""A training run put together: resolve what ``autoseg train`` was asked into one :class:`TrainJob` per
+fold, then build, (resume,) fit and validate each.
 
-Run folder: ``<workdir>/results/<Dataset>/<arch>__<plans_name>__<config>/fold_<k>/`` with
-checkpoints, ``log.jsonl``, ``training_log.txt``, ``progress.png`` and ``validation/`` (end-of-training
-full-volume predictions of the fold's validation cases and ``summary.json``). Folds run one after
-another; ``all`` trains on every case. Under torchrun every rank calls :func:`train` with its
+Run folder (:meth:`~autoseg.workspace.Workspace.run_dir`):
+``<workdir>/results/<Dataset>/<arch>__<plans_name>__<config>/fold_<k>/`` with checkpoints, ``log.jsonl``,
+``training_log.txt``, ``progress.png`` and ``validation/`` (end-of-training full-volume predictions of
+the fold's validation cases and ``summary.json``). Folds run one after another; ``all`` trains on
+every case. Under torchrun every rank calls :func:`train` with its
 :class:`~autoseg.training.ddp.DistContext`; rank 0 alone writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoseg.core.checkpoint import DatasetRecord, ModelRecord
+import torch
+
+from autoseg.core.checkpoint import (BEST, FINAL, LATEST, DatasetRecord, ModelRecord, NonFiniteWeightsError,
+                                     load_checkpoint)
+from autoseg.core.runlock import LOCK_NAME, RunLock
+from autoseg.core.runtime import resolve_amp, resolve_device, seed_everything
+from autoseg.dataset import DatasetSpec
+from autoseg.inference.sliding import window_starts
+from autoseg.models import ARCHITECTURES, build_model
+from autoseg.models.registry import check_buildable
+from autoseg.planning.planner import unplanned_configurations
+from autoseg.planning.plans import Plans
+from autoseg.progress import progress_bar
+from autoseg.splits import Fold, Splits
+from autoseg.storage import CaseProperties
+from autoseg.training import ddp
+from autoseg.training.budget import TimeBudget
+from autoseg.training.checkpoint import CheckpointCallback, restore
+from autoseg.training.loader import Sampling, Workers, make_train_loader, make_val_loader
+from autoseg.training.durations import format_duration
+from autoseg.training.logging import LogCallback, ProgressBarCallback, log_line
+from autoseg.training.losses import make_loss
+from autoseg.training.trainer import NonFiniteLossError, Run, Targets, TrainSettings, fit, make_optimizer
+from autoseg.training.validation import ValidationJob, validate
 from autoseg.workspace import Workspace
 
 # Settings that may change when resuming; any other difference would make the resumed run differ
@@ -34,15 +61,50 @@ class TrainingDivergedError(RuntimeError):
 
 
 def _kept_checkpoints(run_dir: Path) -> str:
-    from autoseg.core.checkpoint import BEST, FINAL, LATEST
-
     kept = [n for n in (LATEST, BEST, FINAL) if (run_dir / n).is_file()]
     return f"kept from earlier epochs: {', '.join(kept)}" if kept else "no checkpoint had been written yet"
 
 
-def run_dir_for(workspace: Workspace, dataset_name: str, arch: str, plans_name: str, config: str,
-                fold: int | str) -> Path:
-    return workspace.results_dir(dataset_name) / f"{arch}__{plans_name}__{config}" / f"fold_{fold}"
+@dataclass(frozen=True)
+class TrainRequest:
+    """What ``autoseg train`` is asked, names not yet resolved (None: the default or the only one)."""
+
+    dataset: str | None = None  # planned dataset: name or number
+    folds: tuple[int | str, ...] = (0,)  # fold numbers and/or "all", trained in this order
+    config: str | None = None  # default: the plans' default configuration
+    arch: str | None = None  # default: the configuration's architecture
+    plans: str | None = None  # plans name or planner preset (resenc_m); default: the default preset's
+    settings: Mapping[str, Any] = field(default_factory=dict)  # TrainSettings fields chosen explicitly
+    resume: bool = False  # continue the run's latest checkpoint (its stored settings, RESUMABLE_CHANGES aside)
+    pretrained: Path | None = None  # start from another run's weights
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One fold's training run with every choice resolved; its folders come from the workspace."""
+
+    workspace: Workspace
+    dataset_name: str
+    plans: Plans
+    config: str
+    arch: str
+    fold: int | str
+    fold_cases: Fold  # the fold's training and validation case ids
+    settings: Mapping[str, Any] = field(default_factory=dict)  # TrainSettings fields chosen explicitly
+    resume: bool = False
+    pretrained: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workspace.run_dir(self.dataset_name, self.arch, self.plans.plans_name, self.config, self.fold)
+
+    @property
+    def preprocessed_dir(self) -> Path:
+        return self.workspace.preprocessed_dir(self.dataset_name)
+
+    @property
+    def data_folder(self) -> Path:
+        return self.workspace.data_dir(self.dataset_name, self.plans, self.config)
 
 
 def parse_folds(folds: Sequence[int | str], n_folds: int) -> list[int | str]:
@@ -65,64 +127,55 @@ def parse_folds(folds: Sequence[int | str], n_folds: int) -> list[int | str]:
     return out
 
 
-def train(workspace: Workspace, dataset_name: str | None = None, folds: Sequence[int | str] = (0,),
-          config: str | None = None, arch: str | None = None, settings: Mapping[str, Any] | None = None,
-          resume: bool = False, pretrained: Path | None = None, dist=None, progress: bool = True,
-          callbacks: Sequence = (), plans_name: str | None = None, stop=None) -> list[Path]:
-    """Train ``config`` (default: the plans') with ``arch`` (default: the plan's) on each fold.
+def train(workspace: Workspace, request: TrainRequest, dist=None, progress: bool = True,
+          callbacks: Sequence = (), stop=None) -> list[Path]:
+    """Train each fold of ``request`` (:func:`jobs_for`) one after another; returns the run folders.
 
-    ``plans_name`` picks the dataset's plans by plans name or planner preset (``resenc_m``); default:
-    the default preset's plans, or the only plans there (:func:`~autoseg.planning.plans.find_plans`).
-
-    ``settings`` holds the :class:`~autoseg.training.trainer.TrainSettings` fields chosen
-    explicitly; on ``resume`` the run's stored settings are used and only fields in
-    :data:`RESUMABLE_CHANGES` may differ. ``stop``: the installed
-    :class:`~autoseg.training.stopping.StopSignals` (SIGTERM/SIGINT end training after the current
-    step with :class:`~autoseg.training.stopping.TrainingStopped`). Returns the run folders."""
-    from autoseg.models import ARCHITECTURES
-    from autoseg.models.registry import check_buildable
-    from autoseg.planning.planner import unplanned_configurations
-    from autoseg.planning.plans import Plans, find_plans
-    from autoseg.splits import Splits
-    from autoseg.training import ddp
-
+    ``dist``: this process's :class:`~autoseg.training.ddp.DistContext` (default: a single process);
+    ``callbacks``: extra trainer hooks (:class:`~autoseg.training.trainer.Callback`) for every fold;
+    ``stop``: the installed :class:`~autoseg.training.stopping.StopSignals` (SIGTERM/SIGINT end
+    training after the current step with :class:`~autoseg.training.stopping.TrainingStopped`)."""
     dist = dist or ddp.SINGLE
-    name = workspace.resolve_planned(dataset_name)
-    pre = workspace.preprocessed_dir(name)
+    return [run_job(job, dist, progress, callbacks, stop) for job in jobs_for(workspace, request)]
+
+
+def jobs_for(workspace: Workspace, request: TrainRequest) -> list[TrainJob]:
+    """One job per fold: the planned dataset, plans, configuration (default: the plans') and
+    architecture (default: the plan's) that ``request`` names, checked before any training starts.
+
+    ``request.plans`` picks the dataset's plans by plans name or planner preset (``resenc_m``); default:
+    the default preset's plans, or the only plans there (:meth:`~autoseg.workspace.Workspace.find_plans`).
+    ``request.settings`` holds the :class:`~autoseg.training.trainer.TrainSettings` fields chosen
+    explicitly; on ``resume`` the run's stored settings are used and only fields in
+    :data:`RESUMABLE_CHANGES` may differ."""
+    name = workspace.resolve_planned(request.dataset)
     try:
-        plans_file = find_plans(pre, plans_name)
+        plans_file = workspace.find_plans(name, request.plans)
     except ValueError as e:
         raise TrainError(str(e)) from None
     plans = Plans.load(plans_file)
-    config = config or plans.default_configuration
+    config = request.config or plans.default_configuration
     if config not in plans.configurations:
         why = unplanned_configurations(plans).get(config)
         raise TrainError(f"configuration '{config}' is not planned for {name}{f' ({why})' if why else ''}; choices: "
                          f"{', '.join(plans.configurations)}")
-    arch = arch or plans.configurations[config].architecture
+    arch = request.arch or plans.configurations[config].architecture
     if arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture '{arch}'; choices: {', '.join(ARCHITECTURES)}")
     check_buildable(arch, plans.configurations[config])  # before any run folder is made
-    splits = Splits.load(pre / "splits.json")
-    fold_list = parse_folds(folds, len(splits.folds))
-    if resume and pretrained is not None:
+    splits = Splits.load(workspace.splits_file(name))
+    fold_list = parse_folds(request.folds, len(splits.folds))
+    if request.resume and request.pretrained is not None:
         raise TrainError("--resume continues a run and --pretrained starts a new one from other weights; "
                          "use one of them")
-    runs = []
-    for fold in fold_list:
-        run_dir = run_dir_for(workspace, name, arch, plans.plans_name, config, fold)
-        runs.append(train_fold(workspace, name, plans, config, arch, splits.fold(fold), fold, run_dir,
-                               dict(settings or {}), resume, pretrained, dist, progress, callbacks, stop))
-    return runs
+    return [TrainJob(workspace, name, plans, config, arch, fold, splits.fold(fold), dict(request.settings),
+                     request.resume, request.pretrained) for fold in fold_list]
 
 
 def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
     """Fresh run: the given settings over the defaults. Resume: the checkpoint's settings with the
     allowed changes, plus the checkpoint to continue from; a run folder without a checkpoint yet
     starts anew (checkpoint None)."""
-    from autoseg.core.checkpoint import FINAL, LATEST, load_checkpoint
-    from autoseg.training.trainer import TrainSettings
-
     unknown = set(given) - {f.name for f in dataclasses.fields(TrainSettings)}
     if unknown:
         raise TrainError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
@@ -155,46 +208,38 @@ def model_record(plans, config: str, arch: str, fold, spec, settings) -> ModelRe
                        settings=settings.to_dict())
 
 
-def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, fold_cases, fold, run_dir: Path,
-               given: dict[str, Any], resume: bool, pretrained: Path | None, dist, progress: bool,
-               callbacks: Sequence, stop=None) -> Path:
-    """Build, (resume,) fit and validate one fold; returns its run folder."""
-    from autoseg.training import ddp
-    from autoseg.core.runlock import RunLock
-
+def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = (), stop=None) -> Path:
+    """Build, (resume,) fit and validate one fold; returns its run folder (``stop``: see :func:`train`)."""
     started = time.monotonic()  # a time budget counts from here
+    run_dir = job.run_dir
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
-    settings, ckpt = resolve_settings(given, run_dir, resume)
+    settings, ckpt = resolve_settings(dict(job.settings), run_dir, job.resume)
     record = ModelRecord.of(ckpt, run_dir) if ckpt is not None else None
     trained_on = record.dataset.name if record is not None else None
-    if record is not None and trained_on not in ("", plans.dataset_name):
-        raise TrainError(f"--resume: {run_dir} holds a checkpoint of dataset {trained_on}, not {name}; move it to "
-                         f"results/{trained_on} or delete it to train {name} anew")
-    if record is not None and record.plans != plans.to_dict():
-        from autoseg.planning.plans import plans_path
-
-        raise TrainError(f"--resume: {plans_path(workspace.preprocessed_dir(name), plans.plans_name).name} of {name} "
-                         f"changed since {run_dir} was started; train a new run (delete the folder) or restore the "
-                         "old plans")
-    made = missing_folders(run_dir, workspace.root) if dist.is_main else []
+    if record is not None and trained_on not in ("", job.plans.dataset_name):
+        raise TrainError(f"--resume: {run_dir} holds a checkpoint of dataset {trained_on}, not {job.dataset_name}; "
+                         f"move it to results/{trained_on} or delete it to train {job.dataset_name} anew")
+    if record is not None and record.plans != job.plans.to_dict():
+        plans_file = job.workspace.plans_file(job.dataset_name, job.plans.plans_name)
+        raise TrainError(f"--resume: {plans_file.name} of {job.dataset_name} changed since {run_dir} was started; "
+                         "train a new run (delete the folder) or restore the old plans")
+    made = missing_folders(run_dir, job.workspace.root) if dist.is_main else []
     lock = RunLock(run_dir, notify=_tell).acquire() if dist.is_main else None
     done = False  # a failure removes the folders this call made, when they are still empty
     try:
         if lock is not None:
             remove_temporaries(run_dir)
-        run, loaders = build_run(workspace, name, plans, config, arch, fold_cases, fold, run_dir, settings, dist)
+        run, loaders = build_run(job, settings, dist)
         if ckpt is not None:
-            from autoseg.training.checkpoint import restore
-
             restore(run, ckpt)
-        elif pretrained is not None:
-            load_pretrained(run.model, pretrained)
+        elif job.pretrained is not None:
+            load_pretrained(run.model, job.pretrained)
         run.network = _wrap(run, dist)
         if stop is not None:
             run.stop = stop
         if settings.time_budget is not None:
-            run.budget = make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started)
+            run.budget = make_time_budget(job, run, dist, started)
         history = run.state.history
         # an early-stopped run is finished; continue it as a new run with --pretrained
         finished = run.state.epoch >= settings.epochs or bool(history and history[-1].get("early_stopped"))
@@ -205,7 +250,7 @@ def train_fold(workspace: Workspace, name: str, plans, config: str, arch: str, f
         ddp.barrier(dist)
         if dist.is_main and (not finished or not (run_dir / "validation" / "summary.json").is_file()):
             validation_started = time.monotonic()
-            _final_validation(workspace, name, plans, config, run, fold_cases, progress)
+            _final_validation(job, run, progress)
             if run.budget is not None:
                 _log_budget_use(run, time.monotonic() - validation_started)
         done = True
@@ -247,8 +292,6 @@ def remove_empty(folders: Sequence[Path]) -> None:
 def remove_temporaries(run_dir: Path) -> None:
     """Delete the temporary files (``.name.XXXX.tmp``, ``.case.nii.gz.XXXX.nii.gz``) a killed run left in
     its folder and ``validation/``; only while holding the run's lock, so no live writer owns them."""
-    from autoseg.core.runlock import LOCK_NAME
-
     for folder in (run_dir, run_dir / "validation"):
         if folder.is_dir():
             for p in folder.iterdir():
@@ -259,78 +302,57 @@ def remove_temporaries(run_dir: Path) -> None:
 def _finish_checkpoints(run) -> None:
     """A run killed after its last epoch but before ``checkpoint_final.pt`` was written (or before the
     latest checkpoint was removed) gets both done now, as the end of training would have."""
-    from autoseg.training.checkpoint import FINAL, LATEST, CheckpointCallback
-
     if not (run.run_dir / FINAL).is_file():
         CheckpointCallback().on_train_end(run)
     (run.run_dir / LATEST).unlink(missing_ok=True)
 
 
-def build_run(workspace, name, plans, config, arch, fold_cases, fold, run_dir, settings, dist):
+def build_run(job: TrainJob, settings: TrainSettings, dist) -> tuple[Run, tuple]:
     """The :class:`~autoseg.training.trainer.Run` of a fold (fresh weights) and its batch factories."""
-    import torch
-
-    from autoseg.dataset import DatasetSpec
-    from autoseg.models import build_model
-    from autoseg.preprocessing import data_folder
-    from autoseg.training import ddp
-    from autoseg.training.losses import make_loss
-    from autoseg.training.trainer import Run, Targets, make_optimizer
-    from autoseg.core.runtime import resolve_amp, resolve_device, seed_everything
-
-    spec = DatasetSpec.load(workspace.preprocessed_dir(name))
-    cfg = plans.configuration(config)
+    spec = DatasetSpec.load(job.preprocessed_dir)
+    cfg = job.plans.configuration(job.config)
     device = ddp.local_device(dist, resolve_device(settings.device))
     ddp.init(dist, device)
     seed_everything(settings.seed)
     regions = tuple(spec.regions) if spec.has_regions else None
-    model = build_model(arch, cfg, spec.num_channels, spec.num_outputs, settings.deep_supervision).to(device)
+    model = build_model(job.arch, cfg, spec.num_channels, spec.num_outputs, settings.deep_supervision).to(device)
     loss = make_loss(spec.num_outputs, cfg.batch_dice, regions, spec.ignore_label)
     amp_dtype, use_scaler = resolve_amp(settings.amp, device)
     run = Run(model=model, network=model, loss_fn=loss, optimizer=make_optimizer(model, settings),
               scaler=torch.amp.GradScaler(device.type) if use_scaler else None, settings=settings,
               targets=Targets(spec.num_outputs, regions, spec.ignore_label), device=device, amp_dtype=amp_dtype,
-              run_dir=run_dir, dist=dist, record=model_record(plans, config, arch, fold, spec, settings))
-    folder = data_folder(workspace.preprocessed_dir(name), plans, config)
+              run_dir=job.run_dir, dist=dist,
+              record=model_record(job.plans, job.config, job.arch, job.fold, spec, settings))
     batch = ddp.batch_share(settings.batch_size or cfg.batch_size, dist)
-    loaders = make_batch_factories(folder, fold_cases, cfg, spec, settings, batch, dist, device)
+    loaders = make_batch_factories(job.data_folder, job.fold_cases, cfg, spec, settings, batch, dist, device)
     return run, loaders
 
 
 def make_batch_factories(folder: Path, fold_cases, cfg, spec, settings, batch_size: int, dist, device):
     """``(train_batches(start_iteration), val_batches(epoch))`` over the preprocessed cases."""
-    from autoseg.training.loader import make_train_loader, make_val_loader
-
-    common = dict(batch_size=batch_size, seed=settings.seed, oversample_foreground=settings.oversample_foreground,
-                  rank=dist.rank, world_size=dist.world_size, num_workers=settings.num_workers,
-                  pin_memory=device.type == "cuda", foreground_classes=spec.foreground_classes or None,
-                  ignore_label=spec.ignore_label, regions=tuple(spec.regions) if spec.has_regions else None)
-    val_loader = make_val_loader(folder, list(fold_cases.val), cfg, num_batches=settings.val_iters, **common)
+    sampling = Sampling(batch_size=batch_size, seed=settings.seed, oversample_foreground=settings.oversample_foreground,
+                        foreground_classes=spec.foreground_classes or None, ignore_label=spec.ignore_label,
+                        regions=tuple(spec.regions) if spec.has_regions else None)
+    workers = Workers(rank=dist.rank, world_size=dist.world_size, num_workers=settings.num_workers,
+                      pin_memory=device.type == "cuda")
+    val_loader = make_val_loader(folder, list(fold_cases.val), cfg, sampling, settings.val_iters, workers)
 
     def train_batches(start_iteration: int):
-        return make_train_loader(folder, list(fold_cases.train), cfg, start_iteration=start_iteration, **common)
+        return make_train_loader(folder, list(fold_cases.train), cfg, sampling, workers,
+                                 start_iteration=start_iteration)
 
     return train_batches, (lambda epoch: val_loader)
 
 
-def make_time_budget(workspace, name, plans, config, run, fold_cases, dist, started: float):
+def make_time_budget(job: TrainJob, run: Run, dist, started: float) -> TimeBudget:
     """The run's :class:`~autoseg.training.budget.TimeBudget`: the final validation's network
     evaluations counted from the validation cases' preprocessed shapes (sliding-window patches at
     the validation's step, times the mirrorings), the epoch cap from the run's settings (or the
     plan an interrupted run stored)."""
-    import math
-
-    from autoseg.inference.sliding import window_starts
-    from autoseg.preprocessing import data_folder
-    from autoseg.storage import CaseProperties
-    from autoseg.training import ddp
-    from autoseg.training.budget import TimeBudget
-
-    cfg = plans.configuration(config)
-    folder = data_folder(workspace.preprocessed_dir(name), plans, config)
+    cfg = job.plans.configuration(job.config)
     windows = 0
-    for case in fold_cases.val:
-        shape = CaseProperties.load(folder / f"{case}.json").shape_after_resample
+    for case in job.fold_cases.val:
+        shape = CaseProperties.load(job.data_folder / f"{case}.json").shape_after_resample
         windows += math.prod(len(window_starts(n, p, 0.5)) for n, p in zip(shape[-len(cfg.patch_size):],
                                                                              cfg.patch_size))
     mirrorings = 2 ** len(cfg.patch_size) if run.settings.val_mirroring else 1
@@ -342,11 +364,8 @@ def make_time_budget(workspace, name, plans, config, run, fold_cases, dist, star
     return budget
 
 
-def _log_budget_use(run, validation_seconds: float) -> None:
+def _log_budget_use(run: Run, validation_seconds: float) -> None:
     """How the budget was spent, beside its plan: the final validation's actual time and the total."""
-    from autoseg.training.durations import format_duration
-    from autoseg.training.logging import log_line
-
     plan = run.state.budget_plan or {}
     used = run.budget.elapsed()
     log_line(run.run_dir, f"time budget {format_duration(run.budget.seconds)}: used {format_duration(used)} "
@@ -356,20 +375,11 @@ def _log_budget_use(run, validation_seconds: float) -> None:
 
 
 def _wrap(run, dist):
-    import torch
-
-    from autoseg.training import ddp
-
     network = torch.compile(run.model) if run.settings.compile else run.model
     return ddp.wrap(network, dist, run.device)
 
 
 def _fit(run, loaders, progress: bool, extra_callbacks: Sequence) -> None:
-    from autoseg.core.checkpoint import NonFiniteWeightsError
-    from autoseg.training.checkpoint import CheckpointCallback
-    from autoseg.training.logging import LogCallback, ProgressBarCallback
-    from autoseg.training.trainer import NonFiniteLossError, fit
-
     bar = ProgressBarCallback() if progress else None
     callbacks = [LogCallback(), CheckpointCallback(), *([bar] if bar else []), *extra_callbacks]
     try:
@@ -384,22 +394,15 @@ def _fit(run, loaders, progress: bool, extra_callbacks: Sequence) -> None:
             bar._progress.stop()
 
 
-def _final_validation(workspace, name, plans, config, run, fold_cases, progress: bool) -> Path:
-    from autoseg.api import find_raw_dir
-    from autoseg.dataset import DatasetSpec
-    from autoseg.preprocessing import data_folder
-    from autoseg.progress import progress_bar
-    from autoseg.training.validation import ValidationJob, validate
-
-    spec = DatasetSpec.load(workspace.preprocessed_dir(name))
-    cfg = plans.configuration(config)
-    job = ValidationJob(plans=plans, config=cfg, spec=spec,
-                        data_folder=data_folder(workspace.preprocessed_dir(name), plans, config),
-                        raw_folder=find_raw_dir(workspace, name), out_folder=run.run_dir / "validation",
-                        case_ids=tuple(fold_cases.val))
+def _final_validation(job: TrainJob, run: Run, progress: bool) -> Path:
+    spec = DatasetSpec.load(job.preprocessed_dir)
+    cfg = job.plans.configuration(job.config)
+    vjob = ValidationJob(plans=job.plans, config=cfg, spec=spec, data_folder=job.data_folder,
+                         raw_folder=job.workspace.raw_dir(job.dataset_name), out_folder=run.run_dir / "validation",
+                         case_ids=tuple(job.fold_cases.val))
     axes = tuple(range(len(cfg.patch_size))) if run.settings.val_mirroring else ()
-    with progress_bar("validation", len(job.case_ids), enabled=progress) as advance:
-        return validate([run.model], job, run.device, run.amp_dtype, axes, run.settings.save_probabilities,
+    with progress_bar("validation", len(vjob.case_ids), enabled=progress) as advance:
+        return validate([run.model], vjob, run.device, run.amp_dtype, axes, run.settings.save_probabilities,
                         progress=advance)
 
 
@@ -407,9 +410,6 @@ def load_pretrained(model, source: Path) -> None:
     """Fine-tuning: copy weights from a run folder (its final, else best, else latest checkpoint) or
     a checkpoint file. Output heads (the head names of the checkpoint's architecture entry) whose shape
     differs (another number of classes) keep their fresh weights; any other shape difference is an error."""
-    from autoseg.core.checkpoint import BEST, FINAL, LATEST, load_checkpoint
-    from autoseg.models import ARCHITECTURES
-
     source = Path(source)
     path = source
     if source.is_dir():

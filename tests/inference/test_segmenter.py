@@ -16,8 +16,10 @@ import pytest
 import SimpleITK as sitk
 
 import dicom_series as ds
-from autoseg import Segmenter, api_train
+from autoseg import Segmenter
 from autoseg.cli import EXIT_OK, main
+from autoseg.training import session
+from autoseg.training.session import TrainRequest
 from autoseg.inference.predictor import PredictorError
 from autoseg.io import read_volume
 from autoseg.io.in_memory import InputImageError
@@ -50,7 +52,7 @@ def trained(tmp_path_factory):
     images on oblique, anisotropic grids (resampled to the model's 1 mm, cropped, then back)."""
     root = tmp_path_factory.mktemp("seg")
     ws = tw.make_workspace(root / "ws")
-    api_train.train(ws, None, [0], settings=dict(tw.FAST, iters_per_epoch=10), progress=False)
+    session.train(ws, TrainRequest(settings=dict(tw.FAST, iters_per_epoch=10)), progress=False)
     images = root / "in"
     for i in range(3):
         image, _ = tw.toy_case(10 + i, shape=(20, 18, 12))

@@ -32,6 +32,7 @@ from autoseg import jsonfiles
 from autoseg.core.fileops import atomic_write_json, staged_folder
 from autoseg.dataset import DatasetError, DatasetSpec
 from autoseg.integrity import DatasetWarning
+from autoseg.io.images import nifti_like_image
 from autoseg.paths import PathError, inside
 
 FILE_ENDING = ".nii.gz"
@@ -240,12 +241,7 @@ def split_channels(src: Path, dst_dir: Path, case_id: str) -> list[Path]:
     outs = []
     for c in range(img.shape[3]):
         channel = np.ascontiguousarray(data[..., c])
-        header = img.header.copy()
-        header.set_data_dtype(channel.dtype)
-        part = nib.Nifti1Image(channel, img.affine, header)
-        part.header.set_slope_inter(1.0, 0.0)
-        part.set_qform(img.header.get_qform(), code=int(img.header["qform_code"]))
-        part.set_sform(img.header.get_sform(), code=int(img.header["sform_code"]))
+        part = nifti_like_image(channel, img)  # the 4D file's header and geometry, one channel
         out = dst_dir / f"{case_id}_{c:04d}{FILE_ENDING}"
         nib.save(part, str(out))
         outs.append(out)

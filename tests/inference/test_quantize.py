@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from autoseg.inference.backends import BackendError
 from autoseg.inference.conversion import QUANTIZATION_FILE, QuantizeError
 from autoseg.inference.predictor import load_predictor
 from autoseg.inference.quantize import calibration_patches, check_against_f32, quantize_network
+from tiny import tw
 
 from .conftest import PointwiseNet
 
@@ -32,19 +32,6 @@ pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
 
-def _tiny_workspace_module():
-    """tests/training/tiny_workspace.py (a plain module there, imported by path from this package)."""
-    if "tiny_workspace" in sys.modules:
-        return sys.modules["tiny_workspace"]
-    path = Path(__file__).parents[1] / "training" / "tiny_workspace.py"
-    spec = importlib.util.spec_from_file_location("tiny_workspace", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_workspace"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tw = _tiny_workspace_module()
 FAST_PREDICT = dict(tta=False, device="cpu", progress=False)
 
 

@@ -4,7 +4,6 @@ and its labels equal the file `autoseg predict` writes for the same image."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,27 +22,13 @@ from autoseg.training.session import TrainRequest
 from autoseg.inference.predictor import PredictorError
 from autoseg.io import read_volume
 from autoseg.io.in_memory import InputImageError
+from tiny import tw
 
 from .conftest import DATASET as TWO_CHANNEL_DATASET, MODEL_NAME, blob_image, oblique_affine, save_fold, tiny_plans
 from .conftest import write_nifti
 
 FAST = dict(device="cpu", backend="torch", tta=False)
 FAST_CLI = ["--no-tta", "--no-progress", "--device", "cpu", "--backend", "torch"]
-
-
-def _tiny_workspace_module():
-    """tests/training/tiny_workspace.py (a plain module there, imported by path from this package)."""
-    if "tiny_workspace" in sys.modules:
-        return sys.modules["tiny_workspace"]
-    path = Path(__file__).parents[1] / "training" / "tiny_workspace.py"
-    spec = importlib.util.spec_from_file_location("tiny_workspace", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tiny_workspace"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-tw = _tiny_workspace_module()
 
 
 @pytest.fixture(scope="module")

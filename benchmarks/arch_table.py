@@ -64,6 +64,20 @@ def figures(run_dir: Path) -> dict:
             "params": sum(p.numel() for p in net.parameters())}
 
 
+def set_batch_size(workdir: Path, dataset: str, preset: str, batch: int, log: list[str]) -> None:
+    """Overwrite the 3d_fullres batch size of one preset's plans (a benchmark setting, not a planning rule)."""
+    from autoseg.planning.plans import Plans, plans_name_for
+    from autoseg.workspace import Workspace
+
+    path = Workspace(workdir).plans_file(dataset, plans_name_for(preset))
+    plans = Plans.load(path)
+    data = plans.to_dict()
+    planned = data["configurations"]["3d_fullres"]["batch_size"]
+    data["configurations"]["3d_fullres"]["batch_size"] = batch
+    Plans.from_dict(data).save(path)
+    log.append(f"# {path.name}: 3d_fullres batch size {planned} -> {batch} (--batch-size)")
+
+
 def main(argv=None) -> int:
     from autoseg.models import ARCHITECTURES
     from autoseg.planning.plans import plans_name_for
@@ -78,6 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--val-iters", type=int, default=50)
     ap.add_argument("--device", default="auto")
     ap.add_argument("-j", "--workers", type=int, default=4, help="planning workers")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="train every architecture at this batch size (the planned 3d_fullres batch sizes differ "
+                         "by preset; equal batches make a CPU table comparable): written into each preset's "
+                         "plans file after planning, and said so in the output")
     args = ap.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
     unknown = [a for a in archs if a not in ARCHITECTURES]
@@ -94,6 +112,8 @@ def main(argv=None) -> int:
             run(autoseg("plan", str(args.dataset), "--planner", preset, "-j", str(args.workers), "--no-progress",
                         *work), commands)
             planned.add(preset)
+            if args.batch_size:
+                set_batch_size(args.workdir, args.dataset.name, preset, args.batch_size, commands)
         run(autoseg("train", args.dataset.name, "--fold", args.fold, "--arch", name, "--plans", preset,
                     "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
                     "--val-iters", str(args.val_iters), "--device", args.device, "--no-progress", *work), commands)
@@ -105,7 +125,7 @@ def main(argv=None) -> int:
                      f"{f['s_per_iter']:.3f}"])
     header = ["--arch", "preset", "patch", "batch", "parameters", "Dice (fg mean)", "Dice per class", "s / iteration"]
     print(f"{args.dataset.name}, fold {args.fold}, {args.epochs} x {args.iters_per_epoch} iterations, "
-          f"device {args.device}\n")
+          f"device {args.device}" + (f", batch size {args.batch_size} for all" if args.batch_size else "") + "\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:

@@ -32,9 +32,17 @@ One run does:
    this script against the raw labels (one evaluator for both).
 
 Both sides: ``--threads`` torch/OMP threads (default 1), ``--workers`` augmentation processes (0: batches
-built in the training process), the same batch size (the plans' unless ``--batch``), device cpu.
-autoseg's precision is its default (``--amp auto``: bf16 autocast only on CPUs with native bf16, else
-fp32); nnU-Net trains in fp32 on CPU.
+built in the training process), the same batch size (the plans' unless ``--batch``), ``--device`` (cpu by
+default). autoseg's precision is its default (``--amp auto``: fp16 autocast on CUDA, bf16 autocast on
+CPUs with native bf16, else fp32); nnU-Net trains in fp32 on CPU and with fp16 autocast on CUDA.
+
+On a GPU (``--device cuda``; ``benchmarks/gpu_vs_nnunet.sh`` sets up both tools there): ``--compile``
+turns on torch.compile for both (nnU-Net's default on CUDA, ``nnUNet_compile``; autoseg's ``--compile``),
+GPU utilisation and memory are sampled with ``nvidia-smi`` every 0.5 s during every burst and budget run,
+and the budget runs report autoseg's data-wait fraction (share of step time spent waiting for batches,
+from its ``log.jsonl``). ``--autoseg-budget own`` gives autoseg its own ``--time-budget`` (epochs fitted so
+that training plus the final validation end within the budget) instead of the time-based poly rule that
+both sides share by default; nnU-Net's budget always covers its training only, its validation comes after.
 """
 
 from __future__ import annotations
@@ -143,14 +151,15 @@ def autoseg_command(args, spec: dict, tag: str) -> list[str]:
 
 def nnunet_command(args, name: str, fold) -> list[str]:
     return [str(args.nnunet_venv / "bin" / "nnUNetv2_train"), str(dataset_id(name)), CONFIG, str(fold),
-            "-tr", TRAINER_NAME, "-device", "cpu"]
+            "-tr", TRAINER_NAME, "-device", args.device]
 
 
 def nnunet_env(args, pre: Path, results: Path, timing: Path, budget: dict) -> dict:
     return _env(args.threads, {
         "PATH": f"{args.nnunet_venv / 'bin'}:{os.environ.get('PATH', '')}", "nnUNet_raw": args.dataset.parent,
         "nnUNet_preprocessed": pre, "nnUNet_results": results, "nnUNet_n_proc_DA": args.workers,
-        "nnUNet_def_n_proc": args.threads, "nnUNet_compile": "false", "NNUNET_BUDGET_THREADS": args.threads,
+        "nnUNet_def_n_proc": args.threads, "nnUNet_compile": "true" if args.compile else "false",
+        "NNUNET_BUDGET_THREADS": args.threads,
         "NNUNET_BUDGET_TIMING": timing, **({"NNUNET_BUDGET_BATCH": args.batch} if args.batch else {}),
         **{f"NNUNET_BUDGET_{k}": v for k, v in budget.items()}})
 
@@ -287,6 +296,50 @@ def folder_dice(pred_dir: Path, labels_dir: Path, cases, labels: list[int], endi
     return float(np.mean([np.nanmean(v) for v in per_class.values()]))
 
 
+class GpuSampler:
+    """``nvidia-smi`` utilisation (%) and memory (MiB) of GPU 0 every 0.5 s while running; a no-op on
+    machines without it (or with ``--device cpu``)."""
+
+    def __init__(self, device: str):
+        self.enabled = device == "cuda" and shutil.which("nvidia-smi") is not None
+        self.proc = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "-i", "0",
+                                          "--format=csv,noheader,nounits", "-lms", "500"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.samples = []
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate()
+            for line in out.splitlines():
+                parts = [x.strip() for x in line.split(",")]
+                if len(parts) == 2 and all(x.replace(".", "").isdigit() for x in parts):
+                    self.samples.append((float(parts[0]), float(parts[1])))
+        return False
+
+    def summary(self) -> dict | None:
+        if not getattr(self, "samples", None):
+            return None
+        util = [u for u, _ in self.samples]
+        return {"util_median": statistics.median(util), "util_mean": statistics.fmean(util),
+                "mem_max_mib": max(m for _, m in self.samples), "samples": len(util)}
+
+
+def data_wait(run_dir: Path) -> float | None:
+    """Mean data-wait fraction of autoseg's epochs (``log.jsonl``), None when it has none."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return None
+    values = [json.loads(line).get("data_wait_fraction") for line in log.read_text().splitlines() if line.strip()]
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
 def loadavg() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -314,7 +367,8 @@ def check(proc, log: Path, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- phases
 def autoseg_settings(args, **over) -> dict:
-    s = {"device": "cpu", "amp": args.amp, "seed": args.seed, "num_workers": args.workers, **over}
+    s = {"device": args.device, "amp": args.amp, "seed": args.seed, "num_workers": args.workers,
+         "compile": args.compile, **over}
     return {**s, **({"batch_size": args.batch} if args.batch else {})}
 
 
@@ -330,6 +384,7 @@ def throughput(args, ws: Path, name: str, pre: Path) -> dict:
     cpu: dict[str, list[float]] = {"autoseg": [], "nnunet": []}
     loads: list[str] = []
     samples: list[float] = []
+    gpus: dict[str, list[dict]] = {"autoseg": [], "nnunet": []}
     for r in range(args.rounds):
         order = ("autoseg", "nnunet") if r % 2 == 0 else ("nnunet", "autoseg")  # ABBA: no tool always first
         for tool in order:
@@ -344,18 +399,21 @@ def throughput(args, ws: Path, name: str, pre: Path) -> dict:
                 env = nnunet_env(args, pre, bursts / f"nnunet{r}", timing,
                                  {"EPOCHS": 1, "ITERS": steps, "VAL_ITERS": 1, "SKIP_FINAL_VALIDATION": 1})
             before = loadavg()
-            proc, thread = timed_process(cmd, env, log, {}, tool)
-            while thread.is_alive():  # load during the burst (start-up included; samples every 5 s)
-                thread.join(5.0)
-                samples.append(os.getloadavg()[0])
+            with GpuSampler(args.device) as gpu:
+                proc, thread = timed_process(cmd, env, log, {}, tool)
+                while thread.is_alive():  # load during the burst (start-up included; samples every 5 s)
+                    thread.join(5.0)
+                    samples.append(os.getloadavg()[0])
             check(proc, log, f"{tool} burst {r}")
+            if gpu.summary():
+                gpus[tool].append(gpu.summary())
             rate, cpu_per_it = burst_figures(timing, args.warmup, args.iters)
             rates[tool].append(rate)
             cpu[tool].append(cpu_per_it)
             loads.append(f"{tool}{r}: {before} -> {loadavg()}")
             print(f"  round {r} {tool:8s} {cpu_per_it:6.2f} CPU-s/it  {rate:.3f} it/s   "
                   f"(load {loads[-1].split(': ')[1]})", flush=True)
-    return {"rates": rates, "cpu_per_it": cpu, "loads": loads, "load_samples": samples}
+    return {"rates": rates, "cpu_per_it": cpu, "loads": loads, "load_samples": samples, "gpu": gpus}
 
 
 def budget_runs(args, ws: Path, name: str, pre: Path) -> dict:
@@ -369,10 +427,13 @@ def budget_runs(args, ws: Path, name: str, pre: Path) -> dict:
     shutil.rmtree(a_dir, ignore_errors=True)
     shutil.rmtree(n_dir, ignore_errors=True)
     timings = {"autoseg": args.workdir / "budget_autoseg.timing.json", "nnunet": args.workdir / "budget_nnunet.timing.json"}
+    own = args.autoseg_budget == "own"  # autoseg's --time-budget instead of the shared time-poly rule
     spec = {"mode": "budget", "workdir": str(ws), "dataset": name, "fold": args.fold, "threads": args.threads,
-            "timing": str(timings["autoseg"]), "budget_s": budget_s,
-            "settings": autoseg_settings(args, epochs=100000, iters_per_epoch=args.iters_per_epoch,
-                                         val_iters=args.val_iters, val_mirroring=not args.no_val_mirroring)}
+            "timing": str(timings["autoseg"]), "budget_s": None if own else budget_s,
+            "settings": autoseg_settings(args, epochs=100000 if not own else 1000,
+                                         iters_per_epoch=args.iters_per_epoch, val_iters=args.val_iters,
+                                         val_mirroring=not args.no_val_mirroring,
+                                         **({"time_budget": budget_s} if own else {}))}
     jobs = {"autoseg": (autoseg_command(args, spec, "budget_autoseg"), _env(args.threads)),
             "nnunet": (nnunet_command(args, name, args.fold),
                        nnunet_env(args, pre, n_results, timings["nnunet"],
@@ -383,23 +444,28 @@ def budget_runs(args, ws: Path, name: str, pre: Path) -> dict:
     loads = [f"start: {loadavg()}"]
     started = {}
     running = []
-    for tool, (cmd, env) in jobs.items():
-        log = args.workdir / f"budget_{tool}.log"
-        started[tool] = time.perf_counter()
-        proc, thread = timed_process(cmd, env, log, ends, tool)
-        running.append((tool, proc, thread, log))
-        if args.budget_mode == "sequential":
+    gpu_use = {}
+    with GpuSampler(args.device if args.budget_mode == "parallel" else "none") as both:
+        for tool, (cmd, env) in jobs.items():
+            log = args.workdir / f"budget_{tool}.log"
+            started[tool] = time.perf_counter()
+            with GpuSampler(args.device if args.budget_mode == "sequential" else "none") as gpu:
+                proc, thread = timed_process(cmd, env, log, ends, tool)
+                running.append((tool, proc, thread, log))
+                if args.budget_mode == "sequential":
+                    thread.join()
+                    loads.append(f"after {tool}: {loadavg()}")
+            gpu_use[tool] = gpu.summary()
+        for tool, proc, thread, log in running:
             thread.join()
-            loads.append(f"after {tool}: {loadavg()}")
-    for tool, proc, thread, log in running:
-        thread.join()
-        check(proc, log, f"{tool} budget run")
+            check(proc, log, f"{tool} budget run")
+    gpu_use["both"] = both.summary()
     loads.append(f"end: {loadavg()}")
     labels_dir = args.dataset / "labelsTr"
     spec_json = json.loads((args.dataset / "dataset.json").read_text())
     classes = sorted(int(v) for k, v in spec_json["labels"].items() if int(v) > 0 and k != "ignore")
     ending = spec_json.get("file_ending", ".nii.gz")
-    out = {"loads": loads}
+    out = {"loads": loads, "gpu": gpu_use}
     for tool, run_dir in (("autoseg", a_dir), ("nnunet", n_dir)):
         timing = json.loads(timings[tool].read_text())
         summary = json.loads((run_dir / "validation" / "summary.json").read_text())
@@ -409,7 +475,8 @@ def budget_runs(args, ws: Path, name: str, pre: Path) -> dict:
         out[tool] = {**training_stats(timing), "own_dice": own, "cases": len(cases),
                      "common_dice": folder_dice(run_dir / "validation", labels_dir, cases, classes, ending),
                      "validation_minutes": (ends[tool] - timing["train_ended"]) / 60,
-                     "process_minutes": (ends[tool] - started[tool]) / 60, "run_dir": str(run_dir)}
+                     "process_minutes": (ends[tool] - started[tool]) / 60, "run_dir": str(run_dir),
+                     "data_wait": data_wait(run_dir) if tool == "autoseg" else None}
     return out
 
 
@@ -437,6 +504,13 @@ def report(args, plan_rows, tp: dict | None, budget: dict | None) -> str:
                      f"{statistics.median(n):.3f} | {ratio:.2f}x | |")
         lines.append(f"| per burst it/s | {', '.join(f'{x:.3f}' for x in a)} | {', '.join(f'{x:.3f}' for x in n)} "
                      f"| {', '.join(f'{x / y:.2f}' for x, y in zip(a, n))} | |")
+        ga, gn = tp.get("gpu", {}).get("autoseg"), tp.get("gpu", {}).get("nnunet")
+        if ga and gn:
+            lines.append(f"| GPU utilisation during the bursts, median % (start-up included) | "
+                         f"{statistics.median(g['util_median'] for g in ga):.0f} | "
+                         f"{statistics.median(g['util_median'] for g in gn):.0f} | | |")
+            lines.append(f"| GPU memory, most used in a burst | {max(g['mem_max_mib'] for g in ga):.0f} MiB | "
+                         f"{max(g['mem_max_mib'] for g in gn):.0f} MiB | | |")
     if budget:
         a, n = budget["autoseg"], budget["nnunet"]
         diff = a["own_dice"] - n["own_dice"]
@@ -455,7 +529,17 @@ def report(args, plan_rows, tp: dict | None, budget: dict | None) -> str:
             f"| final validation Dice, one evaluator for both | {a['common_dice']:.4f} | {n['common_dice']:.4f} | "
             f"{a['common_dice'] - n['common_dice']:+.4f} | |",
             f"| final validation wall time | {a['validation_minutes']:.1f} min | {n['validation_minutes']:.1f} min "
-            f"| | |"]
+            f"| | |",
+            f"| whole process (start-up, training, validation) | {a['process_minutes']:.1f} min | "
+            f"{n['process_minutes']:.1f} min | | |"]
+        if a.get("data_wait") is not None:
+            lines.append(f"| data-wait fraction of the steps (autoseg's log) | {a['data_wait']:.3f} | | | |")
+        g = budget.get("gpu", {})
+        if g.get("autoseg") and g.get("nnunet"):
+            lines.append(f"| GPU utilisation during the run, median % | {g['autoseg']['util_median']:.0f} | "
+                         f"{g['nnunet']['util_median']:.0f} | | |")
+        elif g.get("both"):
+            lines.append(f"| GPU utilisation, both runs at once, median % | {g['both']['util_median']:.0f} | | | |")
     lines.append("")
     if tp:
         ls = tp.get("load_samples") or [float("nan")]
@@ -491,6 +575,12 @@ def parse_args(argv=None):
     p.add_argument("--val-iters", type=int, default=4, help="pseudo-Dice validation batches per epoch")
     p.add_argument("--no-val-mirroring", action="store_true",
                    help="final validation of both without mirroring test-time augmentation (8x faster)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device of both trainers (default cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile in both (autoseg --compile; nnU-Net's nnUNet_compile, its CUDA default)")
+    p.add_argument("--autoseg-budget", choices=["time-poly", "own"], default="time-poly",
+                   help="autoseg's side of the budget run: the shared time-based poly rule (default) or its own "
+                        "--time-budget (fitted epochs; training plus final validation within the budget)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-budget", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")

@@ -19,6 +19,8 @@
 #     budget      each trains BUDGET_MIN minutes, one after the other (one GPU), then its final validation;
 #                 SEEDS autoseg seeds (nnU-Net is not seeded); AUTOSEG_BUDGET=own uses autoseg's
 #                 --time-budget, time-poly (default) the rule both share
+#     archs       benchmarks/arch_table.py on CUDA: every --arch on fold 0 for ARCH_EPOCHS x 250 iterations
+#                 (default 4), its preset's plan and batch; Dice and time per iteration (autoseg only)
 #   A 15-minute device allowance fits: install + run with STEPS="preprocess throughput" (ROUNDS=1), then
 #   run with STEPS=budget BUDGET_MIN=2. Figures go to $OUT (or ./gpu_vs_nnunet_out): report.md, JSON, logs.
 set -uo pipefail
@@ -98,7 +100,10 @@ run)
           --autoseg-budget "${AUTOSEG_BUDGET:-time-poly}" --seed "$seed" \
           --json "$OUTDIR/budget_${BUDGET_MIN:-2}m_seed$seed.json" 2>&1 | tee "$OUTDIR/budget_${BUDGET_MIN:-2}m_seed$seed.md"
       done ;;
-    *) echo "error: unknown step '$step' (preprocess, throughput, budget)" >&2; exit 2 ;;
+    archs)
+      "$PY" benchmarks/arch_table.py --dataset "$PWD/.gpudata/$DATASET" --workdir "$WORK/archs" --device cuda \
+        --epochs "${ARCH_EPOCHS:-4}" --iters-per-epoch 250 --val-iters 50 -j 8 2>&1 | tee "$OUTDIR/archs.md" ;;
+    *) echo "error: unknown step '$step' (preprocess, throughput, budget, archs)" >&2; exit 2 ;;
     esac
   done
   cp "$WORK"/bench/*.log "$OUTDIR"/ 2>/dev/null || true

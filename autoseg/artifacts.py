@@ -147,8 +147,9 @@ class Artifact:
             raise ArtifactError(f"{source}: invalid {cls.KIND}: {e}; rerun the command that writes it "
                                 "(e.g. `autoseg plan`)") from None
 
-    def save(self, path: Path) -> Path:
-        atomic_write_json(Path(path), self.to_dict())
+    def save(self, path: Path, durable: bool = True) -> Path:
+        """Write atomically (``durable=False``: without fsync, see :func:`atomic_write_with`)."""
+        atomic_write_json(Path(path), self.to_dict(), durable)
         return Path(path)
 
     @classmethod

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.artifacts import Artifact
+from autoseg.core.fileops import flush_file_system
 from autoseg.cropping import BBox, crop_to_nonzero
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.io import Geometry, ImageReadError, read_geometry, read_image, read_volume
@@ -376,6 +377,7 @@ def preprocess_dataset(spec: DatasetSpec, cases: list[Case], plans: Plans, datas
     if todo:
         n_workers = _plan_resources(todo, spec, plans, fingerprint, dataset_dir, workers)
         _run(todo, spec, plans, n_workers, progress, f"preprocessing {spec.name} ({', '.join(targets)})")
+        flush_file_system(dataset_dir)  # the cases were written without a per-file fsync (storage.write_case)
     return PreprocessResult(folders, tuple(case.case_id for case, _ in todo), skipped)
 
 

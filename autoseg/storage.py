@@ -16,6 +16,8 @@ that looks finished.
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,21 +57,52 @@ def label_dtype(max_value: int) -> np.dtype:
 
 def write_case(folder: Path, props: CaseProperties, data: np.ndarray, seg: np.ndarray | None,
                locations: dict[int, np.ndarray]) -> None:
-    """Store one preprocessed case; the properties JSON is written last (completion marker)."""
+    """Store one preprocessed case; the properties JSON is written last (completion marker).
+
+    The arrays are written without a per-file ``fsync`` (the caller flushes the file system once at
+    the end, :func:`autoseg.core.fileops.flush_file_system`); a case cut short by a power loss is
+    found by :func:`is_case_done`, which checks the arrays' sizes, and is preprocessed again."""
     folder = Path(folder)
     cid = props.case_id
-    atomic_write_with(folder / f"{cid}.npy", lambda f: np.save(f, np.ascontiguousarray(data, dtype=np.float32)))
+    atomic_write_with(folder / f"{cid}.npy", lambda f: np.save(f, np.ascontiguousarray(data, dtype=np.float32)),
+                      durable=False)
     if seg is not None:
-        atomic_write_with(folder / f"{cid}_seg.npy", lambda f: np.save(f, np.ascontiguousarray(seg)))
+        atomic_write_with(folder / f"{cid}_seg.npy", lambda f: np.save(f, np.ascontiguousarray(seg)), durable=False)
     atomic_write_with(folder / f"{cid}_fg.npz",
-                 lambda f: np.savez(f, **{str(k): np.asarray(v, dtype=np.int32) for k, v in locations.items()}))
-    props.save(folder / f"{cid}.json")
+                      lambda f: np.savez(f, **{str(k): np.asarray(v, dtype=np.int32) for k, v in locations.items()}),
+                      durable=False)
+    props.save(folder / f"{cid}.json", durable=False)
+
+
+def _npy_complete(path: Path) -> bool:
+    """Whether a ``.npy`` file holds as many bytes as its header says (a file emptied or cut short by a
+    power loss before it reached the disk does not)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return path.stat().st_size == expected
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 def is_case_done(folder: Path, case_id: str, labelled: bool = True) -> bool:
+    """Whether a case is stored completely: its files exist, the properties are a JSON object, the
+    arrays are as long as their headers say and the foreground locations are a readable archive."""
     folder = Path(folder)
     needed = [f"{case_id}.json", f"{case_id}.npy", f"{case_id}_fg.npz"] + ([f"{case_id}_seg.npy"] if labelled else [])
-    return all((folder / n).is_file() for n in needed)
+    if not all((folder / n).is_file() for n in needed):
+        return False
+    try:
+        if not isinstance(json.loads((folder / f"{case_id}.json").read_bytes()), dict):
+            return False
+    except (OSError, ValueError):
+        return False
+    arrays = [folder / f"{case_id}.npy"] + ([folder / f"{case_id}_seg.npy"] if labelled else [])
+    return all(_npy_complete(a) for a in arrays) and zipfile.is_zipfile(folder / f"{case_id}_fg.npz")
 
 
 @dataclass

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from autoseg.artifacts import ArtifactError
 from autoseg.core.fileops import atomic_write_bytes, ensure_writable_dir
+from autoseg.core.processes import preload_workers
 from autoseg.core.runlock import RunLock
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.fingerprint import Fingerprint, extract_fingerprint
@@ -176,6 +177,8 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     arch = planner_architecture(settings)
     plans_name = plans_name_for(settings.preset)
     n_workers = max(1, workers or os.cpu_count() or 1)
+    # the three pools below fork their workers from one server that imported these modules once
+    preload_workers(["autoseg.integrity", "autoseg.fingerprint", "autoseg.preprocessing"])
     spec, cases, found_warnings = _check(raw_dir, n_workers, progress)
     name = spec.name
     if check_only:

@@ -20,12 +20,12 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from autoseg.artifacts import Artifact
+from autoseg.core.processes import worker_context
 from autoseg.cropping import crop_to_nonzero
 from autoseg.io import read_geometry, read_image, read_volume
 
@@ -200,7 +200,7 @@ def _results(cases, n_samples: int, seed: int, force_itk: bool, workers: int) ->
         return
     todo = iter(enumerate(cases))
     pending: set = set()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
         try:
             while True:
                 for i, case in itertools.islice(todo, IN_FLIGHT_PER_WORKER * workers - len(pending)):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.core.processes import worker_context
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
 from autoseg.io.images import Geometry, ImageReadError, gzip_problem, nonfinite_problem, read_volume
 from autoseg.jsonfiles import InputWarning
@@ -166,7 +167,7 @@ def _run_case_checks(cases: list[Case], spec: DatasetSpec, workers: int, progres
                 results[i] = check_case(case, spec)
                 bar.advance(task)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
                 pending, queue = {}, list(enumerate(cases))[::-1]
                 while queue or pending:
                     while queue and len(pending) < 2 * workers:  # bounded: never the whole list at once

@@ -26,6 +26,7 @@ import numpy as np
 
 from autoseg.artifacts import Artifact
 from autoseg.core.fileops import flush_file_system
+from autoseg.core.processes import worker_context
 from autoseg.cropping import BBox, crop_to_nonzero
 from autoseg.dataset import Case, DatasetSpec
 from autoseg.io import Geometry, ImageReadError, read_geometry, read_image, read_volume
@@ -405,11 +406,10 @@ def _guarded(case_id: str, fn):
 
 
 def _run_pool(todo, spec, plans, workers: int, advance) -> None:
-    import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    ctx = multiprocessing.get_context("spawn")  # no fork: safe with threads (progress bar) and torch
+    ctx = worker_context()  # no plain fork: safe with threads (progress bar) and torch
     queue = list(reversed(todo))
     pending: dict = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:

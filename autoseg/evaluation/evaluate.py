@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from autoseg.artifacts import Artifact
 from autoseg.core.fileops import atomic_write_bytes, writing_into
+from autoseg.core.processes import worker_context
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import (
     DEFAULT_TOLERANCE_MM,
@@ -172,7 +172,7 @@ def run_bounded(fn: Callable, jobs: Iterable[tuple], workers: int, progress: boo
                 yield fn(*job)
                 advance(1)
             return
-        ctx = multiprocessing.get_context("spawn")  # safe when the caller has threads (torch, progress bar)
+        ctx = worker_context()  # no plain fork: safe when the caller has threads (torch, progress bar)
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             pending = set()
             for job in jobs:

@@ -157,3 +157,16 @@ def test_cascade_augmentation_spoils_the_previous_stage_channels_of_training_bat
     differs = [not np.array_equal(image[b, 1:], one_hot(seg[b, 0], (1, 2))) for b in range(4)]
     assert any(differs)
     assert set(np.unique(image[:, 1:])) <= {0.0, 1.0} and image[:, 1:].sum(1).max() <= 1  # still one-hot
+
+
+def test_a_finished_lowres_fold_without_its_segmentations_writes_them_on_resume(trained):
+    ws, _ = trained
+    from autoseg.splits import Splits
+    case = Splits.load(ws.splits_file(DATASET)).fold(3).val[0]
+    path = _next_stage(ws) / f"{case}.npy"
+    before = path.read_bytes()
+    path.unlink()
+    with pytest.raises(TrainError, match=r"1 of 5 are missing.*--config 3d_lowres --fold 3 --resume`"):
+        jobs_for(ws, TrainRequest(DATASET, (1,), CASCADE))
+    train(ws, TrainRequest(DATASET, (3,), LOW, settings=FAST, resume=True), progress=False)
+    assert path.read_bytes() == before

@@ -102,6 +102,25 @@ def test_find_best_ranks_the_cascade_and_ensembles_it(ws):
     assert cascade in json.dumps(saved["candidates"])
 
 
+def test_postprocessing_is_decided_for_the_cascade_and_predict_applies_it(ws, tmp_path):
+    path = api.postprocess(ws, tw.DATASET, config=CASCADE, progress=False)
+    assert path.parent == ws.model_dir(tw.DATASET, "unet", "autosegPlans", CASCADE)
+    model = load_predictor(path.parent)
+    assert model.postprocessing is not None and model.previous is not None
+
+
+def test_openvino_runs_both_stages_with_the_labels_of_torch(ws, tmp_path):
+    pytest.importorskip("openvino")
+    inputs = _inputs(ws, tmp_path, ("case_001",))
+    choice = ModelChoice(tw.DATASET, config=CASCADE)
+    torch_report = api.predict(ws, inputs, tmp_path / "torch", choice, OPTIONS)
+    ov_report = api.predict(ws, inputs, tmp_path / "ov", choice, replace(OPTIONS, backend="openvino"))
+    assert torch_report.ok and ov_report.ok and ov_report.engine.startswith("openvino")
+    a = np.asarray(nib.load(tmp_path / "torch" / "case_001.nii.gz").dataobj)
+    b = np.asarray(nib.load(tmp_path / "ov" / "case_001.nii.gz").dataobj)
+    assert (a != b).mean() < 0.01  # f32 on both; rounding may flip a rare tie
+
+
 def test_quantize_refuses_a_cascade_stage(ws):
     from autoseg.inference.quantize import QuantizeError
 

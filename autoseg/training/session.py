@@ -5,13 +5,13 @@ Run folder (:meth:`~autoseg.workspace.Workspace.run_dir`):
 ``<workdir>/results/<Dataset>/<arch>__<plans_name>__<config>/fold_<k>/`` with checkpoints, ``log.jsonl``,
 ``training_log.txt``, ``progress.png`` and ``validation/`` (end-of-training full-volume predictions of
 the fold's validation cases and ``summary.json``). Folds run one after another; ``all`` trains on
-every case.
+every case. Under torchrun every rank calls :func:`train` with its
+:class:`~autoseg.training.ddp.DistContext`; rank 0 alone writes.
 
 The cascade (:mod:`autoseg.cascade`): a ``3d_lowres`` fold's validation also leaves its cases'
 segmentations for each next stage in the model folder's ``predicted_next_stage/<next_config>/``; a
 ``3d_cascade_fullres`` job is refused before any run folder is made unless those exist for every
-training and validation case of its fold, and its network takes them as extra input channels. Under torchrun every rank calls :func:`train` with its
-:class:`~autoseg.training.ddp.DistContext`; rank 0 alone writes.
+training and validation case of its fold, and its network takes them as extra input channels.
 """
 
 from __future__ import annotations
@@ -104,10 +104,6 @@ class TrainJob:
     @property
     def run_dir(self) -> Path:
         return self.workspace.run_dir(self.dataset_name, self.arch, self.plans.plans_name, self.config, self.fold)
-
-    @property
-    def previous_stage(self) -> str | None:
-        return self.plans.configuration(self.config).previous_stage
 
     @property
     def next_stages(self) -> tuple[NextStage, ...]:

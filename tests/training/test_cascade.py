@@ -6,6 +6,8 @@ of this module: its low-res folds and cascade folds are trained once."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,6 @@ def cascade_plans():
     full = tiny_plan(features=(4, 8), batch_size=2)
     low = tiny_plan(features=(4, 8), batch_size=2, name=LOW)
     cascade = tiny_plan(features=(4, 8), batch_size=2, name=CASCADE)
-    from dataclasses import replace
     return full, (low, replace(cascade, previous_stage=LOW))
 
 

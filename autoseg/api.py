@@ -326,6 +326,10 @@ def quantize(workspace: Workspace, choice: ModelChoice = ModelChoice(), raw_data
     from autoseg.inference.quantize import QuantizeError, quantize_model  # imports torch
 
     predictor = load_predictor(model_dir_for(workspace, choice), choice.folds, choice.checkpoint)
+    if predictor.previous is not None:
+        raise QuantizeError(f"{predictor.model_dir}: a cascade stage ({predictor.config.name}) cannot be quantized: "
+                            "its calibration would need the previous stage's segmentations as input; predict it "
+                            "with --precision fp32 or bf16 (its low-res stage may be quantized on its own)")
     name = predictor.spec.name or predictor.plans.dataset_name
     if raw_data is not None:
         preprocess_for_model(workspace, predictor, Path(raw_data))

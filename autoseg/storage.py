@@ -113,6 +113,7 @@ class PreprocessedCase:
     data: np.ndarray
     seg: np.ndarray | None
     locations: dict[int, np.ndarray]
+    previous: np.ndarray | None = None  # a cascade stage's previous-stage label map (1, X, Y, Z) (autoseg.cascade)
 
 
 def open_case(folder: Path, case_id: str, mmap: bool = True) -> PreprocessedCase:

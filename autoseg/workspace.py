@@ -10,6 +10,8 @@
     <workdir>/results/<Dataset>/
         <arch>__<plans_name>__<config>/                       model folder
             fold_<k>/ (or fold_all/)                           run folder of one fold
+            predicted_next_stage/<next_config>/<case>.npy      a low-res model's cross-validation
+                                                              segmentations for the cascade stage
 
 The CLI resolves the root once (``--workdir``, else ``AUTOSEG_HOME``, else ``./autoseg_work``) and
 passes a :class:`Workspace` down; nothing below the CLI reads environment variables, and no other
@@ -32,6 +34,7 @@ _FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 PLANS_FILE = "plans.json"  # the default preset's plans; preset P's are plans_P.json
 SOURCE_FILE, SPLITS_FILE, FINGERPRINT_FILE = "source.json", "splits.json", "fingerprint.json"
 DATASET_FILE = "dataset.json"
+NEXT_STAGE_FOLDER = "predicted_next_stage"  # nnU-Net v2's name (nnUNetTrainer.perform_actual_validation)
 
 Fold = int | str  # 0, 1, ... or "all"
 
@@ -155,6 +158,13 @@ def fold_dirs(model_dir: Path) -> dict[Fold, Path]:
     return dict(sorted(found.items(), key=lambda kv: (kv[0] == "all", kv[0] if kv[0] != "all" else 0)))
 
 
+def next_stage_folder(model_dir: Path, next_config: str) -> Path:
+    """Where the folds of the model in ``model_dir`` (a ``3d_lowres`` stage) leave their validation
+    cases' segmentations for the cascade configuration ``next_config``:
+    ``<model_dir>/predicted_next_stage/<next_config>/`` (one folder for every fold, as in nnU-Net v2)."""
+    return Path(model_dir) / NEXT_STAGE_FOLDER / folder_name(next_config, "configuration name")
+
+
 @dataclass(frozen=True)
 class ModelFolder:
     """A trained configuration folder ``<arch>__<plans_name>__<config>`` and its parts."""
@@ -246,6 +256,11 @@ class Workspace:
     def run_dir(self, dataset_name: str, arch: str, plans_name: str, config: str, fold: Fold) -> Path:
         """The run folder of one fold: ``results/<Dataset>/<arch>__<plans_name>__<config>/fold_<k>``."""
         return self.model_dir(dataset_name, arch, plans_name, config) / fold_folder_name(fold)
+
+    def next_stage_dir(self, dataset_name: str, arch: str, plans_name: str, config: str, next_config: str) -> Path:
+        """The previous-stage segmentations that model ``config`` (the low-res stage) leaves for the cascade
+        configuration ``next_config`` (:func:`next_stage_folder`)."""
+        return next_stage_folder(self.model_dir(dataset_name, arch, plans_name, config), next_config)
 
     def model_folders(self, dataset_name: str) -> list[ModelFolder]:
         """The dataset's model folders with at least one finished fold checkpoint."""

@@ -32,6 +32,8 @@ def test_paths_are_the_documented_layout(tmp_path):
     assert ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 0) == res / "unet__autosegPlans__3d_fullres" / "fold_0"
     assert ws.run_dir(DATASET, "unet", "autosegPlans", "2d", "all").name == "fold_all"
     assert Workspace.holding_model(res / "unet__autosegPlans__3d_fullres") == (ws, DATASET)
+    assert ws.next_stage_dir(DATASET, "unet", "autosegPlans", "3d_lowres", "3d_cascade_fullres") == \
+        res / "unet__autosegPlans__3d_lowres" / "predicted_next_stage" / "3d_cascade_fullres"
 
 
 def test_data_dir_is_named_after_plans_and_data_identifier(tmp_path):
@@ -82,7 +84,8 @@ def test_raw_dir_follows_source_json_and_says_when_it_is_gone(tmp_path):
 
 # File names of the layout that only workspace.py may spell out; the raw folder's optional
 # splits file (splits.py, USER_SPLITS_NAMES) is the user's, not the workspace's.
-LAYOUT_NAMES = {"raw", "preprocessed", "results", "plans.json", "splits.json", "source.json", "fingerprint.json"}
+LAYOUT_NAMES = {"raw", "preprocessed", "results", "plans.json", "splits.json", "source.json", "fingerprint.json",
+                "predicted_next_stage"}
 ALLOWED = {("autoseg/splits.py", "splits.json")}
 
 

@@ -37,7 +37,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="planned dataset (name or number); may be left out when only one is planned")
     p.add_argument("--fold", nargs="+", type=_fold, default=[0], metavar="K",
                    help="fold(s) 0-4 trained one after another, or 'all' (every case); default 0")
-    p.add_argument("--config", default=None, help="3d_fullres | 3d_lowres | 2d (default: the plans' default)")
+    p.add_argument("--config", default=None, help="3d_fullres | 3d_lowres | 3d_cascade_fullres (after the 5 "
+                   "3d_lowres folds) | 2d (default: the plans' default)")
     p.add_argument("--arch", default=None, help=f"{' | '.join(ARCHITECTURES)} (default: the plan's, the one its "
                                                  "planner preset plans for)")
     p.add_argument("--plans", default=None, metavar="NAME",

@@ -91,7 +91,10 @@ class ModelRecord:
     (``TrainSettings.to_dict()``); ``weights_sha256`` the :func:`state_digest` of the weights (None
     in checkpoints written before digests were recorded). ``inference_mirror_axes``: the axes
     test-time augmentation may mirror (None: all; set for models imported from nnU-Net, whose trainer
-    may have allowed fewer); ``imported_from``: where an imported model came from."""
+    may have allowed fewer); ``imported_from``: where an imported model came from. A cascade stage
+    (``3d_cascade_fullres``) names the stage whose segmentation it takes as extra input:
+    ``previous_stage`` (that configuration, e.g. ``3d_lowres``) and ``previous_model`` (its model folder's
+    name beside this one, ``<arch>__<plans>__3d_lowres``); both None for any other model."""
 
     plans: dict[str, Any]
     configuration: str
@@ -103,6 +106,12 @@ class ModelRecord:
     weights_sha256: str | None = None
     inference_mirror_axes: tuple[int, ...] | None = None
     imported_from: dict[str, Any] | None = None
+    previous_stage: str | None = None
+    previous_model: str | None = None
+
+    @property
+    def is_cascade(self) -> bool:
+        return self.previous_stage is not None
 
     @property
     def plans_name(self) -> str:
@@ -110,8 +119,10 @@ class ModelRecord:
 
     def same_model_as(self, other: ModelRecord) -> bool:
         """Whether both describe folds of one model (plans, configuration, architecture, labels, mirroring)."""
-        return (self.plans, self.configuration, self.arch, self.dataset, self.inference_mirror_axes) == \
-            (other.plans, other.configuration, other.arch, other.dataset, other.inference_mirror_axes)
+        return (self.plans, self.configuration, self.arch, self.dataset, self.inference_mirror_axes,
+                self.previous_stage, self.previous_model) == \
+            (other.plans, other.configuration, other.arch, other.dataset, other.inference_mirror_axes,
+             other.previous_stage, other.previous_model)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"plans": self.plans, "configuration": self.configuration, "arch": self.arch, "fold": self.fold,
@@ -121,6 +132,9 @@ class ModelRecord:
             out["inference_mirror_axes"] = list(self.inference_mirror_axes)
         if self.imported_from is not None:
             out["imported_from"] = dict(self.imported_from)
+        if self.previous_stage is not None:  # keys only cascade stages have
+            out["previous_stage"] = self.previous_stage
+            out["previous_model"] = self.previous_model
         return out
 
     @classmethod
@@ -143,7 +157,9 @@ class ModelRecord:
                        weights_sha256=d.get("weights_sha256"),
                        inference_mirror_axes=(tuple(int(a) for a in d["inference_mirror_axes"])
                                               if d.get("inference_mirror_axes") is not None else None),
-                       imported_from=dict(d["imported_from"]) if d.get("imported_from") is not None else None)
+                       imported_from=dict(d["imported_from"]) if d.get("imported_from") is not None else None,
+                       previous_stage=str(d["previous_stage"]) if d.get("previous_stage") is not None else None,
+                       previous_model=str(d["previous_model"]) if d.get("previous_model") is not None else None)
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: the checkpoint's description of its model is incomplete "
                                   f"({type(e).__name__}: {e}); retrain with this autoseg") from None

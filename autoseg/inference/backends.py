@@ -65,6 +65,7 @@ class Engine:
     device: torch.device
     networks: tuple[nn.Module, ...]
     amp_dtype: torch.dtype | None
+    previous: Engine | None = None  # a cascade stage: the engine of its previous stage's networks
 
     def describe(self) -> str:
         return f"{self.backend} {self.precision} on {self.device.type}"

@@ -12,6 +12,13 @@ finishes the previous one while the networks run; at most three cases are in mem
    post-processed when a cross-validation decision exists, and written with the input file's exact
    geometry and header (atomically); ``{case}.npz`` probabilities first when asked.
 
+A cascade model (``3d_cascade_fullres``, :attr:`~autoseg.inference.predictor.Predictor.previous`) runs
+both stages per case: the image is preprocessed for each; the low-res model's probabilities (its folds,
+the same step and mirroring) are resampled to the full-res preprocessed grid and labelled
+(:func:`~autoseg.inference.restore.labels_on_grid`, exactly as its cross-validation segmentations were
+made for training), one-hot encoded after the image channels (:func:`autoseg.cascade.with_previous_stage`),
+and the cascade model predicts from there; only its prediction is written.
+
 Existing outputs are skipped unless ``overwrite``. A case that cannot be read or predicted is
 reported in :class:`PredictReport` and the others still finish.
 
@@ -23,6 +30,7 @@ run is writing there) first deletes the temporary files a killed run left for it
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -33,11 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.cascade import foreground_labels, with_previous_stage
 from autoseg.core.fileops import writing_into
 from autoseg.inference import probabilities as probability_files
 from autoseg.inference.predictor import Predictor
 from autoseg.inference.probabilities import SavedProbabilities, regions_order
-from autoseg.inference.restore import to_input_geometry
+from autoseg.inference.restore import labels_on_grid, to_input_geometry
 from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending, write_like
 from autoseg.io.images import ImageReadError, gzip_problem, read_image
 from autoseg.paths import folder_output, os_error_message, same_path
@@ -208,6 +217,7 @@ class Prepared:
     case: InputCase
     data: np.ndarray
     props: object  # autoseg.storage.CaseProperties
+    previous: Prepared | None = None  # a cascade model: the case prepared for its previous stage
 
 
 def prepare_case(case: InputCase, model: Predictor) -> Prepared:
@@ -226,9 +236,10 @@ def prepare_arrays(case: InputCase, data: np.ndarray, geometry, model: Predictor
     :class:`~autoseg.io.Geometry`) exactly as training data were: crop, transpose, normalise, resample.
     ``sources`` names each channel in messages. The folder pipeline and
     :class:`~autoseg.segmenter.Segmenter` both prepare cases here."""
+    previous = prepare_arrays(case, data, geometry, model.previous, sources) if model.previous is not None else None
     cropped = crop_case(case.case_id, data, None, geometry, model.plans, tuple(sources))
     data, _, props, _ = finish_case(cropped, model.spec, model.config.spacing, model.config.resampling)
-    return Prepared(case, data, props)
+    return Prepared(case, data, props, previous)
 
 
 def case_probabilities(prepared: Prepared, model: Predictor, engine, step: float, tta: bool):
@@ -240,11 +251,24 @@ def case_probabilities(prepared: Prepared, model: Predictor, engine, step: float
 
     from autoseg.inference.sliding import logits_to_probabilities, predict_logits
 
-    image = torch.from_numpy(np.ascontiguousarray(prepared.data, dtype=np.float32))
+    data = prepared.data
+    if model.previous is not None:  # the cascade: the previous stage's segmentation as extra channels
+        data = with_previous_stage(data, previous_stage_labels(prepared, model, engine, step, tta),
+                                   foreground_labels(model.spec))
+    image = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     axes = model.mirror_axes if tta else ()
     logits = predict_logits(list(engine.networks), image, model.config.patch_size, step=step, mirror_axes=axes,
                             device=engine.device, amp_dtype=engine.amp_dtype)
     return logits_to_probabilities(logits, model.spec.has_regions).numpy()
+
+
+def previous_stage_labels(prepared: Prepared, model: Predictor, engine, step: float, tta: bool) -> np.ndarray:
+    """A cascade model's input segmentation ``(*S)`` on its preprocessed grid: the previous stage's
+    probabilities resampled there and labelled (as its cross-validation segmentations were for training)."""
+    prev, low = model.previous, prepared.previous
+    probs = case_probabilities(low, prev, engine.previous, step, tta)
+    return labels_on_grid(probs, low.props.spacing, prepared.props.spacing, prepared.props.shape_after_resample,
+                          prev.config.resampling, regions_order(prev.spec))
 
 
 def finish_prediction(prepared: Prepared, probs: np.ndarray, model: Predictor,
@@ -361,7 +385,7 @@ def run_cases(todo: list[InputCase], model: Predictor, engine, out_dir: Path, st
                 results.fail(case, e)
                 advance(1)
                 continue
-            prepared.data = None  # the writer needs only the case and its properties: free the image now
+            prepared.data = prepared.previous = None  # the writer needs only the case and its properties
             write_slots.acquire()
             to_write.put((prepared, probs))
             del prepared, probs
@@ -408,6 +432,9 @@ def model_engine(model: Predictor, backend: str, precision: str, device: str, re
     engine = make_engine(model.networks, backend, precision, resolve_device(device), example, sources)
     if release_networks and engine.backend == "openvino":
         model.networks = ()  # only the compiled copies run from here on
+    if model.previous is not None:  # a cascade: its previous stage runs on the same backend
+        engine = dataclasses.replace(engine, previous=model_engine(model.previous, backend, precision, device,
+                                                                   release_networks))
     return engine
 
 

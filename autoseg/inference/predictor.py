@@ -12,6 +12,10 @@ networks are built on the CPU, in eval mode, when first used (:class:`FoldNetwor
 prediction from conversions cached next to the checkpoints never builds them, which spares the 2-4 s
 that importing MONAI takes); :mod:`autoseg.inference.backends` moves or converts them for the
 device and backend that runs them.
+
+A cascade stage (``3d_cascade_fullres``, :mod:`autoseg.cascade`) comes with the predictor of the stage
+it needs (:attr:`Predictor.previous`): the model folder its checkpoints name (``previous_model``) beside
+its own, every finished fold of it, the same checkpoint kind.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoseg.cascade import input_channels
 from autoseg.core.checkpoint import (CHECKPOINTS, CheckpointError, ModelRecord, load_checkpoint, nonfinite_tensors,
                                      state_digest, weights_digest)
 from autoseg.dataset import DatasetSpec
@@ -102,6 +107,7 @@ class Predictor:
     postprocessing: PostprocessingDecision | None = None
     checkpoint_paths: tuple[Path, ...] = ()  # one per network (empty for hand-built predictors)
     allowed_mirror_axes: tuple[int, ...] | None = None  # from the checkpoint (imported nnU-Net models); None: all
+    previous: Predictor | None = None  # a cascade stage: the model of the stage whose segmentation it takes
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -111,12 +117,13 @@ class Predictor:
 
     @property
     def num_channels(self) -> int:
-        return self.spec.num_channels
+        """The networks' input channels: the image's, and a cascade stage's previous-stage channels."""
+        return input_channels(self.spec, self.previous is not None)
 
     def describe(self) -> str:
         folds = ", ".join(str(f) for f in self.folds)
         return (f"{self.spec.name} {self.arch} {self.config.name} (fold{'s' if len(self.folds) > 1 else ''} {folds}, "
-                f"checkpoint {self.checkpoint})")
+                f"checkpoint {self.checkpoint})" + (f" after {self.previous.describe()}" if self.previous else ""))
 
 
 def _checkpoint_name(checkpoint: str) -> str:
@@ -184,7 +191,7 @@ def build_network(state: dict[str, Any], config: ConfigurationPlan, spec: Datase
 
     record: ModelRecord = state["record"]
     deep_supervision = bool(record.settings.get("deep_supervision", True))
-    net = build_model(record.arch, config, spec.num_channels, spec.num_outputs, deep_supervision)
+    net = build_model(record.arch, config, input_channels(spec, record.is_cascade), spec.num_outputs, deep_supervision)
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -209,9 +216,10 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
             mirror_axes = record.inference_mirror_axes
             spec = spec_from_record(record)
             _check_owner(model_dir, spec, path)
-            if config.previous_stage:
-                raise PredictorError(f"{path}: cascade configuration '{config.name}' needs the previous stage's "
-                                     "predictions, which `autoseg predict` does not run yet")
+            if config.previous_stage and not record.is_cascade:
+                raise PredictorError(f"{path}: cascade configuration '{config.name}' names no model of its previous "
+                                     f"stage '{config.previous_stage}' (written by an autoseg without the cascade, or "
+                                     "imported); retrain it with this autoseg")
         elif not record.same_model_as(reference):
             raise PredictorError(f"{path}: fold {fold} was trained with other plans, configuration, architecture or "
                                  f"labels than {first_path}; predict with the folds of one training only (--folds)")
@@ -226,10 +234,34 @@ def load_predictor(model_dir: Path, folds: Sequence[Fold] | None = None, checkpo
         return build_network(state, config, spec, state["source"])
 
     model_root = Path(model_dir) if fold_of(model_dir) is None else Path(model_dir).parent
+    previous = load_previous_stage(model_root, reference, checkpoint) if reference.is_cascade else None
     return Predictor(model_dir=model_root, plans=plans, config=config, spec=spec, arch=arch, folds=tuple(paths),
                      checkpoint=checkpoint, networks=FoldNetworks(states, build),
                      postprocessing=load_postprocessing(model_root), checkpoint_paths=tuple(paths.values()),
-                     allowed_mirror_axes=mirror_axes)
+                     allowed_mirror_axes=mirror_axes, previous=previous)
+
+
+def load_previous_stage(model_root: Path, record: ModelRecord, checkpoint: str) -> Predictor:
+    """The predictor of the stage a cascade model needs: its model folder beside ``model_root``, every
+    finished fold; refused, with the command that trains it, when missing or not the stage it should be."""
+    folder = model_root.parent / str(record.previous_model)
+    stage = record.previous_stage
+    command = (f"`autoseg train {record.dataset.name or record.plans.get('dataset_name', 'DATASET')} --config {stage} "
+               f"--fold 0 1 2 3 4 --arch {record.arch} --plans {record.plans_name}`")
+    if not folder.is_dir() or not fold_dirs(folder):
+        raise PredictorError(f"{model_root}: this cascade model predicts on top of the '{stage}' stage's "
+                             f"segmentation, and that model ({folder}) is missing; train it with {command} (or copy "
+                             "that folder beside this one)")
+    try:
+        previous = load_predictor(folder, None, checkpoint)
+    except PredictorError as e:
+        raise PredictorError(f"{model_root}: the '{stage}' stage this cascade model needs cannot be used: {e}") from None
+    if previous.config.name != stage or previous.plans.to_dict() != record.plans or previous.spec.labels != \
+            dict(record.dataset.labels):
+        raise PredictorError(f"{folder}: not the '{stage}' stage of the plans and labels {model_root.name} was trained "
+                             f"with (it holds {previous.config.name} of {previous.plans.plans_name}); retrain it with "
+                             f"{command}")
+    return previous
 
 
 def _load(path: Path) -> tuple[dict[str, Any], ModelRecord]:

@@ -44,10 +44,23 @@ def labels_at_crop(probs: np.ndarray, props: CaseProperties, resampling: Resampl
     """Label map ``(*shape_after_crop)`` int16 from preprocessed-grid probabilities, resampling one
     channel at a time (steps 1-2; the same labels as resampling all channels, then
     :func:`labels_from_probabilities`)."""
-    out = np.zeros(tuple(props.shape_after_crop), dtype=np.int16)
+    return labels_on_grid(probs, props.spacing, props.spacing_after_crop, props.shape_after_crop, resampling,
+                          regions_class_order)
+
+
+def labels_on_grid(probs: np.ndarray, spacing: Sequence[float], new_spacing: Sequence[float],
+                   new_shape: Sequence[int], resampling: ResamplingPlan,
+                   regions_class_order: Sequence[int] | None) -> np.ndarray:
+    """Label map ``(*new_shape)`` int16 of probabilities ``(K, *S)`` at ``spacing`` resampled to
+    ``new_spacing`` (mm, the plans' axis order), one channel at a time. Also takes a ``3d_lowres``
+    prediction to the cascade stage's grid (nnU-Net v2 ``resample_and_save``,
+    nnunetv2/inference/export_prediction.py: probabilities resampled, then labelled)."""
+    out = np.zeros(tuple(new_shape), dtype=np.int16)
     best = None
     for k in range(probs.shape[0]):
-        p = resample_back(probs[k:k + 1], props, resampling)[0]
+        p = resample_probabilities(probs[k:k + 1], spacing, new_spacing, new_shape=new_shape,
+                                   order=resampling.probabilities_order, order_z=resampling.order_z_image,
+                                   anisotropy_threshold=resampling.anisotropy_threshold)[0]
         if regions_class_order:
             out[p > 0.5] = regions_class_order[k]
         elif best is None:

@@ -11,7 +11,11 @@ cases (uniformly, with replacement, as nnU-Net), patch boxes and augmentation fr
 - DDP ranks draw different batches (rank is part of the seed); ``batch_size`` is per rank.
 
 Shapes: image float32 ``(B, C, *patch)``, target int64 ``(B, 1, *patch)`` with the stored label
-values (the trainer converts to one-hot or regions). For ``2d`` configurations a slice along axis 0
+values (the trainer converts to one-hot or regions). A cascade stage's batches (``previous`` given) add
+one channel per foreground label to the image: the previous stage's segmentation, read with the patch,
+stacked with the label through the spatial augmentation and mirroring (nearest, as the label; no
+intensity transform), then one-hot encoded and spoilt by
+:mod:`autoseg.training.cascade_augmentation` (training batches only). For ``2d`` configurations a slice along axis 0
 of the ``(C, X, Y, Z)`` arrays is sampled and the patch spans axes 1, 2: image ``(B, C, h, w)``.
 """
 
@@ -29,10 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from autoseg.cascade import PREVIOUS_STAGE_PAD_VALUE, PreviousStage, one_hot, read_previous_stage
 from autoseg.planning.plans import ConfigurationPlan
 from autoseg.storage import PreprocessedCase, is_case_done, open_case
 from autoseg.training.augmentation import AugmentSettings, apply_augmentation, draw_augmentation, read_margin
-from autoseg.sampling import draw_patch_box, forced_count, oversampling_classes, read_patch
+from autoseg.training.cascade_augmentation import (CascadeAugmentSettings, apply_cascade_augmentation,
+                                                   draw_cascade_augmentation)
+from autoseg.sampling import draw_patch_box, forced_count, oversampling_classes, read_box, read_patch
 from autoseg.training.stopping import ignore_in_workers
 
 TRAIN_STREAM, VAL_STREAM = 0, 1    # separate random streams, so validation never repeats training batches
@@ -57,6 +64,8 @@ class BatchSpec:
     seed: int = 0
     rank: int = 0
     stream: int = TRAIN_STREAM
+    previous_labels: tuple[int, ...] | None = None  # cascade: label values of the previous-stage channels
+    cascade_augment: CascadeAugmentSettings | None = None  # their augmentation (with ``augment`` only)
 
     @property
     def box_size(self) -> tuple[int, ...]:
@@ -86,39 +95,69 @@ def make_batch(spec: BatchSpec, case_ids: Sequence[str], open_fn, index: int) ->
         params = (draw_augmentation(aug_rng, spec.augment, spec.patch_size, case.data.shape[0])
                   if spec.augment is not None else None)
         margin = read_margin(params, spec.patch_size)
-        image, seg = read_patch(case, box.expanded(margin if len(margin) == 3 else (0, *margin)))
+        read = box.expanded(margin if len(margin) == 3 else (0, *margin))
+        image, seg = read_patch(case, read)
+        if spec.previous_labels is not None:  # the previous stage's labels travel with the label
+            seg = np.concatenate([seg, read_previous_patch(case, read)])
         if len(spec.patch_size) == 2:
             image, seg = image[:, 0], seg[:, 0]
         image, seg = apply_augmentation(image, seg, params, spec.patch_size)
+        if spec.previous_labels is not None:
+            image, seg = _add_previous_stage(image, seg, spec, aug_rng if params is not None else None)
         images.append(image)
         segs.append(seg)
     return np.stack(images), np.stack(segs)
 
 
-class _CaseCache:
-    """Opened cases of one process, least recently used closed first."""
+def read_previous_patch(case: PreprocessedCase, box) -> np.ndarray:
+    """The previous-stage label map ``(1, *box.size)`` int16 of a cascade case, background outside the volume."""
+    if case.previous is None:
+        raise ValueError(f"case '{case.props.case_id}' was opened without its previous-stage segmentation")
+    return read_box(case.previous, box, PREVIOUS_STAGE_PAD_VALUE).astype(np.int16, copy=False)
 
-    def __init__(self, folder: Path, max_open: int = MAX_OPEN_CASES):
-        self.folder, self.max_open = Path(folder), max_open
+
+def _add_previous_stage(image: np.ndarray, seg: np.ndarray, spec: BatchSpec, rng: np.random.Generator | None):
+    """Split the augmented previous-stage labels (``seg[1]``) off the label and append them to the image as
+    one-hot channels, spoilt by the cascade augmentation when ``rng`` (training) and settings are given."""
+    channels = one_hot(seg[1], spec.previous_labels)
+    if rng is not None and spec.cascade_augment is not None:
+        params = draw_cascade_augmentation(rng, spec.cascade_augment, len(spec.previous_labels))
+        channels = apply_cascade_augmentation(channels, params, spec.cascade_augment)
+    return np.ascontiguousarray(np.concatenate([image, channels])), np.ascontiguousarray(seg[:1])
+
+
+class _CaseCache:
+    """Opened cases of one process, least recently used closed first (with their previous-stage
+    segmentation from ``previous_folder`` for a cascade stage)."""
+
+    def __init__(self, folder: Path, max_open: int = MAX_OPEN_CASES, previous_folder: Path | None = None):
+        self.folder, self.max_open, self.previous_folder = Path(folder), max_open, previous_folder
         self._open: OrderedDict[str, PreprocessedCase] = OrderedDict()
 
     def __call__(self, case_id: str) -> PreprocessedCase:
-        case = self._open.pop(case_id, None) or open_case(self.folder, case_id)
+        case = self._open.pop(case_id, None) or self._load(case_id)
         self._open[case_id] = case
         while len(self._open) > self.max_open:
             self._open.popitem(last=False)
         return case
 
+    def _load(self, case_id: str) -> PreprocessedCase:
+        case = open_case(self.folder, case_id)
+        if self.previous_folder is not None:
+            case.previous = read_previous_stage(self.previous_folder, case_id, case.data.shape[1:])
+        return case
+
     def __getstate__(self):  # workers open their own memory maps
-        return {"folder": self.folder, "max_open": self.max_open, "_open": OrderedDict()}
+        return {"folder": self.folder, "max_open": self.max_open, "previous_folder": self.previous_folder,
+                "_open": OrderedDict()}
 
 
 class PatchBatches(Dataset):
     """Map-style dataset: item ``i`` is batch ``i`` of the stream, as torch tensors."""
 
-    def __init__(self, folder: Path, case_ids: Sequence[str], spec: BatchSpec):
+    def __init__(self, folder: Path, case_ids: Sequence[str], spec: BatchSpec, previous_folder: Path | None = None):
         self.case_ids, self.spec = list(case_ids), spec
-        self._cases = _CaseCache(folder)
+        self._cases = _CaseCache(folder, previous_folder=previous_folder)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, seg = make_batch(self.spec, self.case_ids, self._cases, int(index))
@@ -217,7 +256,8 @@ class Workers:
     prefetch: int = DEFAULT_PREFETCH
 
 
-def _spec(config: ConfigurationPlan, sampling: Sampling, augment, workers: Workers, stream: int) -> BatchSpec:
+def _spec(config: ConfigurationPlan, sampling: Sampling, augment, workers: Workers, stream: int,
+          previous: PreviousStage | None = None) -> BatchSpec:
     batch_size, oversample, rank = sampling.batch_size, sampling.oversample_foreground, workers.rank
     if config.spatial_dims not in (2, 3) or len(config.patch_size) != config.spatial_dims:
         raise ValueError(f"configuration '{config.name}': patch_size {config.patch_size} does not match "
@@ -228,12 +268,15 @@ def _spec(config: ConfigurationPlan, sampling: Sampling, augment, workers: Worke
         raise ValueError(f"rank {rank} is outside world size {workers.world_size}")
     forced_count(batch_size, oversample)  # validates the fraction
     classes = oversampling_classes(sampling.foreground_classes, sampling.ignore_label, sampling.regions)
-    return BatchSpec(tuple(config.patch_size), batch_size, oversample, classes, augment, sampling.seed, rank, stream)
+    return BatchSpec(tuple(config.patch_size), batch_size, oversample, classes, augment, sampling.seed, rank, stream,
+                     previous_labels=previous.labels if previous is not None else None,
+                     cascade_augment=CascadeAugmentSettings() if previous is not None and augment is not None else None)
 
 
-def _data_loader(folder, case_ids, spec, sampler, workers: Workers) -> DataLoader:
+def _data_loader(folder, case_ids, spec, sampler, workers: Workers, previous: PreviousStage | None = None) -> DataLoader:
     n = default_num_workers() if workers.num_workers is None else workers.num_workers
-    return DataLoader(PatchBatches(folder, case_ids, spec), batch_size=None, sampler=sampler,
+    batches = PatchBatches(folder, case_ids, spec, previous.folder if previous is not None else None)
+    return DataLoader(batches, batch_size=None, sampler=sampler,
                       num_workers=n, pin_memory=workers.pin_memory and torch.cuda.is_available(),
                       persistent_workers=n > 0, prefetch_factor=workers.prefetch if n > 0 else None,
                       worker_init_fn=_worker_init if n > 0 else None)
@@ -241,19 +284,20 @@ def _data_loader(folder, case_ids, spec, sampler, workers: Workers) -> DataLoade
 
 def make_train_loader(folder: Path, case_ids: Sequence[str], config: ConfigurationPlan, sampling: Sampling,
                       workers: Workers = Workers(), augment: AugmentSettings | None = AugmentSettings(),
-                      start_iteration: int = 0) -> TimedIterator:
+                      start_iteration: int = 0, previous: PreviousStage | None = None) -> TimedIterator:
     """Endless training batches ``(image, target)`` from batch ``start_iteration`` on.
 
     ``folder`` holds the preprocessed cases of ``config``; ``case_ids`` the training cases of the
-    fold. The returned iterator records its data-wait time; ``close()`` stops its workers.
+    fold; ``previous`` the previous-stage segmentations of a cascade stage. The returned iterator
+    records its data-wait time; ``close()`` stops its workers.
     """
     _check_cases(folder, case_ids)
-    spec = _spec(config, sampling, augment, workers, TRAIN_STREAM)
-    return TimedIterator(_data_loader(folder, case_ids, spec, _CountFrom(start_iteration), workers))
+    spec = _spec(config, sampling, augment, workers, TRAIN_STREAM, previous)
+    return TimedIterator(_data_loader(folder, case_ids, spec, _CountFrom(start_iteration), workers, previous))
 
 
 def make_val_loader(folder: Path, case_ids: Sequence[str], config: ConfigurationPlan, sampling: Sampling,
-                    num_batches: int, workers: Workers = Workers()) -> DataLoader:
+                    num_batches: int, workers: Workers = Workers(), previous: PreviousStage | None = None) -> DataLoader:
     """The same ``num_batches`` validation batches (no augmentation) each time it is iterated.
 
     Same oversampling as training; drawn from a stream separate from training's.
@@ -261,5 +305,5 @@ def make_val_loader(folder: Path, case_ids: Sequence[str], config: Configuration
     if num_batches < 1:
         raise ValueError(f"num_batches must be at least 1, got {num_batches}")
     _check_cases(folder, case_ids)
-    spec = _spec(config, sampling, None, workers, VAL_STREAM)
-    return _data_loader(folder, case_ids, spec, range(num_batches), workers)
+    spec = _spec(config, sampling, None, workers, VAL_STREAM, previous)
+    return _data_loader(folder, case_ids, spec, range(num_batches), workers, previous)

@@ -7,6 +7,11 @@ Run folder (:meth:`~autoseg.workspace.Workspace.run_dir`):
 the fold's validation cases and ``summary.json``). Folds run one after another; ``all`` trains on
 every case. Under torchrun every rank calls :func:`train` with its
 :class:`~autoseg.training.ddp.DistContext`; rank 0 alone writes.
+
+The cascade (:mod:`autoseg.cascade`): a ``3d_lowres`` fold's validation also leaves its cases'
+segmentations for each next stage in the model folder's ``predicted_next_stage/<next_config>/``; a
+``3d_cascade_fullres`` job is refused before any run folder is made unless those exist for every
+training and validation case of its fold, and its network takes them as extra input channels.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from autoseg.core.checkpoint import (BEST, FINAL, LATEST, DatasetRecord, ModelRe
                                      load_checkpoint)
 from autoseg.core.runlock import LOCK_NAME, RunLock
 from autoseg.core.runtime import resolve_amp, resolve_device, seed_everything
+from autoseg.cascade import PreviousStage, foreground_labels, input_channels, missing_previous_stage, next_stages
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.sliding import window_starts
 from autoseg.models import ARCHITECTURES, build_model
@@ -43,8 +49,8 @@ from autoseg.training.durations import format_duration
 from autoseg.training.logging import LogCallback, ProgressBarCallback, log_line
 from autoseg.training.losses import make_loss
 from autoseg.training.trainer import NonFiniteLossError, Run, Targets, TrainSettings, fit, make_optimizer
-from autoseg.training.validation import ValidationJob, validate
-from autoseg.workspace import Workspace
+from autoseg.training.validation import NextStage, ValidationJob, validate
+from autoseg.workspace import Workspace, model_folder_name
 
 # Settings that may change when resuming; any other difference would make the resumed run differ
 # from the uninterrupted one, so it is refused.
@@ -93,10 +99,26 @@ class TrainJob:
     settings: Mapping[str, Any] = field(default_factory=dict)  # TrainSettings fields chosen explicitly
     resume: bool = False
     pretrained: Path | None = None
+    previous: PreviousStage | None = None  # a cascade stage: the previous stage's segmentations
 
     @property
     def run_dir(self) -> Path:
         return self.workspace.run_dir(self.dataset_name, self.arch, self.plans.plans_name, self.config, self.fold)
+
+    @property
+    def next_stages(self) -> tuple[NextStage, ...]:
+        """The cascade stages this configuration's validation predictions feed (none for fold ``all``,
+        whose validation cases are its training cases)."""
+        if self.fold == "all":
+            return ()
+        return tuple(NextStage(n, self.workspace.data_dir(self.dataset_name, self.plans, n),
+                               self.workspace.next_stage_dir(self.dataset_name, self.arch, self.plans.plans_name,
+                                                             self.config, n))
+                     for n in next_stages(self.plans, self.config))
+
+    def missing_next_stage(self) -> bool:
+        """Whether a next stage lacks the segmentation of one of the fold's validation cases."""
+        return any(missing_previous_stage(n.out_folder, self.fold_cases.val) for n in self.next_stages)
 
     @property
     def preprocessed_dir(self) -> Path:
@@ -168,8 +190,38 @@ def jobs_for(workspace: Workspace, request: TrainRequest) -> list[TrainJob]:
     if request.resume and request.pretrained is not None:
         raise TrainError("--resume continues a run and --pretrained starts a new one from other weights; "
                          "use one of them")
+    previous = None
+    if plans.configurations[config].previous_stage:
+        previous = previous_stage_of(workspace, name, plans, config, arch, splits, fold_list, request)
     return [TrainJob(workspace, name, plans, config, arch, fold, splits.fold(fold), dict(request.settings),
-                     request.resume, request.pretrained) for fold in fold_list]
+                     request.resume, request.pretrained, previous) for fold in fold_list]
+
+
+def previous_stage_of(workspace: Workspace, name: str, plans: Plans, config: str, arch: str, splits: Splits,
+                      folds: Sequence[int | str], request: TrainRequest) -> PreviousStage:
+    """The previous-stage segmentations a cascade configuration trains on, checked to exist for every
+    training and validation case of ``folds``; otherwise a :class:`TrainError` naming what is missing and
+    the command that makes it (the low-res folds that validate the missing cases)."""
+    prev = plans.configurations[config].previous_stage
+    if prev not in plans.configurations:
+        raise TrainError(f"configuration '{config}' needs the stage '{prev}', which the plans of {name} do not hold; "
+                         "plan the dataset again with `autoseg plan`")
+    folder = workspace.next_stage_dir(name, arch, plans.plans_name, prev, config)
+    needed = sorted({c for f in folds for c in splits.fold(f).train + splits.fold(f).val})
+    missing = missing_previous_stage(folder, needed)
+    if missing:
+        low_folds = [k for k, f in enumerate(splits.folds) if set(f.val) & set(missing)] or range(len(splits.folds))
+        started = any(workspace.run_dir(name, arch, plans.plans_name, prev, k).is_dir() for k in low_folds)
+        command = (f"autoseg train {name} --config {prev} --fold {' '.join(str(k) for k in low_folds)}"
+                   + (f" --arch {request.arch}" if request.arch else "")
+                   + (f" --plans {request.plans}" if request.plans else "") + (" --resume" if started else ""))
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise TrainError(f"configuration '{config}' is the second stage of a cascade: it trains on the '{prev}' "
+                         f"stage's segmentations of every training and validation case, and {len(missing)} of "
+                         f"{len(needed)} are missing in {folder} ({shown}); make them first with `{command}` "
+                         f"(each finished {prev} fold leaves its validation cases' segmentations there)")
+    spec = DatasetSpec.load(workspace.preprocessed_dir(name))
+    return PreviousStage(folder, foreground_labels(spec))
 
 
 def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
@@ -200,12 +252,14 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
 
 
 def model_record(plans, config: str, arch: str, fold, spec, settings) -> ModelRecord:
-    """What the run's checkpoints say the model is."""
+    """What the run's checkpoints say the model is (for a cascade stage: which stage and model it needs)."""
     dataset = DatasetRecord(name=plans.dataset_name, labels=dict(spec.labels), channel_names=tuple(spec.channel_names),
                             regions_class_order=tuple(spec.regions_class_order) if spec.regions_class_order else None,
                             ignore_label=spec.ignore_label, file_ending=spec.file_ending)
+    prev = plans.configuration(config).previous_stage
     return ModelRecord(plans=plans.to_dict(), configuration=config, arch=arch, fold=fold, dataset=dataset,
-                       settings=settings.to_dict())
+                       settings=settings.to_dict(), previous_stage=prev,
+                       previous_model=model_folder_name(arch, plans.plans_name, prev) if prev else None)
 
 
 def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = (), stop=None) -> Path:
@@ -248,7 +302,8 @@ def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()
         elif dist.is_main:
             _finish_checkpoints(run)
         ddp.barrier(dist)
-        if dist.is_main and (not finished or not (run_dir / "validation" / "summary.json").is_file()):
+        validated = (run_dir / "validation" / "summary.json").is_file() and not job.missing_next_stage()
+        if dist.is_main and (not finished or not validated):
             validation_started = time.monotonic()
             _final_validation(job, run, progress)
             if run.budget is not None:
@@ -315,7 +370,8 @@ def build_run(job: TrainJob, settings: TrainSettings, dist) -> tuple[Run, tuple]
     ddp.init(dist, device)
     seed_everything(settings.seed)
     regions = tuple(spec.regions) if spec.has_regions else None
-    model = build_model(job.arch, cfg, spec.num_channels, spec.num_outputs, settings.deep_supervision).to(device)
+    channels = input_channels(spec, job.previous is not None)  # image (+ previous-stage one-hot) channels
+    model = build_model(job.arch, cfg, channels, spec.num_outputs, settings.deep_supervision).to(device)
     loss = make_loss(spec.num_outputs, cfg.batch_dice, regions, spec.ignore_label)
     amp_dtype, use_scaler = resolve_amp(settings.amp, device)
     run = Run(model=model, network=model, loss_fn=loss, optimizer=make_optimizer(model, settings),
@@ -324,22 +380,25 @@ def build_run(job: TrainJob, settings: TrainSettings, dist) -> tuple[Run, tuple]
               run_dir=job.run_dir, dist=dist,
               record=model_record(job.plans, job.config, job.arch, job.fold, spec, settings))
     batch = ddp.batch_share(settings.batch_size or cfg.batch_size, dist)
-    loaders = make_batch_factories(job.data_folder, job.fold_cases, cfg, spec, settings, batch, dist, device)
+    loaders = make_batch_factories(job.data_folder, job.fold_cases, cfg, spec, settings, batch, dist, device,
+                                   job.previous)
     return run, loaders
 
 
-def make_batch_factories(folder: Path, fold_cases, cfg, spec, settings, batch_size: int, dist, device):
-    """``(train_batches(start_iteration), val_batches(epoch))`` over the preprocessed cases."""
+def make_batch_factories(folder: Path, fold_cases, cfg, spec, settings, batch_size: int, dist, device,
+                         previous: PreviousStage | None = None):
+    """``(train_batches(start_iteration), val_batches(epoch))`` over the preprocessed cases (with the
+    previous-stage channels of a cascade stage)."""
     sampling = Sampling(batch_size=batch_size, seed=settings.seed, oversample_foreground=settings.oversample_foreground,
                         foreground_classes=spec.foreground_classes or None, ignore_label=spec.ignore_label,
                         regions=tuple(spec.regions) if spec.has_regions else None)
     workers = Workers(rank=dist.rank, world_size=dist.world_size, num_workers=settings.num_workers,
                       pin_memory=device.type == "cuda")
-    val_loader = make_val_loader(folder, list(fold_cases.val), cfg, sampling, settings.val_iters, workers)
+    val_loader = make_val_loader(folder, list(fold_cases.val), cfg, sampling, settings.val_iters, workers, previous)
 
     def train_batches(start_iteration: int):
         return make_train_loader(folder, list(fold_cases.train), cfg, sampling, workers,
-                                 start_iteration=start_iteration)
+                                 start_iteration=start_iteration, previous=previous)
 
     return train_batches, (lambda epoch: val_loader)
 
@@ -399,7 +458,7 @@ def _final_validation(job: TrainJob, run: Run, progress: bool) -> Path:
     cfg = job.plans.configuration(job.config)
     vjob = ValidationJob(plans=job.plans, config=cfg, spec=spec, data_folder=job.data_folder,
                          raw_folder=job.workspace.raw_dir(job.dataset_name), out_folder=run.run_dir / "validation",
-                         case_ids=tuple(job.fold_cases.val))
+                         case_ids=tuple(job.fold_cases.val), previous=job.previous, next_stages=job.next_stages)
     axes = tuple(range(len(cfg.patch_size))) if run.settings.val_mirroring else ()
     with progress_bar("validation", len(vjob.case_ids), enabled=progress) as advance:
         return validate([run.model], vjob, run.device, run.amp_dtype, axes, run.settings.save_probabilities,

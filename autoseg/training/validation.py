@@ -7,6 +7,11 @@ transposed back, pasted into the crop box) and written with the raw image's exac
 ``fold_k/validation/{case}{file_ending}`` (``{case}.npz`` probabilities too when asked). Dice per class (or region) against the raw label, ignore
 label left out, NaN when both are empty; ``validation/summary.json`` holds per-case and mean Dice
 (nnU-Net's case-averaged final Dice, which is typically below the training pseudo Dice).
+
+Cascade (:mod:`autoseg.cascade`): a cascade stage's network gets each case's previous-stage
+segmentation as one-hot channels after the image; a stage with next stages (``3d_lowres``) also writes
+each case's segmentation on each next stage's preprocessed grid (its probabilities resampled there with
+this configuration's resampling, then labelled: nnU-Net v2 ``perform_actual_validation``).
 """
 
 from __future__ import annotations
@@ -21,18 +26,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoseg.cascade import PreviousStage, read_previous_stage, with_previous_stage, write_previous_stage
 from autoseg.core.fileops import atomic_write_json
 from autoseg.dataset import DatasetSpec
 from autoseg.evaluation.metrics import case_metrics, evaluation_targets
 from autoseg.inference import probabilities as probability_files
 from autoseg.inference.probabilities import SavedProbabilities, regions_order
-from autoseg.inference.restore import to_input_geometry
+from autoseg.inference.restore import labels_on_grid, to_input_geometry
 from autoseg.inference.sliding import predict_probabilities
 from autoseg.io import read_volume, write_like
 from autoseg.planning.plans import ConfigurationPlan, Plans
-from autoseg.storage import open_case
+from autoseg.storage import CaseProperties, open_case
 
 SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class NextStage:
+    """A cascade stage fed by this configuration's validation: its preprocessed cases (whose grid the
+    segmentations are resampled to) and where the segmentations go (``predicted_next_stage/<config>``)."""
+
+    config: str
+    data_folder: Path
+    out_folder: Path
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,8 @@ class ValidationJob:
     raw_folder: Path  # raw dataset (imagesTr / labelsTr)
     out_folder: Path  # fold_k/validation
     case_ids: tuple[str, ...]
+    previous: PreviousStage | None = None  # a cascade stage: the previous stage's segmentations
+    next_stages: tuple[NextStage, ...] = ()  # stages that take this one's segmentations
 
 
 def predict_case(networks: Sequence[nn.Module], job: ValidationJob, case_id: str, device: torch.device,
@@ -55,11 +73,30 @@ def predict_case(networks: Sequence[nn.Module], job: ValidationJob, case_id: str
     the way ``autoseg predict`` maps it (:func:`~autoseg.inference.restore.to_input_geometry`), and
     with ``keep_probabilities`` its probabilities over the crop box."""
     case = open_case(job.data_folder, case_id)
-    image = torch.from_numpy(np.array(case.data, dtype=np.float32))  # a copy: the memory map is read-only
-    probs = predict_probabilities(networks, image, job.config.patch_size, regions=job.spec.has_regions,
-                                  mirror_axes=mirror_axes, device=device, amp_dtype=amp_dtype).numpy()
+    image = np.array(case.data, dtype=np.float32)  # a copy: the memory map is read-only
+    if job.previous is not None:
+        previous = read_previous_stage(job.previous.folder, case_id, image.shape[1:], mmap=False)[0]
+        image = with_previous_stage(image, previous, job.previous.labels)
+    probs = predict_probabilities(networks, torch.from_numpy(image), job.config.patch_size,
+                                  regions=job.spec.has_regions, mirror_axes=mirror_axes, device=device,
+                                  amp_dtype=amp_dtype).numpy()
+    for stage in job.next_stages:
+        export_next_stage(probs, case.props, stage, job)
     return to_input_geometry(probs, case.props, job.config.resampling, job.plans.transpose_backward,
                              regions_order(job.spec), keep_probabilities=keep_probabilities)
+
+
+def export_next_stage(probs: np.ndarray, props: CaseProperties, stage: NextStage, job: ValidationJob) -> Path:
+    """Write a case's segmentation on ``stage``'s preprocessed grid (its ``{case}.json`` says the shape and
+    spacing) for the cascade stage to train on (:func:`autoseg.cascade.write_previous_stage`)."""
+    path = stage.data_folder / f"{props.case_id}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the preprocessed case of '{stage.config}' is missing, so the "
+                                f"segmentation for that stage cannot be made; rerun `autoseg plan` to preprocess it")
+    target = CaseProperties.load(path)
+    labels = labels_on_grid(probs, props.spacing, target.spacing, target.shape_after_resample, job.config.resampling,
+                            regions_order(job.spec))
+    return write_previous_stage(stage.out_folder, props.case_id, labels)
 
 
 def _clean(v: float | None) -> float | None:

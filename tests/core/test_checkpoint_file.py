@@ -1,6 +1,7 @@
 """The checkpoint file: the typed record, digests written with every checkpoint and checked on load."""
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -62,3 +63,13 @@ def test_the_digest_depends_on_the_content_only():
 
     a, b = checkpoint_bytes(_checkpoint(0)), checkpoint_bytes(_checkpoint(0))
     assert digest(a) == digest(b) != digest(checkpoint_bytes(_checkpoint(1)))
+
+
+def test_a_cascade_stage_records_the_stage_and_model_it_needs_and_other_models_do_not():
+    plain = ModelRecord.of(_checkpoint())
+    assert not plain.is_cascade and "previous_stage" not in plain.to_dict()  # earlier checkpoints unchanged
+    cascade = replace(plain, configuration="3d_cascade_fullres", previous_stage="3d_lowres",
+                      previous_model="unet__autosegPlans__3d_lowres")
+    back = ModelRecord.from_dict(cascade.to_dict())
+    assert back == cascade and back.is_cascade
+    assert not back.same_model_as(replace(cascade, previous_model="resenc_unet__autosegPlans__3d_lowres"))

@@ -55,3 +55,21 @@ def test_one_channel_at_a_time_gives_the_labels_of_all_channels_at_once():
     labels, saved = to_input_geometry(probs, props, resampling, (0, 1, 2), None, keep_probabilities=True)
     assert labels.shape == (9, 11, 7) and saved.probabilities.shape == (3, 8, 7, 7)
     assert np.array_equal(labels, to_input_geometry(probs, props, resampling, (0, 1, 2), None)[0])
+
+
+def test_labels_on_another_grid_are_the_resampled_probabilities_labelled():
+    """How a 3d_lowres prediction reaches the cascade's grid: resampled per channel, then labelled."""
+    from autoseg.inference.restore import labels_on_grid
+    from autoseg.resampling import resample_probabilities
+
+    rng = np.random.default_rng(0)
+    probs = rng.random((3, 6, 5, 4)).astype(np.float32)
+    probs /= probs.sum(0)
+    plan = ResamplingPlan()
+    fine = labels_on_grid(probs, (2.0, 2.0, 2.0), (1.0, 1.0, 1.0), (12, 10, 8), plan, None)
+    whole = resample_probabilities(probs, (2.0, 2.0, 2.0), (1.0, 1.0, 1.0), new_shape=(12, 10, 8),
+                                   order=plan.probabilities_order, order_z=plan.order_z_image)
+    assert fine.shape == (12, 10, 8)
+    np.testing.assert_array_equal(fine, labels_from_probabilities(whole))
+    regions = labels_on_grid(probs[:2], (2.0, 2.0, 2.0), (1.0, 1.0, 1.0), (12, 10, 8), plan, (1, 2))
+    np.testing.assert_array_equal(regions, labels_from_probabilities(whole[:2], (1, 2)))

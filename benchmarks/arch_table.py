@@ -64,18 +64,19 @@ def figures(run_dir: Path) -> dict:
             "params": sum(p.numel() for p in net.parameters())}
 
 
-def set_batch_size(workdir: Path, dataset: str, preset: str, batch: int, log: list[str]) -> None:
-    """Overwrite the 3d_fullres batch size of one preset's plans (a benchmark setting, not a planning rule)."""
+def set_batch_size(workdir: Path, dataset: str, preset: str, batch: int, config: str, log: list[str]) -> None:
+    """Overwrite the batch size of one configuration of a preset's plans (a benchmark setting, not a
+    planning rule)."""
     from autoseg.planning.plans import Plans, plans_name_for
     from autoseg.workspace import Workspace
 
     path = Workspace(workdir).plans_file(dataset, plans_name_for(preset))
     plans = Plans.load(path)
     data = plans.to_dict()
-    planned = data["configurations"]["3d_fullres"]["batch_size"]
-    data["configurations"]["3d_fullres"]["batch_size"] = batch
+    planned = data["configurations"][config]["batch_size"]
+    data["configurations"][config]["batch_size"] = batch
     Plans.from_dict(data).save(path)
-    log.append(f"# {path.name}: 3d_fullres batch size {planned} -> {batch} (--batch-size)")
+    log.append(f"# {path.name}: {config} batch size {planned} -> {batch} (--batch-size)")
 
 
 def main(argv=None) -> int:
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/arch_table"))
     ap.add_argument("--archs", default=",".join(ARCHITECTURES))
     ap.add_argument("--fold", default="0")
+    ap.add_argument("--config", default="3d_fullres", help="configuration trained (default 3d_fullres; 2d is the "
+                    "cheap one for a CPU)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--iters-per-epoch", type=int, default=250)
     ap.add_argument("--val-iters", type=int, default=50)
@@ -113,18 +116,19 @@ def main(argv=None) -> int:
                         *work), commands)
             planned.add(preset)
             if args.batch_size:
-                set_batch_size(args.workdir, args.dataset.name, preset, args.batch_size, commands)
+                set_batch_size(args.workdir, args.dataset.name, preset, args.batch_size, args.config, commands)
         run(autoseg("train", args.dataset.name, "--fold", args.fold, "--arch", name, "--plans", preset,
+                    "--config", args.config,
                     "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
                     "--val-iters", str(args.val_iters), "--device", args.device, "--no-progress", *work), commands)
-        run_dir = (args.workdir / "results" / args.dataset.name / f"{name}__{plans_name_for(preset)}__3d_fullres"
+        run_dir = (args.workdir / "results" / args.dataset.name / f"{name}__{plans_name_for(preset)}__{args.config}"
                    / f"fold_{args.fold}")
         f = figures(run_dir)
         rows.append([name, preset, "×".join(map(str, f["patch"])), str(f["batch"]), f"{f['params'] / 1e6:.1f} M",
                      f"{f['dice']:.4f}", ", ".join(f"{k} {v:.4f}" for k, v in f["per_class"].items()),
                      f"{f['s_per_iter']:.3f}"])
     header = ["--arch", "preset", "patch", "batch", "parameters", "Dice (fg mean)", "Dice per class", "s / iteration"]
-    print(f"{args.dataset.name}, fold {args.fold}, {args.epochs} x {args.iters_per_epoch} iterations, "
+    print(f"{args.dataset.name}, {args.config}, fold {args.fold}, {args.epochs} x {args.iters_per_epoch} iterations, "
           f"device {args.device}" + (f", batch size {args.batch_size} for all" if args.batch_size else "") + "\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -27,7 +27,7 @@ import numpy as np
 
 from autoseg.core.processes import worker_context
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
-from autoseg.io.images import Geometry, ImageReadError, gzip_problem, nonfinite_problem, read_volume
+from autoseg.io.images import Geometry, ImageReadError, nonfinite_problem, read_volume_verified
 from autoseg.jsonfiles import InputWarning
 from autoseg.paths import os_error_message
 
@@ -205,7 +205,8 @@ class _NoBar:
 
 
 def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
-    """All per-case checks. Each file is read once (one array in memory at a time): its header is
+    """All per-case checks. Each file is read once (one array in memory at a time; a .gz decompressed
+    once, its checksum verified in the same pass): its header is
     checked, then its voxels; finally the channels and the label are compared on geometry."""
     result = CaseResult(case.case_id)
     files = list(case.images) + ([case.label] if case.label is not None else [])
@@ -213,11 +214,7 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
     constant: dict[Path, float] = {}  # image files whose voxels all hold one value
     for p in files:
         try:
-            problem = gzip_problem(p)
-            if problem:
-                result.problems.append(problem)
-                continue
-            arr, g = read_volume(p, spec.force_itk)
+            arr, g = read_volume_verified(p, spec.force_itk)  # a .gz is decompressed once, checksum included
         except ImageReadError as e:
             result.problems.append(str(e))
             continue

@@ -349,6 +349,56 @@ def gzip_problem(path: Path | str) -> str | None:
     return None
 
 
+def read_volume_verified(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, Geometry]:
+    """:func:`read_volume`, and for a ``.gz`` file the whole gzip stream verified (checksum and length,
+    as :func:`gzip_problem`), raising :class:`ImageReadError` with the same message when it is damaged.
+
+    A gzip-compressed NIfTI read by nibabel is decompressed once: nibabel reads the header and voxels
+    from one decompressing stream, then the stream's rest (padding, extensions after the voxels: usually
+    nothing) is read to its end, where gzip checks the checksum. Other files are verified first and then
+    read, as before."""
+    path = Path(path)
+    if (not path.is_file() or not str(path).lower().endswith(".gz") or _use_itk(path, force_itk)
+            or file_ending(path) not in NIFTI_ENDINGS):
+        problem = gzip_problem(path) if path.is_file() else None
+        if problem:
+            raise ImageReadError(problem)
+        return read_volume(path, force_itk)
+    with open(path, "rb") as raw:
+        if raw.read(2) != b"\x1f\x8b":  # not gzip at all: the reader says what it is not
+            return read_volume(path, force_itk)
+    import nibabel as nib
+
+    try:
+        with gzip.open(path, "rb") as stream:
+            try:
+                img = nib.Nifti1Image.from_stream(stream) if _nifti1(stream) else nib.Nifti2Image.from_stream(stream)
+                arr = np.asanyarray(img.dataobj)
+            except (OSError, EOFError, zlib.error):
+                raise
+            except Exception as e:  # nibabel raises several types for broken headers or short data
+                raise ImageReadError(f"{path}: not a readable NIfTI file ({e}); re-export it") from None
+            while stream.read(_GZIP_CHUNK):  # to the end: gzip verifies checksum and length there
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise ImageReadError(f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
+                             "re-export it") from None
+    problem = nifti_header_problem(path, img)
+    if problem:
+        raise ImageReadError(problem)
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return arr, _valid_spacing(path, _geometry_from_nifti(img))
+
+
+def _nifti1(stream) -> bool:
+    """Whether a NIfTI stream (at its start; left there) holds a NIfTI-1 header (``sizeof_hdr`` 348)
+    rather than NIfTI-2 (540), in either byte order."""
+    head = stream.read(4)
+    stream.seek(0)
+    return head not in (int(540).to_bytes(4, "little"), int(540).to_bytes(4, "big"))
+
+
 def read_image(paths: list[Path], force_itk: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read the channel files of one case into float32 ``(C, X, Y, Z)`` with the first file's geometry.
 

@@ -181,3 +181,51 @@ def test_count_nonfinite_counts_after_the_cast_to_float32(monkeypatch):
     assert images.count_nonfinite(np.ones((2, 2, 2), np.int64)) == 0
     message = images.nonfinite_problem("x.nii.gz", a)
     assert "x.nii.gz: 3 voxel(s)" in message and "beyond the float32 range" in message and "2 of them finite" in message
+
+
+@pytest.mark.parametrize("kind", ["nifti1.nii.gz", "nifti2.nii.gz", "plain.nii", "trailing_axis.nii.gz"])
+def test_verified_read_equals_the_plain_read(tmp_path, kind):
+    from autoseg.io.images import read_volume_verified
+
+    rng = np.random.default_rng(3)
+    shape = (7, 6, 5, 1) if kind.startswith("trailing") else (7, 6, 5)
+    arr = rng.normal(size=shape).astype(np.float32)
+    affine = np.diag([1.5, 0.8, 2.0, 1.0])
+    affine[:3, 3] = (4.0, -2.0, 1.0)
+    cls = nib.Nifti2Image if kind.startswith("nifti2") else nib.Nifti1Image
+    path = tmp_path / kind
+    nib.save(cls(arr, affine), str(path))
+    a, ga = read_volume(path)
+    b, gb = read_volume_verified(path)
+    assert a.shape == b.shape == (7, 6, 5) and a.dtype == b.dtype and np.array_equal(a, b) and ga == gb
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "length"])
+def test_verified_read_finds_damaged_gzip_in_its_one_pass(tmp_path, damage):
+    from autoseg.io.images import read_volume_verified
+
+    path = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(4000, dtype=np.float32).reshape(20, 20, 10), np.eye(4)), str(path))
+    raw = path.read_bytes()
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flipped":
+        raw = raw[:200] + bytes([raw[200] ^ 0xFF]) + raw[201:]
+    else:  # the stored length no longer matches: only the stream's end shows it
+        raw = raw[:-4] + b"\0\0\0\0"
+    path.write_bytes(raw)
+    with pytest.raises(ImageReadError, match=r"img\.nii\.gz: (damaged gzip data|not a readable NIfTI)"):
+        read_volume_verified(path)
+
+
+def test_verified_read_of_a_non_gzip_file_named_gz_says_what_it_is_not(tmp_path):
+    from autoseg.io.images import read_volume_verified
+
+    path = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(tmp_path / "img.nii"))
+    path.write_bytes((tmp_path / "img.nii").read_bytes())  # uncompressed bytes under a .gz name
+    with pytest.raises(ImageReadError, match="is not a gzip file") as plain:
+        read_volume(path)
+    with pytest.raises(ImageReadError) as verified:
+        read_volume_verified(path)
+    assert str(verified.value) == str(plain.value)

@@ -48,7 +48,7 @@ from autoseg.inference.predictor import Predictor
 from autoseg.inference.probabilities import SavedProbabilities, regions_order
 from autoseg.inference.restore import labels_on_grid, to_input_geometry
 from autoseg.io import SUPPORTED_ENDINGS, file_ending, strip_ending, write_like
-from autoseg.io.images import ImageReadError, gzip_problem, read_image
+from autoseg.io.images import read_volume_verified, stack_channels
 from autoseg.paths import folder_output, os_error_message, same_path
 from autoseg.postprocessing import apply_postprocessing
 from autoseg.preprocessing import crop_case, finish_case
@@ -222,12 +222,10 @@ class Prepared:
 
 def prepare_case(case: InputCase, model: Predictor) -> Prepared:
     """Read and preprocess one case exactly as training data were (no label). ``.gz`` files are
-    decompressed to the end first so a damaged one fails here instead of decoding to wrong voxels."""
-    for path in case.files:
-        problem = gzip_problem(path)
-        if problem:
-            raise ImageReadError(problem)
-    data, geometry = read_image(list(case.files), force_itk=model.spec.force_itk)
+    decompressed to their end (once, :func:`~autoseg.io.images.read_volume_verified`) so a damaged one
+    fails here instead of decoding to wrong voxels."""
+    force_itk = model.spec.force_itk
+    data, geometry = stack_channels((Path(p), Path(p).name, *read_volume_verified(p, force_itk)) for p in case.files)
     return prepare_arrays(case, data, geometry, model, case.files)
 
 

@@ -40,8 +40,16 @@ SHAPE_JITTER = 0.2            # +-20 % per axis around the base shape
 ISO_SPACING = (1.0, 1.0, 1.0)
 ANISO_SPACING = (0.8, 0.8, 4.0)  # typical thick-slice abdominal MR / CT
 ANISO_SLICE_FACTOR = 3        # thick slices: a third of the base number of slices
-CT_AIR, CT_TISSUE, CT_NOISE_SD = -1000.0, 40.0, 20.0
-CT_ORGAN_HU = (160.0, -90.0, 700.0, 320.0, -300.0, 1200.0)  # enhanced organ, fat-, bone-like, ...
+# A miniature abdominal CT after contrast (portal-venous phase): organs in fat. Hounsfield values as
+# in textbook CT (air -1000, fat about -100, unenhanced soft tissue/muscle 40-60, enhanced liver/spleen
+# 100-150, enhanced kidney cortex 150-250); noise sd 20 HU as in a standard-dose 1 mm reconstruction.
+CT_AIR, CT_TISSUE, CT_NOISE_SD = -1000.0, -100.0, 20.0  # CT_TISSUE: the body around the organs (fat-like)
+CT_ORGAN_HU = (60.0, 150.0, 240.0, 400.0, -500.0, 900.0)  # soft-tissue-, enhanced-organ-, kidney-cortex-like,
+# then (labels 4-6) cancellous-bone-, lung-, cortical-bone-like
+# Organ ellipsoid radii in normalised grid coordinates ([-1, 1] per axis), lower and upper bounds per
+# axis: an organ fills about 0.7-2 % of the grid (3-9 % of the body; liver ~1.5 l, spleen ~0.2 l of a
+# ~15 l abdomen) and spans 10-15 voxels, as a large abdominal organ spans tens of voxels or more in a scan.
+ORGAN_RADII = ((0.22, 0.19, 0.34), (0.3, 0.26, 0.48))
 MR_BODY = (1.0, 1.0)                     # relative body intensity per sequence (T1, T2)
 MR_ORGAN = ((1.7, 0.55), (0.45, 1.9), (1.3, 1.35), (0.6, 0.6), (2.2, 1.2), (1.0, 2.5))  # per label: (T1, T2)
 MR_NOISE_SD = 0.05
@@ -93,7 +101,7 @@ def draw_case(rng: np.random.Generator, modality: str = "CT", n_channels: int = 
     else:
         angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n_labels) / n_labels
         blobs = tuple(Blob(k + 1, (0.38 * np.cos(a), 0.3 * np.sin(a), rng.uniform(-0.25, 0.25)),
-                           tuple(rng.uniform([0.14, 0.12, 0.2], [0.24, 0.2, 0.4])), _lumps(rng, 0.15))
+                           tuple(rng.uniform(*ORGAN_RADII)), _lumps(rng, 0.15))
                       for k, a in enumerate(angles))
     return ToyCase(
         shape=tuple(int(s) for s in grid), spacing=tuple(float(s) for s in spacing),

@@ -8,10 +8,11 @@ always gets the generator ``default_rng([s, i])``, so it does not depend on ``n_
 What the volumes look like (arrays ``(X, Y, Z)``, spacing in mm, RAS+ affine):
 
 - A body-like ellipsoid holding 2-3 organ-like blobs (labels 1..n, lumpy ellipsoids at different
-  positions and sizes), or, with ``regions=True``, three nested tumour-like blobs (BraTS-like
+  positions and sizes, each about 0.7-2 % of the grid), or, with ``regions=True``, three nested tumour-like blobs (BraTS-like
   region labels: whole = {1,2,3}, core = {2,3}, enhancing = {3}).
 - **CT**: int16 Hounsfield-like values: air -1000 inside a cylindrical reconstruction field of
-  view, soft tissue ~40 HU, organs with distinct HU, Gaussian noise. Outside the field of view the
+  view, a fat-like body (~-100 HU) holding organs with distinct soft-tissue to enhanced-organ HU
+  (~60, 150, 240: a small abdominal CT after contrast), blurred edges, Gaussian noise. Outside the field of view the
   value is **0** (the padding value some exporters write), so crop-to-non-zero removes the
   corners, as it would for such real scans. (Air at -1000 is non-zero, so without that padding the
   crop would keep the whole volume.)
@@ -44,6 +45,7 @@ ANISO_SLICE_FACTOR = 3        # thick slices: a third of the base number of slic
 # in textbook CT (air -1000, fat about -100, unenhanced soft tissue/muscle 40-60, enhanced liver/spleen
 # 100-150, enhanced kidney cortex 150-250); noise sd 20 HU as in a standard-dose 1 mm reconstruction.
 CT_AIR, CT_TISSUE, CT_NOISE_SD = -1000.0, -100.0, 20.0  # CT_TISSUE: the body around the organs (fat-like)
+CT_BLUR_SD = 0.6  # voxels: partial volume at edges (a Gaussian point spread before the noise)
 CT_ORGAN_HU = (60.0, 150.0, 240.0, 400.0, -500.0, 900.0)  # soft-tissue-, enhanced-organ-, kidney-cortex-like,
 # then (labels 4-6) cancellous-bone-, lung-, cortical-bone-like
 # Organ ellipsoid radii in normalised grid coordinates ([-1, 1] per axis), lower and upper bounds per
@@ -157,7 +159,7 @@ def _render_ct(case: ToyCase, xyz, body, label, rng) -> np.ndarray:
     hu = np.where(body, CT_TISSUE + case.scale, CT_AIR)
     for k in range(1, label.max() + 1):
         hu[label == k] = CT_ORGAN_HU[(k - 1) % len(CT_ORGAN_HU)] + case.scale
-    hu = ndimage.gaussian_filter(hu, 0.6) + rng.normal(0, CT_NOISE_SD, case.shape)
+    hu = ndimage.gaussian_filter(hu, CT_BLUR_SD) + rng.normal(0, CT_NOISE_SD, case.shape)
     field_of_view = (xyz[0] ** 2 + xyz[1] ** 2) <= 0.95 ** 2
     return np.where(field_of_view, np.clip(np.round(hu), -1024, 3071), 0).astype(np.int16)
 

@@ -8,10 +8,11 @@ always gets the generator ``default_rng([s, i])``, so it does not depend on ``n_
 What the volumes look like (arrays ``(X, Y, Z)``, spacing in mm, RAS+ affine):
 
 - A body-like ellipsoid holding 2-3 organ-like blobs (labels 1..n, lumpy ellipsoids at different
-  positions and sizes), or, with ``regions=True``, three nested tumour-like blobs (BraTS-like
+  positions and sizes, each about 0.7-2 % of the grid), or, with ``regions=True``, three nested tumour-like blobs (BraTS-like
   region labels: whole = {1,2,3}, core = {2,3}, enhancing = {3}).
 - **CT**: int16 Hounsfield-like values: air -1000 inside a cylindrical reconstruction field of
-  view, soft tissue ~40 HU, organs with distinct HU, Gaussian noise. Outside the field of view the
+  view, a fat-like body (~-100 HU) holding organs with distinct soft-tissue to enhanced-organ HU
+  (~60, 150, 240: a small abdominal CT after contrast), blurred edges, Gaussian noise. Outside the field of view the
   value is **0** (the padding value some exporters write), so crop-to-non-zero removes the
   corners, as it would for such real scans. (Air at -1000 is non-zero, so without that padding the
   crop would keep the whole volume.)
@@ -40,8 +41,17 @@ SHAPE_JITTER = 0.2            # +-20 % per axis around the base shape
 ISO_SPACING = (1.0, 1.0, 1.0)
 ANISO_SPACING = (0.8, 0.8, 4.0)  # typical thick-slice abdominal MR / CT
 ANISO_SLICE_FACTOR = 3        # thick slices: a third of the base number of slices
-CT_AIR, CT_TISSUE, CT_NOISE_SD = -1000.0, 40.0, 20.0
-CT_ORGAN_HU = (160.0, -90.0, 700.0, 320.0, -300.0, 1200.0)  # enhanced organ, fat-, bone-like, ...
+# A miniature abdominal CT after contrast (portal-venous phase): organs in fat. Hounsfield values as
+# in textbook CT (air -1000, fat about -100, unenhanced soft tissue/muscle 40-60, enhanced liver/spleen
+# 100-150, enhanced kidney cortex 150-250); noise sd 20 HU as in a standard-dose 1 mm reconstruction.
+CT_AIR, CT_TISSUE, CT_NOISE_SD = -1000.0, -100.0, 20.0  # CT_TISSUE: the body around the organs (fat-like)
+CT_BLUR_SD = 0.6  # voxels: partial volume at edges (a Gaussian point spread before the noise)
+CT_ORGAN_HU = (60.0, 150.0, 240.0, 400.0, -500.0, 900.0)  # soft-tissue-, enhanced-organ-, kidney-cortex-like,
+# then (labels 4-6) cancellous-bone-, lung-, cortical-bone-like
+# Organ ellipsoid radii in normalised grid coordinates ([-1, 1] per axis), lower and upper bounds per
+# axis: an organ fills about 0.7-2 % of the grid (3-9 % of the body; liver ~1.5 l, spleen ~0.2 l of a
+# ~15 l abdomen) and spans 10-15 voxels, as a large abdominal organ spans tens of voxels or more in a scan.
+ORGAN_RADII = ((0.22, 0.19, 0.34), (0.3, 0.26, 0.48))
 MR_BODY = (1.0, 1.0)                     # relative body intensity per sequence (T1, T2)
 MR_ORGAN = ((1.7, 0.55), (0.45, 1.9), (1.3, 1.35), (0.6, 0.6), (2.2, 1.2), (1.0, 2.5))  # per label: (T1, T2)
 MR_NOISE_SD = 0.05
@@ -93,7 +103,7 @@ def draw_case(rng: np.random.Generator, modality: str = "CT", n_channels: int = 
     else:
         angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n_labels) / n_labels
         blobs = tuple(Blob(k + 1, (0.38 * np.cos(a), 0.3 * np.sin(a), rng.uniform(-0.25, 0.25)),
-                           tuple(rng.uniform([0.14, 0.12, 0.2], [0.24, 0.2, 0.4])), _lumps(rng, 0.15))
+                           tuple(rng.uniform(*ORGAN_RADII)), _lumps(rng, 0.15))
                       for k, a in enumerate(angles))
     return ToyCase(
         shape=tuple(int(s) for s in grid), spacing=tuple(float(s) for s in spacing),
@@ -149,7 +159,7 @@ def _render_ct(case: ToyCase, xyz, body, label, rng) -> np.ndarray:
     hu = np.where(body, CT_TISSUE + case.scale, CT_AIR)
     for k in range(1, label.max() + 1):
         hu[label == k] = CT_ORGAN_HU[(k - 1) % len(CT_ORGAN_HU)] + case.scale
-    hu = ndimage.gaussian_filter(hu, 0.6) + rng.normal(0, CT_NOISE_SD, case.shape)
+    hu = ndimage.gaussian_filter(hu, CT_BLUR_SD) + rng.normal(0, CT_NOISE_SD, case.shape)
     field_of_view = (xyz[0] ** 2 + xyz[1] ** 2) <= 0.95 ** 2
     return np.where(field_of_view, np.clip(np.round(hu), -1024, 3071), 0).astype(np.int16)
 

@@ -103,3 +103,14 @@ def test_read_box_touches_only_the_box():
 def test_expanded_box_grows_symmetrically():
     box = PatchBox((2, 3, 4), (16, 16, 16)).expanded((1, 0, 3))
     assert box.lower == (1, 3, 1) and box.size == (18, 16, 22)
+
+
+def test_forced_class_is_drawn_uniformly_not_by_voxel_count():
+    """nnU-Net picks a present class first, then a voxel of it, so a class of 5 voxels is drawn as
+    often as one of 5000 (a voxel drawn over all foreground would almost never hit it)."""
+    rng = np.random.default_rng(0)
+    big = np.stack(np.meshgrid(*[np.arange(10, 27)] * 3, indexing="ij"), -1).reshape(-1, 3)[:5000]
+    locations = {1: big, 2: np.full((5, 3), 2), 3: np.zeros((0, 3), int)}
+    drawn = [tuple(choose_foreground_voxel(rng, locations, None)) for _ in range(400)]
+    small = sum(v == (2, 2, 2) for v in drawn)
+    assert 150 <= small <= 250  # about half: classes 1 and 2 are present, 3 has no voxel

@@ -9,10 +9,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from autoseg.cropping import crop_to_nonzero
 from autoseg.integrity import check_dataset
-from autoseg.toy import draw_case, make_toy_dataset, render_case
+from autoseg.toy import CT_NOISE_SD, draw_case, make_toy_dataset, render_case
 
 SMALL = (24, 24, 16)
 
@@ -48,12 +49,39 @@ def test_ct_dataset_layout_labels_and_intensities(tmp_path):
         image, label = _voxels(root / f"imagesTr/toy_{i:03d}_0000.nii.gz"), _voxels(root / f"labelsTr/toy_{i:03d}.nii.gz")
         assert image.dtype == np.int16 and label.dtype == np.uint8
         assert set(np.unique(label)) == {0, 1, 2, 3}
-        assert image.min() <= -900 and np.median(image[label == 3]) > 300  # air and a bone-like organ (blurred edges)
+        assert image.min() <= -900 and np.median(image[(label == 0) & (image > -500) & (image != 0)]) < -50  # air; fat (0: outside the field of view)
+        assert np.median(image[label == 3]) > np.median(image[label == 1]) + 40  # brighter organ (blurred edges)
         shapes.add(image.shape)
         data_c, _, bbox, _ = crop_to_nonzero(image[None])
         assert data_c.shape[1:] != image.shape  # the zero padding outside the field of view is cropped
     assert len(shapes) == 4  # shapes vary between cases
     check_dataset(root)
+
+
+def _organ_statistics(seed: int, case: int):
+    """Share of the grid and median HU of each organ, and the median HU of the body around them."""
+    image, label = render_case(draw_case(np.random.default_rng([seed, case])))
+    image = image[0].astype(float)
+    shares = [float((label == k).mean()) for k in (1, 2, 3)]
+    organs = [float(np.median(image[label == k])) for k in (1, 2, 3)]
+    core = ndimage.binary_erosion(label == 0, iterations=2) & (image > -500) & (image != 0)  # body, off organ edges
+    return shares, organs, float(np.median(image[core]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ct_organs_are_a_fair_miniature_of_abdominal_ct(seed):
+    """Issue 17 point 6: organs of 100-500 voxels (0.2-0.6 % of the grid) with a third of the foreground
+    bone-like (700 HU) left the other two organs unlearnt in a few minutes of CPU. Each organ must fill
+    0.5-3 % of the grid (a large abdominal organ's share of an abdominal scan, and 10+ voxels across),
+    and organs and body must differ by several noise standard deviations, as enhanced organs, soft
+    tissue and fat do in real CT (see autoseg.toy)."""
+    for case in range(4):
+        shares, organs, body = _organ_statistics(seed, case)
+        assert all(0.005 <= s <= 0.03 for s in shares), shares
+        assert -150 <= body <= -50, body  # fat-like
+        assert all(-50 <= hu <= 300 for hu in organs), organs  # soft tissue to enhanced kidney cortex
+        levels = sorted([body] + organs)
+        assert min(np.diff(levels)) >= 3 * CT_NOISE_SD, levels
 
 
 def test_mr_multichannel_anisotropic(tmp_path):

@@ -8,7 +8,7 @@ the share of voxels whose label differs from the first path's and from the same 
 and the machine's 1-minute load average after the path.
 
     OMP_NUM_THREADS=2 python benchmarks/predict_backends.py MODEL_DIR IMAGES_DIR LABELS_DIR \
-        [--cases 10 | --splits splits.json --fold 0] [--folds 0] [--no-tta] \
+        [--cases 10] [--splits splits.json --fold 0] [--folds 0] [--no-tta] \
         [--paths torch:fp32 torch:bf16 openvino:fp32 openvino:bf16]
 
 ``--splits``/``--fold`` take the cases of that fold's validation set (cases the fold did not train on).
@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("images", type=Path)
     ap.add_argument("labels", type=Path)
-    ap.add_argument("--cases", type=int, default=10, help="number of cases (the last ones, sorted by name)")
+    ap.add_argument("--cases", type=int, default=None,
+                    help="number of cases (the last ones, sorted by name; default 10, or all of --splits' fold)")
     ap.add_argument("--splits", type=Path, default=None, help="splits.json: use --fold's validation cases")
     ap.add_argument("--fold", type=int, default=0, help="with --splits: whose validation cases (default 0)")
     ap.add_argument("--folds", nargs="+", default=None)
@@ -87,8 +88,7 @@ def main() -> None:
     if args.splits is not None:
         wanted = set(json.loads(args.splits.read_text())["folds"][args.fold]["val"])
         cases = [c for c in cases if c in wanted]
-    else:
-        cases = cases[-args.cases:]
+    cases = cases[-(args.cases or (len(cases) if args.splits is not None else 10)):]
     ending = inputs[0].ending
     spec = DatasetSpec(model.spec.name, model.spec.channel_names, model.spec.labels, 0, ending,
                        model.spec.regions_class_order, model.spec.ignore_label)

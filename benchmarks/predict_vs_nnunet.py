@@ -286,7 +286,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=5)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--large-ct", action="store_true")
-    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "int8"],
+    ap.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "fp32", "bf16", "int8"],
                     help="autoseg --precision values to time (int8: `autoseg quantize` runs first on the "
                          "trained folds)")
     ap.add_argument("--repeats", type=int, default=1,

@@ -65,7 +65,8 @@ def _predict_arguments(p: argparse.ArgumentParser) -> None:
                         "(CPU only; pip install openvino)")
     p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                    help="auto (fp16 on CUDA; on the CPU int8 when `autoseg quantize` made and passed it for every "
-                        "fold, else fp32), fp32, bf16, fp16 (GPU) or int8 (OpenVINO on the CPU; not exact)")
+                        "fold, else bf16 on CPUs with native bf16 (AVX-512 BF16, AMX), else fp32), fp32, bf16, "
+                        "fp16 (GPU) or int8 (OpenVINO on the CPU; not exact)")
     p.add_argument("--overwrite", action="store_true", help="predict cases whose outputs exist already")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _source_arguments(p)
@@ -166,7 +167,8 @@ def run_quantize(args: argparse.Namespace) -> int:
     if passed:
         out("`autoseg predict` on the CPU now runs these int8 networks (--precision fp32 for the exact path)")
         return EXIT_OK
-    out("some folds failed the check: `autoseg predict` keeps f32 for this model (--precision int8 is refused)")
+    out("some folds failed the check: `autoseg predict` keeps f32 (bf16 on CPUs with native bf16) for this model "
+        "(--precision int8 is refused)")
     return EXIT_FAILURE
 
 

@@ -13,8 +13,10 @@ is either an autocast dtype (torch) or compiled into the OpenVINO model. Choices
 - ``--precision int8`` (OpenVINO only): the folds' int8 networks made and checked by
   ``autoseg quantize`` (:mod:`autoseg.inference.quantize`); not exact;
 - ``auto`` (default): on CUDA torch with fp16 autocast (what nnU-Net predicts with); on the CPU
-  :func:`cpu_auto`: OpenVINO f32 when the package is installed, else torch fp32 -- or OpenVINO int8
-  when every fold has an int8 network that passed its Dice check against f32 for the current weights.
+  :func:`cpu_auto`: OpenVINO when the package is installed, else torch, with the precision of
+  :func:`cpu_auto_precision` (bf16 on CPUs that compute it natively, for the backends where it was
+  measured to keep the Dice of f32; else f32) -- or OpenVINO int8 when every fold has an int8
+  network that passed its Dice check against f32 for the current weights.
 """
 
 from __future__ import annotations
@@ -49,10 +51,16 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # Dice as torch fp32 at 0.52x its time per case (toy CT, 6 cases with TTA, 2-core EPYC); on a
 # 2-core Zen 4 EPYC with AVX-512 an earlier measurement gave 1.35 s vs 2.37 s per batch of 8.
 # OpenVINO is an optional dependency,
-# so without it torch fp32 runs. bf16 changes the argmax of ~1% of voxels (random weights) and is
-# emulated, hence slower, on CPUs without native bf16: it runs only when asked for.
-CPU_FALLBACK = ("torch", "fp32")
-CPU_FAST = ("openvino", "fp32")
+# so without it torch runs. bf16 is emulated, hence slower, on CPUs without native bf16: there it
+# runs only when asked for.
+CPU_FALLBACK = "torch"
+CPU_FAST = "openvino"
+# Backends whose --precision auto is bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), decided
+# with benchmarks/predict_backends.py on trained Hippocampus weights, 42 validation cases with TTA, on
+# a 2-core Zen 4 EPYC with avx512_bf16 (docs/benchmarks.md, "bf16 on a CPU with native bf16"):
+# OpenVINO bf16 foreground Dice 0.7354 vs f32 0.7355 (0.006% of voxels labelled differently) at
+# 0.52x the time; torch bf16 autocast 0.7355 vs 0.7355 (0.006%) at 0.72x.
+CPU_BF16_AUTO = frozenset({"openvino", "torch"})
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -80,7 +88,8 @@ def resolve_choice(backend: str, precision: str, device: torch.device) -> tuple[
     if backend == "auto":
         backend = cpu_auto()[0] if device.type == "cpu" else "torch"
     if precision == "auto":
-        precision = {"cuda": "fp16", "cpu": cpu_auto()[1]}.get(device.type, "fp32")
+        precision = cpu_auto_precision(backend, cpu_has_bf16()) if device.type == "cpu" else \
+            {"cuda": "fp16"}.get(device.type, "fp32")
     if backend == "openvino" and device.type != "cpu":
         raise BackendError(f"--backend openvino runs on the CPU only, not on {device.type}; use --device cpu "
                            "or --backend torch")
@@ -102,8 +111,16 @@ def openvino_available() -> bool:
 
 
 def cpu_auto() -> tuple[str, str]:
-    """``(backend, precision)`` that ``auto`` runs on the CPU: the fastest exact path installed."""
-    return CPU_FAST if openvino_available() else CPU_FALLBACK
+    """``(backend, precision)`` that ``auto`` runs on the CPU: the fastest path installed that keeps
+    the Dice of f32 (int8, chosen later when ``autoseg quantize`` made it, aside)."""
+    backend = CPU_FAST if openvino_available() else CPU_FALLBACK
+    return backend, cpu_auto_precision(backend, cpu_has_bf16())
+
+
+def cpu_auto_precision(backend: str, native_bf16: bool) -> str:
+    """``--precision auto`` of ``backend`` on the CPU: bf16 where the CPU computes it natively
+    (``native_bf16``) and the backend is one of :data:`CPU_BF16_AUTO`, else fp32."""
+    return "bf16" if native_bf16 and backend in CPU_BF16_AUTO else "fp32"
 
 
 def cpu_has_bf16() -> bool:

@@ -229,6 +229,11 @@ class OpenVINONetwork(nn.Module):
         ov = require_openvino()
         return cls.compile_all([ov.Core().read_model(str(xml))], input_shape, "int8", release_memory)[0]
 
+    @property
+    def inference_precision(self) -> str:
+        """The floating-point type OpenVINO computes in, as compiled (``f32`` or ``bf16``)."""
+        return self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_shape[1:]:
             raise BackendError(f"OpenVINO network compiled for patches {self.input_shape[1:]}, got {tuple(x.shape[1:])}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from autoseg.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, main
 
@@ -68,3 +69,19 @@ def test_clear_errors_without_a_trained_model(tmp_path, capsys):
                  "--workdir", str(tmp_path / "empty")]) == EXIT_INPUT
     assert "autoseg train" in capsys.readouterr().err
     assert main(["find-best", "--workdir", str(tmp_path / "empty")]) == EXIT_INPUT
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_predict_runs_bf16_by_default_only_on_cpus_with_native_bf16(tmp_path, capsys, monkeypatch, native, backend):
+    """`--precision auto` (the default) on the CPU: bf16 where the CPU computes it natively, f32
+    elsewhere; the command's last line names what ran."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    monkeypatch.setattr("autoseg.inference.backends.cpu_supports_bf16", lambda: native)
+    ws = _setup(tmp_path, n_cases=1)
+    code = main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--workdir", str(ws),
+                 "--no-tta", "--no-progress", "--device", "cpu", "--backend", backend])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK and (tmp_path / "out" / "c0.nii.gz").is_file()
+    assert f"with {backend} {'bf16' if native else 'fp32'} on cpu" in out, out

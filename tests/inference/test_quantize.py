@@ -124,7 +124,8 @@ def test_predict_runs_int8_when_asked_and_by_default_once_it_passed(quantized, t
     assert (_labels(tmp_path / "int8") == _labels(tmp_path / "fp32")).mean() > 0.95
 
 
-def test_other_weights_or_a_failed_check_keep_f32(quantized, tmp_path):
+def test_other_weights_or_a_failed_check_keep_f32(quantized, tmp_path, monkeypatch):
+    monkeypatch.setattr("autoseg.inference.backends.cpu_has_bf16", lambda: False)  # auto: f32, not bf16
     src, _ = quantized
     root = tmp_path / "ws"
     shutil.copytree(src.root, root)

@@ -259,10 +259,12 @@ def test_ensemble_killed_mid_folder_rerun_skips_finished_cases_and_removes_its_t
 
 
 @pytest.mark.slow
-def test_quantize_killed_before_checking_its_new_int8_network_never_lets_predict_use_it(reference, tmp_path):
+def test_quantize_killed_before_checking_its_new_int8_network_never_lets_predict_use_it(reference, tmp_path,
+                                                                                        monkeypatch):
     """Quantizing again replaces the fold's int8 network; killed before the new one is checked, the
     earlier passing record must not vouch for it: predict falls back to f32 until a rerun checks it."""
     pytest.importorskip("openvino")
+    monkeypatch.setattr("autoseg.inference.backends.cpu_has_bf16", lambda: False)  # auto's fallback: f32, not bf16
     pytest.importorskip("nncf")
     from autoseg.inference.conversion import QUANTIZATION_FILE
 

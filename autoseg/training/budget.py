@@ -12,7 +12,9 @@ run measures itself instead:
    the last epoch's time (the first epoch also pays for start-up): ``epochs = done + floor((budget -
    elapsed - final validation - reserve) / epoch time)``, at most the run's ``--epochs``;
 3. later epochs keep that plan unless the projected end passes the budget (a slower machine, a
-   resumed run elsewhere): then it is fitted again, downwards.
+   resumed run elsewhere): then it is fitted again, downwards; and when a plan cut back by a slow
+   epoch (another job on the machine for a while) has room again at the median time of the recent
+   epochs, it is fitted again upwards, so one slow epoch does not cost the run its last tenth.
 
 The fitted number replaces ``TrainSettings.epochs``, so the poly learning rate, the logs, the
 progress bar and the checkpoints all follow it; the plan and the time used so far are stored in each
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +41,7 @@ from autoseg.training.trainer import autocast
 MEASURE_EPOCHS = 3  # epochs after which the plan is fitted again from the last epoch's time
 RESERVE = 0.03  # share of the budget kept back for what the estimates miss (checkpoints, start-up)
 OVERRUN = 1.0  # later epochs refit when the projected end passes the budget by more than this factor
+RECENT_EPOCHS = 5  # epochs whose median time says whether a plan cut back has room again
 CALIBRATION_STEPS = 2  # timed steps (after one untimed warm-up step) before a fresh run's first epoch
 # The final validation also resamples, exports and scores each case, and runs its windows one at a
 # time rather than in batches: its estimate is the windows' share of the measured validation time
@@ -92,6 +96,8 @@ class TimeBudget:
         self.elapsed_before = 0.0
         self.per_patch: float | None = None
         self.mark = self.session_start  # end of the last epoch (or the start): an epoch's time is the clock's step
+        self.epoch_times: list[float] = []  # this session's epochs after its first (which pays for start-up)
+        self.session_epochs = 0
 
     def elapsed(self) -> float:
         return self.elapsed_before + self.clock() - self.session_start
@@ -135,12 +141,19 @@ class TimeBudget:
         record["budget_elapsed"] = elapsed
         self._measure_patch(val_time, run.settings.val_iters)
         done = run.state.epoch
+        if self.session_epochs > 0:
+            self.epoch_times.append(epoch_time)
+        self.session_epochs += 1
         projected = elapsed + (run.settings.epochs - done) * epoch_time + self.final_validation()
+        before = run.settings.epochs
         if done <= MEASURE_EPOCHS or projected > self.seconds * (1 - RESERVE) * OVERRUN:
-            before = run.settings.epochs
             self._refit(run, epoch_time, done, elapsed)
-            if run.settings.epochs != before or done <= 1:
-                record["budget_plan"] = run.state.budget_plan
+        elif len(self.epoch_times) >= MEASURE_EPOCHS:
+            typical = statistics.median(self.epoch_times[-RECENT_EPOCHS:])
+            if fit_epochs(self.seconds, elapsed, done, typical, self.final_validation(), self.cap) > before:
+                self._refit(run, typical, done, elapsed)  # room again after a slow epoch
+        if run.settings.epochs != before or done <= 1:
+            record["budget_plan"] = run.state.budget_plan
 
     def _measure_patch(self, val_seconds: float | None, batches: int) -> None:
         if val_seconds:

@@ -205,3 +205,19 @@ def test_cli_resume_with_a_budget_continues_within_it(tmp_path, capsys):
     assert code == 0, err
     state = load_checkpoint(run_dir / FINAL)["train_state"]
     assert state["epoch"] == 3 and state["budget_elapsed"] > used and state["budget_plan"]["cap"] == 3
+
+
+def test_one_slow_epoch_does_not_cost_the_run_its_last_epochs(tmp_path):
+    """A plan cut back by one slow epoch (another job on the machine for a while) is fitted up again
+    once the recent epochs' median says there is room."""
+    clock = Clock()
+    run = _run(tmp_path, budget=200.0, clock=clock)
+
+    class OneSlowEpoch(Tick):
+        def on_batch_end(self, run, epoch, step, loss):
+            self.clock.now += 15.0 if epoch == 8 else 5.0  # 10 s epochs, one of 30 s
+
+    fit(run, _batches(), lambda epoch: _batches()(10_000), [OneSlowEpoch(clock, 0)])
+    # 194 s usable: 19 epochs of 10 s fit; the slow one costs two, so 17 epochs end at 190 s
+    assert run.state.epoch == run.settings.epochs == 17 and clock.now == 190.0
+    assert run.state.budget_plan["epochs"] == 17

@@ -37,8 +37,8 @@ autoseg --workdir "$WORKDIR" plan "$DATASET"
 # validation are fitted to BUDGET (the run times its first epochs and sets the number of epochs and
 # the learning-rate schedule from it); real runs use the defaults (1000 epochs x 250 iterations) on
 # a GPU.
-BUDGET="${BUDGET:-3m}"
-ITERS="${ITERS:-5}"  # short epochs: a slow CPU still fits its first epoch and the final validation
+BUDGET="${BUDGET:-5m}"
+ITERS="${ITERS:-10}"  # short epochs: a slow CPU still fits its first epoch and the final validation
 step "train fold 0 (time budget $BUDGET, epochs of $ITERS iterations)"
 run_dir="$WORKDIR/results/$DATASET/unet__autosegPlans__3d_fullres/fold_0"
 if [ -f "$run_dir/checkpoint_final.pt" ]; then

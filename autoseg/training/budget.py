@@ -42,6 +42,7 @@ MEASURE_EPOCHS = 3  # epochs after which the plan is fitted again from the last 
 RESERVE = 0.03  # share of the budget kept back for what the estimates miss (checkpoints, start-up)
 OVERRUN = 1.0  # later epochs refit when the projected end passes the budget by more than this factor
 RECENT_EPOCHS = 5  # epochs whose median time says whether a plan cut back has room again
+UPWARD_SLACK = 1.1  # ... fitted up at this multiple of that median, so ordinary jitter does not cut it again
 CALIBRATION_STEPS = 2  # timed steps (after one untimed warm-up step) before a fresh run's first epoch
 # The final validation also resamples, exports and scores each case, and runs its windows one at a
 # time rather than in batches: its estimate is the windows' share of the measured validation time
@@ -149,7 +150,7 @@ class TimeBudget:
         if done <= MEASURE_EPOCHS or projected > self.seconds * (1 - RESERVE) * OVERRUN:
             self._refit(run, epoch_time, done, elapsed)
         elif len(self.epoch_times) >= MEASURE_EPOCHS:
-            typical = statistics.median(self.epoch_times[-RECENT_EPOCHS:])
+            typical = statistics.median(self.epoch_times[-RECENT_EPOCHS:]) * UPWARD_SLACK
             if fit_epochs(self.seconds, elapsed, done, typical, self.final_validation(), self.cap) > before:
                 self._refit(run, typical, done, elapsed)  # room again after a slow epoch
         if run.settings.epochs != before or done <= 1:

@@ -31,8 +31,8 @@ from autoseg.evaluation.metrics import (
     mean_metrics,
 )
 from autoseg.integrity import label_value_counts
-from autoseg.io import ImageReadError, read_geometry, read_volume
-from autoseg.io.images import gzip_problem, nonfinite_problem
+from autoseg.io import ImageReadError, read_geometry
+from autoseg.io.images import DamagedGzipError, nonfinite_problem, read_volume_verified
 from autoseg.paths import folder_output
 from autoseg.progress import progress_bar
 
@@ -113,10 +113,10 @@ def read_label_map(path: Path, force_itk: bool = False,
     """An integer label map ``(X, Y, Z)`` and its spacing. Errors: a damaged ``.gz`` (checksum
     verified), NaN/inf or fractional values, and -- when ``declared`` is given -- any value not in it
     (such voxels would silently drop out of every score)."""
-    problem = gzip_problem(path)
-    if problem:
-        raise EvaluationError(problem)
-    arr, geometry = read_volume(path, force_itk)
+    try:
+        arr, geometry = read_volume_verified(path, force_itk)  # a .gz decompressed once, checksum included
+    except DamagedGzipError as e:
+        raise EvaluationError(str(e)) from None
     if arr.ndim != 3:
         raise EvaluationError(f"{path}: expected a 3D label map, got shape {arr.shape}")
     if arr.dtype.kind not in "biuf":

@@ -26,6 +26,10 @@ class ImageReadError(ValueError):
     """A file cannot be read as an image; the message names the file and the problem."""
 
 
+class DamagedGzipError(ImageReadError):
+    """A ``.gz`` file whose stream is truncated or fails its checksum (:func:`read_volume_verified`)."""
+
+
 def file_ending(path: Path | str) -> str:
     """The image ending of ``path`` ('.nii.gz', '.nrrd', ...), or '' when it is not a known one."""
     name = str(path).lower()
@@ -351,7 +355,7 @@ def gzip_problem(path: Path | str) -> str | None:
 
 def read_volume_verified(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, Geometry]:
     """:func:`read_volume`, and for a ``.gz`` file the whole gzip stream verified (checksum and length,
-    as :func:`gzip_problem`), raising :class:`ImageReadError` with the same message when it is damaged.
+    as :func:`gzip_problem`), raising :class:`DamagedGzipError` with the same message when it is damaged.
 
     A gzip-compressed NIfTI read by nibabel is decompressed once: nibabel reads the header and voxels
     from one decompressing stream, then the stream's rest (padding, extensions after the voxels: usually
@@ -362,7 +366,7 @@ def read_volume_verified(path: Path | str, force_itk: bool = False) -> tuple[np.
             or file_ending(path) not in NIFTI_ENDINGS):
         problem = gzip_problem(path) if path.is_file() else None
         if problem:
-            raise ImageReadError(problem)
+            raise DamagedGzipError(problem)
         return read_volume(path, force_itk)
     with open(path, "rb") as raw:
         if raw.read(2) != b"\x1f\x8b":  # not gzip at all: the reader says what it is not
@@ -381,8 +385,8 @@ def read_volume_verified(path: Path | str, force_itk: bool = False) -> tuple[np.
             while stream.read(_GZIP_CHUNK):  # to the end: gzip verifies checksum and length there
                 pass
     except (OSError, EOFError, zlib.error) as e:
-        raise ImageReadError(f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
-                             "re-export it") from None
+        raise DamagedGzipError(f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
+                               "re-export it") from None
     problem = nifti_header_problem(path, img)
     if problem:
         raise ImageReadError(problem)

@@ -94,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters-per-epoch", type=int, default=250)
     ap.add_argument("--val-iters", type=int, default=50)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-val-tta", action="store_true", help="final validation without mirroring (train "
+                    "--no-val-tta): about 8x less validation time, for a CPU table")
     ap.add_argument("-j", "--workers", type=int, default=4, help="planning workers")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="train every architecture at this batch size (the planned 3d_fullres batch sizes differ "
@@ -120,7 +122,8 @@ def main(argv=None) -> int:
         run(autoseg("train", args.dataset.name, "--fold", args.fold, "--arch", name, "--plans", preset,
                     "--config", args.config,
                     "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
-                    "--val-iters", str(args.val_iters), "--device", args.device, "--no-progress", *work), commands)
+                    "--val-iters", str(args.val_iters), "--device", args.device, "--no-progress",
+                    *(["--no-val-tta"] if args.no_val_tta else []), *work), commands)
         run_dir = (args.workdir / "results" / args.dataset.name / f"{name}__{plans_name_for(preset)}__{args.config}"
                    / f"fold_{args.fold}")
         f = figures(run_dir)
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
                      f"{f['s_per_iter']:.3f}"])
     header = ["--arch", "preset", "patch", "batch", "parameters", "Dice (fg mean)", "Dice per class", "s / iteration"]
     print(f"{args.dataset.name}, {args.config}, fold {args.fold}, {args.epochs} x {args.iters_per_epoch} iterations, "
-          f"device {args.device}" + (f", batch size {args.batch_size} for all" if args.batch_size else "") + "\n")
+          f"device {args.device}" + (f", batch size {args.batch_size} for all" if args.batch_size else "")
+          + (", validation without mirroring" if args.no_val_tta else ", validation with mirroring") + "\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:

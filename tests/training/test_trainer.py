@@ -370,3 +370,15 @@ def test_train_picks_the_plans_named_by_preset_and_lists_them_when_unknown(tmp_p
     assert not (ws.results_dir(DATASET) / "unet__autosegPlans__3d_fullres").exists()
     with pytest.raises(session.TrainError, match="no plans named 'resenc_m' .*autosegPlans, autosegPlans_small"):
         api.train(ws, TrainRequest(settings=dict(FAST), plans="resenc_m"), progress=False)
+
+
+def test_cli_no_val_tta_validates_without_mirroring(tmp_path, capsys, monkeypatch):
+    seen = []
+    real = session.validate
+    monkeypatch.setattr(session, "validate", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    ws = make_workspace(tmp_path)
+    code, err = _cli(capsys, ws, "--fold", "1", "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1",
+                     "--num-workers", "0", "--no-val-tta")
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 1)
+    assert code == 0, err
+    assert seen == [()] and load_checkpoint(run_dir / FINAL)["settings"]["val_mirroring"] is False

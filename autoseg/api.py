@@ -40,7 +40,7 @@ from autoseg.artifacts import ArtifactError
 from autoseg.core.fileops import atomic_write_bytes, ensure_writable_dir
 from autoseg.core.processes import preload_workers
 from autoseg.core.runlock import RunLock
-from autoseg.dataset import Case, DatasetSpec
+from autoseg.dataset import Case, DatasetError, DatasetSpec, list_cases
 from autoseg.fingerprint import Fingerprint, extract_fingerprint
 from autoseg.inference import crossval as cv
 from autoseg.inference.choice import ModelChoice, PredictOptions
@@ -50,7 +50,7 @@ from autoseg.inference.outputs import OutputContext
 from autoseg.inference.pipeline import predict_folder
 from autoseg.inference.predictor import PredictorError, find_model_dir, load_predictor, resolve_trained
 from autoseg.inference.sources import SourceRequest, needs_staging, predict_sources
-from autoseg.integrity import check_dataset
+from autoseg.integrity import check_and_fingerprint, check_dataset
 from autoseg.io.segments import DESCRIPTIONS_KEY, label_values, segments_of
 from autoseg.jsonfiles import InputWarning
 from autoseg.models import ARCHITECTURES, get_architecture
@@ -106,32 +106,61 @@ def raw_signature(raw_dir: Path, cases: list[Case]) -> str:
     return h.hexdigest()
 
 
-def _check(raw_dir: Path, workers: int, progress: bool):
+def _check(raw_dir: Path, workers: int, progress: bool, fingerprint_seed: int | None = None):
+    """Check the raw dataset; with ``fingerprint_seed``, fingerprint it in the same pass (else the
+    fingerprint returned is None)."""
+    fingerprint = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputWarning)
-        spec, cases = check_dataset(raw_dir, workers=workers, progress=progress)
+        if fingerprint_seed is None:
+            spec, cases = check_dataset(raw_dir, workers=workers, progress=progress)
+        else:
+            spec, cases, fingerprint = check_and_fingerprint(raw_dir, workers=workers, progress=progress,
+                                                             seed=fingerprint_seed)
     found = []
     for w in caught:
         if issubclass(w.category, InputWarning):
             found.append(str(w.message))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return spec, cases, tuple(found)
+    return spec, cases, tuple(found), fingerprint
 
 
-def _fingerprint(spec, cases, workspace: Workspace, signature: str, workers: int, seed: int, progress: bool,
-                 fresh: bool):
-    """Reuse ``fingerprint.json`` when the raw files are unchanged, else extract and save it."""
-    fp_path, src_path = workspace.fingerprint_file(spec.name), workspace.source_file(spec.name)
-    if not fresh and fp_path.is_file() and src_path.is_file():
+def _saved_fingerprint(workspace: Workspace, name: str, signature: str, seed: int) -> Fingerprint | None:
+    """``fingerprint.json`` when it was made with ``seed`` from raw files whose signature is ``signature``."""
+    fp_path, src_path = workspace.fingerprint_file(name), workspace.source_file(name)
+    if fp_path.is_file() and src_path.is_file():
         try:
             old_source, old = DatasetSource.load(src_path), Fingerprint.load(fp_path)
             if old_source.signature == signature and old.seed == seed:
-                return old, True
+                return old
         except ArtifactError:
             pass
-    fingerprint = extract_fingerprint(spec, cases, workers=workers, seed=seed, progress=progress)
-    fingerprint.save(fp_path)
+    return None
+
+
+def _reusable_before_check(raw_dir: Path, workspace: Workspace, seed: int) -> bool:
+    """Whether ``plan`` is likely to reuse the saved fingerprint (the raw files' signature, from a cheap
+    listing, matches it): then the checks do not fingerprint. Anything unreadable here is left to the
+    checks to report."""
+    try:
+        spec = DatasetSpec.load(raw_dir)
+        cases, problems = list_cases(raw_dir, spec)
+        return not problems and _saved_fingerprint(workspace, spec.name, raw_signature(raw_dir, cases),
+                                                   seed) is not None
+    except (DatasetError, OSError, ValueError):
+        return False
+
+
+def _fingerprint(spec, cases, workspace: Workspace, signature: str, workers: int, seed: int, progress: bool,
+                 fresh: bool, computed: Fingerprint | None = None):
+    """The fingerprint ``computed`` with the checks, else ``fingerprint.json`` when the raw files are
+    unchanged, else extracted now; saved unless reused."""
+    old = None if fresh or computed is not None else _saved_fingerprint(workspace, spec.name, signature, seed)
+    if old is not None:
+        return old, True
+    fingerprint = computed or extract_fingerprint(spec, cases, workers=workers, seed=seed, progress=progress)
+    fingerprint.save(workspace.fingerprint_file(spec.name))
     return fingerprint, False
 
 
@@ -179,7 +208,9 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     n_workers = max(1, workers or os.cpu_count() or 1)
     # the three pools below fork their workers from one server that imported these modules once
     preload_workers(["autoseg.integrity", "autoseg.fingerprint", "autoseg.preprocessing"])
-    spec, cases, found_warnings = _check(raw_dir, n_workers, progress)
+    # checks and fingerprint read each file once together, unless the saved fingerprint will be reused
+    fingerprint_now = not check_only and (fresh or not _reusable_before_check(raw_dir, workspace, seed))
+    spec, cases, found_warnings, computed = _check(raw_dir, n_workers, progress, seed if fingerprint_now else None)
     name = spec.name
     if check_only:
         return PlanResult(name, raw_dir, len(cases), True, found_warnings)
@@ -188,7 +219,8 @@ def plan(raw_dir: Path, workspace: Workspace, planner: str | Path = "default", g
     # one plan per dataset at a time: a second one would delete the first one's temporary files
     with RunLock(dataset_dir, doing="planned"):
         signature = raw_signature(raw_dir, cases)
-        fingerprint, reused = _fingerprint(spec, cases, workspace, signature, n_workers, seed, progress, fresh)
+        fingerprint, reused = _fingerprint(spec, cases, workspace, signature, n_workers, seed, progress, fresh,
+                                           computed)
         source = DatasetSource(raw_dir=str(raw_dir), signature=signature).save(workspace.source_file(name))
         plans = plan_experiment(fingerprint, spec, settings, plans_name, arch=arch)
         unplanned = unplanned_configurations(plans)

@@ -128,6 +128,15 @@ def analyze_case(case: "Case", index: int, n_samples: int, seed: int, force_itk:
     """Read, crop and sample one case (runs in a worker process)."""
     data, geometry = read_image(list(case.images), force_itk)
     seg, _ = read_volume(case.label, force_itk)
+    return analyze_arrays(case, index, data, seg, geometry.spacing, n_samples, seed)
+
+
+def analyze_arrays(case: "Case", index: int, data: np.ndarray, seg: np.ndarray, spacing, n_samples: int,
+                   seed: int) -> _CaseResult:
+    """Crop and sample one case already in memory: ``data`` float32 ``(C, X, Y, Z)`` as
+    :func:`~autoseg.io.read_image` returns it, ``seg`` the label as read. The integrity check calls this
+    on the arrays it has just read (:func:`autoseg.integrity.check_and_fingerprint`), so planning reads
+    each file once for both."""
     if seg.shape != data.shape[1:]:
         raise FingerprintError(f"{case.label}: label shape {seg.shape} differs from image shape {data.shape[1:]} "
                                f"of {case.images[0].name}; re-export the label on the image grid")
@@ -135,7 +144,7 @@ def analyze_case(case: "Case", index: int, n_samples: int, seed: int, force_itk:
     before, after = tuple(int(s) for s in seg.shape), tuple(int(s) for s in data_c.shape[1:])
     fp = CaseFingerprint(
         case_id=case.case_id,
-        spacing=tuple(float(s) for s in geometry.spacing[:3]),
+        spacing=tuple(float(s) for s in spacing[:3]),
         shape_before_crop=before,
         shape_after_crop=after,
         relative_size_after_crop=float(np.prod(after, dtype=np.float64) / np.prod(before, dtype=np.float64)),
@@ -231,19 +240,40 @@ def extract_fingerprint(spec: "DatasetSpec", cases: list["Case"], workers: int =
     ``workers`` is an upper bound: the pool is further limited by the cores and by the memory the
     largest case needs (estimated from the headers). Results are the same for any worker count.
     """
+    n_samples = samples_per_case(spec, cases, samples_total, samples_per_case_max)
+    workers = fingerprint_workers(spec, cases, workers)
+    stream = _results(cases, n_samples, seed, spec.force_itk, workers)
+    results = list(_with_progress(stream, len(cases), f"Fingerprint {spec.name} ({workers} worker(s))", progress))
+    return assemble_fingerprint(spec, len(cases), results, n_samples, seed)
+
+
+def samples_per_case(spec: "DatasetSpec", cases: list["Case"], samples_total: int = FOREGROUND_SAMPLES_TOTAL,
+                     samples_per_case_max: int = FOREGROUND_SAMPLES_PER_CASE_MAX) -> int:
+    """Foreground voxel draws per case (module docstring); no training case is an error."""
     if not cases:
         raise FingerprintError(f"dataset {spec.name} has no training cases to fingerprint; check imagesTr/labelsTr")
-    n_samples = max(1, min(samples_total // len(cases), samples_per_case_max))
-    if workers > 1:
-        largest = max(case_bytes(c, spec.num_channels, spec.force_itk) for c in cases)
-        workers = min(workers, len(cases), pool_size(available_cores(), available_memory(), largest))
-    fingerprints: list[CaseFingerprint | None] = [None] * len(cases)
-    foreground: list[np.ndarray | None] = [None] * len(cases)
-    nonzero: list[np.ndarray | None] = [None] * len(cases)
-    stream = _results(cases, n_samples, seed, spec.force_itk, workers)
-    for r in _with_progress(stream, len(cases), f"Fingerprint {spec.name} ({workers} worker(s))", progress):
+    return max(1, min(samples_total // len(cases), samples_per_case_max))
+
+
+def fingerprint_workers(spec: "DatasetSpec", cases: list["Case"], workers: int) -> int:
+    """``workers`` bounded by the cores and by the memory the largest case needs (from the headers)."""
+    if workers <= 1:
+        return 1
+    largest = max(case_bytes(c, spec.num_channels, spec.force_itk) for c in cases)
+    return min(workers, len(cases), pool_size(available_cores(), available_memory(), largest))
+
+
+def assemble_fingerprint(spec: "DatasetSpec", n_cases: int, results, n_samples: int, seed: int) -> Fingerprint:
+    """The dataset's fingerprint from the per-case results of :func:`analyze_case` or
+    :func:`analyze_arrays` (any order; one per case index)."""
+    fingerprints: list[CaseFingerprint | None] = [None] * n_cases
+    foreground: list[np.ndarray | None] = [None] * n_cases
+    nonzero: list[np.ndarray | None] = [None] * n_cases
+    for r in results:
         fingerprints[r.index], foreground[r.index] = r.fingerprint, r.foreground
         nonzero[r.index] = r.nonzero
+    if any(f is None for f in fingerprints):
+        raise FingerprintError(f"dataset {spec.name}: {fingerprints.count(None)} case(s) were not fingerprinted")
     source = "foreground" if any(f is not None for f in foreground) else "nonzero"
     pooled = [s for s in (foreground if source == "foreground" else nonzero) if s is not None]
     stats = tuple(intensity_stats(np.concatenate([s[c] for s in pooled]) if pooled else np.empty(0))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +28,18 @@ import numpy as np
 
 from autoseg.core.processes import worker_context
 from autoseg.dataset import _CHANNEL_RE, Case, DatasetError, DatasetSpec, list_cases
+from autoseg.fingerprint import (Fingerprint, analyze_arrays, assemble_fingerprint, fingerprint_workers,
+                                 samples_per_case)
 from autoseg.io.images import Geometry, ImageReadError, nonfinite_problem, read_volume_verified
 from autoseg.jsonfiles import InputWarning
 from autoseg.paths import os_error_message
 
 _BINCOUNT_MAX_RANGE = 1 << 20  # label value ranges up to this are counted with bincount (fast)
 _FLOAT_EXACT_INT = 2.0 ** 53  # float labels at or beyond this are not cast to int64 (it would overflow)
+
+
+class CheckWorkerError(RuntimeError):
+    """A check worker process died (not a problem of the data: most often memory)."""
 
 
 class DatasetWarning(InputWarning):
@@ -48,6 +55,7 @@ class CheckReport:
     cases: tuple[Case, ...]
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
+    fingerprint: Fingerprint | None = None  # only when asked for (check_and_fingerprint) and no problem
 
     @property
     def ok(self) -> bool:
@@ -63,6 +71,7 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
     shape: tuple[int, ...] | None = None
     has_foreground: bool | None = None  # None for unlabelled or unreadable labels
+    fingerprint: object | None = None  # the case's fingerprint result when asked for and the case has no problem
 
 
 def check_dataset(root: Path, spec: DatasetSpec | None = None, workers: int = 1,
@@ -70,16 +79,34 @@ def check_dataset(root: Path, spec: DatasetSpec | None = None, workers: int = 1,
     """Check a raw dataset; raise :class:`DatasetError` with every problem, else return
     ``(spec, training cases)``. Warnings are emitted with :func:`warnings.warn` (DatasetWarning)."""
     report = inspect_dataset(root, spec, workers, progress)
-    for message in report.warnings:
-        warnings.warn(message, DatasetWarning, stacklevel=2)
-    if report.problems:
-        raise DatasetError(list(report.problems))
+    _raise_or_warn(report)
     return report.spec, list(report.cases)
 
 
+def check_and_fingerprint(root: Path, workers: int = 1, progress: bool = False,
+                          seed: int = 1234) -> tuple[DatasetSpec, list[Case], Fingerprint]:
+    """:func:`check_dataset` and :func:`~autoseg.fingerprint.extract_fingerprint` in one pass over the
+    files: each training case's fingerprint is computed from the arrays its check has just read, so
+    planning reads every file once for both (same result as the two calls one after the other). The
+    pool is bounded by memory as the fingerprint's is, since a case's channels and label are then held
+    together."""
+    report = inspect_dataset(root, None, workers, progress, fingerprint_seed=seed)
+    _raise_or_warn(report)
+    return report.spec, list(report.cases), report.fingerprint
+
+
+def _raise_or_warn(report: CheckReport) -> None:
+    for message in report.warnings:
+        warnings.warn(message, DatasetWarning, stacklevel=3)
+    if report.problems:
+        raise DatasetError(list(report.problems))
+
+
 def inspect_dataset(root: Path, spec: DatasetSpec | None = None, workers: int = 1, progress: bool = False,
-                    include_test: bool = True) -> CheckReport:
-    """Run every check on the dataset at ``root`` and collect problems and warnings."""
+                    include_test: bool = True, fingerprint_seed: int | None = None) -> CheckReport:
+    """Run every check on the dataset at ``root`` and collect problems and warnings; with
+    ``fingerprint_seed``, also the fingerprint of the training cases (``report.fingerprint``, None when
+    there are problems)."""
     root = Path(root)
     if spec is None:
         try:
@@ -99,13 +126,21 @@ def inspect_dataset(root: Path, spec: DatasetSpec | None = None, workers: int = 
     elif n_found != spec.num_training:
         problems.append(f"{root / 'dataset.json'}: numTraining is {spec.num_training} but {n_found} training "
                         f"case(s) were found in imagesTr/labelsTr; set numTraining to {n_found}")
-    results = _run_case_checks(cases + test_cases, spec, workers, progress)
+    sampling = None
+    if fingerprint_seed is not None and cases:
+        sampling = (samples_per_case(spec, cases), fingerprint_seed)
+        workers = fingerprint_workers(spec, cases, workers)
+    results = _run_case_checks(cases + test_cases, spec, workers, progress, sampling, len(cases))
     warns: list[str] = []
     for r in results:
         problems += r.problems
         warns += r.warnings
     problems += _dataset_level_problems(root, spec, results[: len(cases)])
-    return CheckReport(root, spec, tuple(cases), tuple(problems), tuple(warns))
+    fingerprint = None
+    if sampling is not None and not problems:
+        fingerprint = assemble_fingerprint(spec, len(cases), [r.fingerprint for r in results[: len(cases)]],
+                                           *sampling)
+    return CheckReport(root, spec, tuple(cases), tuple(problems), tuple(warns), fingerprint)
 
 
 def _training_case_ids(root: Path, spec: DatasetSpec) -> set[str]:
@@ -157,14 +192,20 @@ def _first_image(root: Path, spec: DatasetSpec, case_id: str) -> Path:
     return root / "imagesTr" / f"{case_id}_0000{spec.file_ending}"
 
 
-def _run_case_checks(cases: list[Case], spec: DatasetSpec, workers: int, progress: bool) -> list[CaseResult]:
-    """Check every case, in order, in a bounded process pool when ``workers > 1``."""
+def _run_case_checks(cases: list[Case], spec: DatasetSpec, workers: int, progress: bool,
+                     sampling: tuple[int, int] | None = None, n_training: int = 0) -> list[CaseResult]:
+    """Check every case, in order, in a bounded process pool when ``workers > 1``; with ``sampling``
+    (samples per case, seed), also fingerprint the first ``n_training`` cases."""
     results: dict[int, CaseResult] = {}
+
+    def job(i: int):
+        return (i, *sampling) if sampling is not None and i < n_training else None
+
     with _progress_bar(progress) as bar:
-        task = bar.add_task("checking cases", total=len(cases))
+        task = bar.add_task("checking cases" + (" (and fingerprint)" if sampling else ""), total=len(cases))
         if workers <= 1 or len(cases) <= 1:
             for i, case in enumerate(cases):
-                results[i] = check_case(case, spec)
+                results[i] = check_case(case, spec, job(i))
                 bar.advance(task)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
@@ -172,10 +213,17 @@ def _run_case_checks(cases: list[Case], spec: DatasetSpec, workers: int, progres
                 while queue or pending:
                     while queue and len(pending) < 2 * workers:  # bounded: never the whole list at once
                         i, case = queue.pop()
-                        pending[pool.submit(check_case, case, spec)] = i
+                        pending[pool.submit(check_case, case, spec, job(i))] = i
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        results[pending.pop(fut)] = fut.result()
+                        i = pending.pop(fut)
+                        try:
+                            results[i] = fut.result()
+                        except BrokenProcessPool:
+                            raise CheckWorkerError(
+                                f"a check worker died while reading case '{cases[i].case_id}' with {workers} "
+                                f"workers (most often: killed for lack of memory); rerun with fewer workers, e.g. "
+                                f"-j {max(1, workers // 2)}") from None
                         bar.advance(task)
     return [results[i] for i in range(len(cases))]
 
@@ -204,14 +252,18 @@ class _NoBar:
         pass
 
 
-def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
-    """All per-case checks. Each file is read once (one array in memory at a time; a .gz decompressed
-    once, its checksum verified in the same pass): its header is
-    checked, then its voxels; finally the channels and the label are compared on geometry."""
+def check_case(case: Case, spec: DatasetSpec, fingerprint: tuple[int, int, int] | None = None) -> CaseResult:
+    """All per-case checks. Each file is read once (a .gz decompressed once, its checksum verified in
+    the same pass): its header is checked, then its voxels; finally the channels and the label are
+    compared on geometry. One array is in memory at a time, unless ``fingerprint`` = (case index,
+    samples per case, seed) asks for the case's fingerprint too: the arrays are then kept and, when the
+    case has no problem, analysed as :func:`~autoseg.fingerprint.analyze_case` would after reading them
+    again (``result.fingerprint``)."""
     result = CaseResult(case.case_id)
     files = list(case.images) + ([case.label] if case.label is not None else [])
     geometries: dict[Path, Geometry] = {}
     constant: dict[Path, float] = {}  # image files whose voxels all hold one value
+    kept: dict[Path, np.ndarray] = {}
     for p in files:
         try:
             arr, g = read_volume_verified(p, spec.force_itk)  # a .gz is decompressed once, checksum included
@@ -230,6 +282,8 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
         _check_voxels(p, arr, p == case.label, spec, result)
         if p != case.label and len(result.problems) == n_problems and arr.size and arr.min() == arr.max():
             constant[p] = float(arr.reshape(-1)[0])
+        if fingerprint is not None and case.label is not None:
+            kept[p] = arr
         del arr
     for p, value in constant.items():
         result.warnings.append(_constant_image_warning(p, value, case.label, result.has_foreground))
@@ -242,6 +296,11 @@ def check_case(case: Case, spec: DatasetSpec) -> CaseResult:
                 what = "label" if p == case.label else "channel"
                 result.problems.append(f"{p}: {what} geometry differs from {case.images[0].name}: "
                                        f"{'; '.join(diff)}; resample or re-export it onto the image grid")
+    if fingerprint is not None and case.label is not None and not result.problems:
+        # the channels as read_image stacks them (float32), the label as read: analyze_case's inputs
+        data = np.stack([np.asarray(kept.pop(p), dtype=np.float32) for p in case.images])
+        index, n_samples, seed = fingerprint
+        result.fingerprint = analyze_arrays(case, index, data, kept.pop(case.label), ref.spacing, n_samples, seed)
     return result
 
 

@@ -60,6 +60,27 @@ def test_rerun_reuses_fingerprint_and_skips_cases(raw, ws):
     assert os.stat(fp).st_mtime_ns == stamp
 
 
+def test_plan_fingerprints_in_the_check_pass_and_not_again(raw, ws, monkeypatch):
+    from autoseg import integrity
+    from autoseg.dataset import list_cases
+    from autoseg.fingerprint import extract_fingerprint
+    from autoseg.io import images
+
+    spec = api.DatasetSpec.load(raw)
+    expected = extract_fingerprint(spec, list_cases(raw, spec)[0], workers=1)
+    reads = []
+    real_read = images.read_volume_verified
+    monkeypatch.setattr(integrity, "read_volume_verified", lambda p, *a: reads.append(Path(p).name) or real_read(p, *a))
+    monkeypatch.setattr(api, "extract_fingerprint", lambda *a, **k: pytest.fail("fingerprint read the files again"))
+    result = _plan(raw, ws)
+    assert not result.fingerprint_reused
+    assert Fingerprint.load(ws.fingerprint_file(raw.name)).to_dict() == expected.to_dict()
+    assert sorted(reads) == sorted(p.name for d in ("imagesTr", "labelsTr") for p in (raw / d).iterdir())
+    # unchanged raw files: the saved fingerprint is reused and the checks do not fingerprint
+    monkeypatch.setattr(api, "check_and_fingerprint", lambda *a, **k: pytest.fail("fingerprinted again"))
+    assert _plan(raw, ws).fingerprint_reused
+
+
 def test_changed_raw_data_are_redone(raw, ws):
     _plan(raw, ws)
     label = raw / "labelsTr" / "toy_001.nii.gz"

@@ -7,6 +7,7 @@ import pytest
 
 from autoseg.dataset import DatasetSpec, list_cases
 from autoseg.fingerprint import (Fingerprint, FingerprintError, extract_fingerprint, intensity_stats, pool_size)
+from autoseg.integrity import check_and_fingerprint
 
 
 def _write_dataset(root, n_cases=3, empty_labels=(), spacing=(1.0, 1.0, 2.0), channels=("T1", "T2")):
@@ -59,6 +60,17 @@ def test_same_seed_identical_and_independent_of_workers(tmp_path):
     assert a.to_dict() == c.to_dict()
     d = extract_fingerprint(spec, cases, workers=1, seed=8, samples_per_case_max=200)
     assert d.intensity != a.intensity
+
+
+@pytest.mark.parametrize("empty_labels", [(), (0, 2)])
+def test_fingerprint_in_the_check_pass_equals_the_separate_one(tmp_path, empty_labels):
+    # the checks read each file once and fingerprint the arrays they read: same result as reading again
+    root = tmp_path / "Dataset001_T"
+    spec, cases = _write_dataset(root, n_cases=3, empty_labels=empty_labels)
+    separate = extract_fingerprint(spec, cases, workers=1, seed=5)
+    for workers in (1, 2):
+        checked_spec, checked_cases, together = check_and_fingerprint(root, workers=workers, seed=5)
+        assert checked_cases == cases and together.to_dict() == separate.to_dict()
 
 
 def test_foreground_statistics_come_from_label_voxels(tmp_path):

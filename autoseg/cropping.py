@@ -12,6 +12,8 @@ def nonzero_mask(data: np.ndarray) -> np.ndarray:
     """Boolean (X, Y, Z) mask: voxels where any channel of ``data`` (C, X, Y, Z) is non-zero,
     with enclosed holes filled."""
     mask = np.any(data != 0, axis=0)
+    if mask.all():  # no zero voxel (CT, images normalised before export): no hole, skip the fill's passes
+        return mask
     return ndimage.binary_fill_holes(mask)
 
 

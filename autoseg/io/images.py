@@ -14,6 +14,15 @@ from autoseg.core.fileops import atomic_path
 
 _GZIP_CHUNK = 1 << 22  # bytes decompressed at a time when verifying a .gz file's checksum
 
+try:  # ISA-L's gzip (python-isal): the same streams and errors as the standard module, ~1.5x faster to decompress
+    from isal import igzip as _gzip
+    from isal.isal_zlib import error as _isal_error
+
+    _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, _isal_error)
+except ImportError:  # a platform without its wheel: the standard library
+    _gzip = gzip
+    _DECOMPRESS_ERRORS = (OSError, EOFError, zlib.error)
+
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 ITK_ENDINGS = (".nrrd", ".nhdr", ".mha", ".mhd")
 SUPPORTED_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS
@@ -265,7 +274,8 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
     """Read one file: voxels in the file's dtype, shape (X, Y, Z) (or as many axes as the file has;
     trailing singleton axes beyond the third are dropped) and its geometry. Raises
     :class:`ImageReadError` for an invalid spacing or an inconsistent NIfTI header
-    (:func:`nifti_header_problem`)."""
+    (:func:`nifti_header_problem`). A gzip-compressed NIfTI (read by nibabel) is decompressed once and
+    read to the end of its stream, so a damaged one is a :class:`DamagedGzipError` rather than wrong voxels."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(_not_a_file(path))
@@ -283,11 +293,13 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
             raise ImageReadError(f"{path}: has vector pixels; store one channel per file (_0000, _0001, ...)")
         arr = np.ascontiguousarray(arr.transpose(tuple(range(arr.ndim))[::-1]))
         geometry = _geometry_from_itk(img)
+    elif _is_gzip(path):  # decompressed once, from one stream, checksum verified (read_volume_verified)
+        return _read_gzip_nifti(path)
     else:
         img = _load_nifti(path)
         try:
             arr = np.asanyarray(img.dataobj)
-        except Exception as e:  # truncated gzip, short file, ...
+        except Exception as e:  # short file, ...
             raise ImageReadError(f"{path}: voxel data cannot be read ({e}); the file may be truncated") from None
         geometry = _geometry_from_nifti(img)
     while arr.ndim > 3 and arr.shape[-1] == 1:
@@ -344,47 +356,55 @@ def gzip_problem(path: Path | str) -> str | None:
         if f.read(2) != b"\x1f\x8b":  # not gzip at all: the image reader says what it is not
             return None
     try:
-        with gzip.open(path, "rb") as f:
+        with _gzip.open(path, "rb") as f:
             while f.read(_GZIP_CHUNK):
                 pass
-    except (OSError, EOFError, zlib.error) as e:
+    except _DECOMPRESS_ERRORS as e:
         return (f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
                 "re-export it")
     return None
 
 
 def read_volume_verified(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, Geometry]:
-    """:func:`read_volume`, and for a ``.gz`` file the whole gzip stream verified (checksum and length,
-    as :func:`gzip_problem`), raising :class:`DamagedGzipError` with the same message when it is damaged.
+    """:func:`read_volume`, with every ``.gz`` file's whole gzip stream verified (checksum and length, as
+    :func:`gzip_problem`): :class:`DamagedGzipError` when it is damaged.
 
-    A gzip-compressed NIfTI read by nibabel is decompressed once: nibabel reads the header and voxels
-    from one decompressing stream, then the stream's rest (padding, extensions after the voxels: usually
-    nothing) is read to its end, where gzip checks the checksum. Other files are verified first and then
-    read, as before."""
+    A gzip-compressed NIfTI read by nibabel is verified by :func:`read_volume` itself as it decompresses
+    it, once; other ``.gz`` files (read by SimpleITK) are verified first, then read."""
     path = Path(path)
-    if (not path.is_file() or not str(path).lower().endswith(".gz") or _use_itk(path, force_itk)
-            or file_ending(path) not in NIFTI_ENDINGS):
-        problem = gzip_problem(path) if path.is_file() else None
+    if path.is_file() and str(path).lower().endswith(".gz") and (
+            _use_itk(path, force_itk) or file_ending(path) not in NIFTI_ENDINGS):
+        problem = gzip_problem(path)
         if problem:
             raise DamagedGzipError(problem)
-        return read_volume(path, force_itk)
+    return read_volume(path, force_itk)
+
+
+def _is_gzip(path: Path) -> bool:
+    """Whether ``path`` is a NIfTI file (by its ending) whose bytes start with gzip's magic number."""
+    if file_ending(path) not in NIFTI_ENDINGS:
+        return False
     with open(path, "rb") as raw:
-        if raw.read(2) != b"\x1f\x8b":  # not gzip at all: the reader says what it is not
-            return read_volume(path, force_itk)
+        return raw.read(2) == b"\x1f\x8b"
+
+
+def _read_gzip_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A gzip-compressed NIfTI decompressed once: nibabel reads header and voxels from one decompressing
+    stream, which is then read to its end, where gzip checks the checksum and length."""
     import nibabel as nib
 
     try:
-        with gzip.open(path, "rb") as stream:
+        with _gzip.open(path, "rb") as stream:
             try:
                 img = nib.Nifti1Image.from_stream(stream) if _nifti1(stream) else nib.Nifti2Image.from_stream(stream)
                 arr = np.asanyarray(img.dataobj)
-            except (OSError, EOFError, zlib.error):
+            except _DECOMPRESS_ERRORS:
                 raise
             except Exception as e:  # nibabel raises several types for broken headers or short data
                 raise ImageReadError(f"{path}: not a readable NIfTI file ({e}); re-export it") from None
             while stream.read(_GZIP_CHUNK):  # to the end: gzip verifies checksum and length there
                 pass
-    except (OSError, EOFError, zlib.error) as e:
+    except _DECOMPRESS_ERRORS as e:
         raise DamagedGzipError(f"{path}: damaged gzip data ({e}); the file is truncated or corrupt; copy it again or "
                                "re-export it") from None
     problem = nifti_header_problem(path, img)

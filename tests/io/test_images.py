@@ -183,8 +183,22 @@ def test_count_nonfinite_counts_after_the_cast_to_float32(monkeypatch):
     assert "x.nii.gz: 3 voxel(s)" in message and "beyond the float32 range" in message and "2 of them finite" in message
 
 
+@pytest.fixture(params=["isal", "stdlib"])
+def gzip_module(request, monkeypatch):
+    """Each gzip test runs with ISA-L's decompressor (the default where python-isal installs) and with
+    the standard library's (the fallback without it)."""
+    import autoseg.io.images as images
+
+    if request.param == "stdlib":
+        monkeypatch.setattr(images, "_gzip", gzip)
+    else:
+        pytest.importorskip("isal")
+        assert images._gzip.__name__ == "isal.igzip"
+    return request.param
+
+
 @pytest.mark.parametrize("kind", ["nifti1.nii.gz", "nifti2.nii.gz", "plain.nii", "trailing_axis.nii.gz"])
-def test_verified_read_equals_the_plain_read(tmp_path, kind):
+def test_verified_read_equals_the_plain_read(tmp_path, kind, gzip_module):
     from autoseg.io.images import read_volume_verified
 
     rng = np.random.default_rng(3)
@@ -198,11 +212,14 @@ def test_verified_read_equals_the_plain_read(tmp_path, kind):
     a, ga = read_volume(path)
     b, gb = read_volume_verified(path)
     assert a.shape == b.shape == (7, 6, 5) and a.dtype == b.dtype and np.array_equal(a, b) and ga == gb
+    reference = np.asanyarray(nib.load(str(path)).dataobj)  # nibabel's own reader
+    assert np.array_equal(a, reference.reshape(a.shape)) and a.dtype == reference.dtype
 
 
+@pytest.mark.parametrize("reader", ["read_volume", "read_volume_verified"])
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "length"])
-def test_verified_read_finds_damaged_gzip_in_its_one_pass(tmp_path, damage):
-    from autoseg.io.images import read_volume_verified
+def test_verified_read_finds_damaged_gzip_in_its_one_pass(tmp_path, damage, reader, gzip_module):
+    import autoseg.io.images as images
 
     path = tmp_path / "img.nii.gz"
     nib.save(nib.Nifti1Image(np.arange(4000, dtype=np.float32).reshape(20, 20, 10), np.eye(4)), str(path))
@@ -215,7 +232,7 @@ def test_verified_read_finds_damaged_gzip_in_its_one_pass(tmp_path, damage):
         raw = raw[:-4] + b"\0\0\0\0"
     path.write_bytes(raw)
     with pytest.raises(ImageReadError, match=r"img\.nii\.gz: (damaged gzip data|not a readable NIfTI)"):
-        read_volume_verified(path)
+        getattr(images, reader)(path)
 
 
 def test_verified_read_of_a_non_gzip_file_named_gz_says_what_it_is_not(tmp_path):

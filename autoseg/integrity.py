@@ -281,7 +281,7 @@ def check_case(case: Case, spec: DatasetSpec, fingerprint: tuple[int, int, int] 
         n_problems = len(result.problems)
         _check_voxels(p, arr, p == case.label, spec, result)
         if p != case.label and len(result.problems) == n_problems and arr.size and arr.min() == arr.max():
-            constant[p] = float(arr.reshape(-1)[0])
+            constant[p] = float(arr.flat[0])
         if fingerprint is not None and case.label is not None:
             kept[p] = arr
         del arr
@@ -353,7 +353,7 @@ def label_value_counts(arr: np.ndarray) -> tuple[dict[int, int], list[float]]:
     Integer-valued floats (e.g. float32 0/1/2 labels) count as integers. Uses one bincount pass
     when the value range is small, ``np.unique`` otherwise.
     """
-    flat = arr.ravel()
+    flat = arr.ravel(order="K")  # a view in memory order (nibabel arrays are Fortran-ordered); counts ignore order
     if flat.dtype.kind == "f":
         frac = flat != np.trunc(flat)
         if frac.any():

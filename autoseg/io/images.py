@@ -318,9 +318,9 @@ def count_nonfinite(arr: np.ndarray, dtype=WORKING_DTYPE) -> int:
     the cast (in chunks, so a large volume costs little extra memory). Integer volumes always fit."""
     if arr.dtype.kind != "f":
         return 0
-    flat = arr.reshape(-1)
     if np.dtype(arr.dtype).itemsize <= np.dtype(dtype).itemsize:
-        return flat.size - int(np.count_nonzero(np.isfinite(flat)))
+        return arr.size - int(np.count_nonzero(np.isfinite(arr)))
+    flat = arr.ravel(order="K")  # a view in the array's own memory order (nibabel's are Fortran-ordered)
     bad = 0
     for start in range(0, flat.size, _FINITE_CHUNK):
         part = flat[start:start + _FINITE_CHUNK]

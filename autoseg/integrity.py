@@ -128,8 +128,11 @@ def inspect_dataset(root: Path, spec: DatasetSpec | None = None, workers: int = 
                         f"case(s) were found in imagesTr/labelsTr; set numTraining to {n_found}")
     sampling = None
     if fingerprint_seed is not None and cases:
-        sampling = (samples_per_case(spec, cases), fingerprint_seed)
-        workers = fingerprint_workers(spec, cases, workers)
+        try:  # the pool's memory bound reads every header first
+            workers = fingerprint_workers(spec, cases, workers)
+            sampling = (samples_per_case(spec, cases), fingerprint_seed)
+        except (ImageReadError, OSError):  # a file the checks below report with the others: no fingerprint
+            pass
     results = _run_case_checks(cases + test_cases, spec, workers, progress, sampling, len(cases))
     warns: list[str] = []
     for r in results:

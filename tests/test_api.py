@@ -81,6 +81,16 @@ def test_plan_fingerprints_in_the_check_pass_and_not_again(raw, ws, monkeypatch)
     assert _plan(raw, ws).fingerprint_reused
 
 
+def test_plan_with_several_workers_reports_every_problem_of_a_broken_dataset(raw, ws):
+    # the fingerprint pass sizes its pool from the headers first; an unreadable one must not cut the report short
+    (raw / "imagesTr" / "toy_000_0000.nii.gz").write_bytes(b"not an image")
+    (raw / "labelsTr" / "toy_002.nii.gz").write_bytes(b"\x1f\x8b broken")
+    with pytest.raises(DatasetError) as e:
+        api.plan(raw, ws, workers=2, progress=False)
+    assert "toy_000_0000.nii.gz" in str(e.value) and "toy_002.nii.gz" in str(e.value)
+    assert not ws.fingerprint_file(raw.name).exists()
+
+
 def test_changed_raw_data_are_redone(raw, ws):
     _plan(raw, ws)
     label = raw / "labelsTr" / "toy_001.nii.gz"

@@ -16,8 +16,10 @@ preset, fingerprint shared), trains ``--fold`` for ``--epochs`` x ``--iters-per-
   (the first epoch, which includes start-up and compilation, is left out when there are several);
 - the patch, batch and parameter count of the trained network.
 
-It prints a Markdown table and the commands it ran. Nothing here is timed by tests; run it on a
-GPU (``--device cuda``) or an otherwise idle machine.
+It prints a Markdown table and the commands it ran. An architecture whose run folder already holds
+``checkpoint_final.pt`` is not trained again (its figures are read), so a rerun with the same options
+completes an interrupted table. Nothing here is timed by tests; run it on a GPU (``--device cuda``) or
+an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -119,13 +121,17 @@ def main(argv=None) -> int:
             planned.add(preset)
             if args.batch_size:
                 set_batch_size(args.workdir, args.dataset.name, preset, args.batch_size, args.config, commands)
-        run(autoseg("train", args.dataset.name, "--fold", args.fold, "--arch", name, "--plans", preset,
-                    "--config", args.config,
-                    "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
-                    "--val-iters", str(args.val_iters), "--device", args.device, "--no-progress",
-                    *(["--no-val-tta"] if args.no_val_tta else []), *work), commands)
         run_dir = (args.workdir / "results" / args.dataset.name / f"{name}__{plans_name_for(preset)}__{args.config}"
                    / f"fold_{args.fold}")
+        train = autoseg("train", args.dataset.name, "--fold", args.fold, "--arch", name, "--plans", preset,
+                        "--config", args.config,
+                        "--epochs", str(args.epochs), "--iters-per-epoch", str(args.iters_per_epoch),
+                        "--val-iters", str(args.val_iters), "--device", args.device, "--no-progress",
+                        *(["--no-val-tta"] if args.no_val_tta else []), *work)
+        if (run_dir / "checkpoint_final.pt").is_file():  # a rerun completes the table: finished rows are read
+            commands.append(" ".join(train) + "   # trained by an earlier run of this script")
+        else:
+            run(train, commands)
         f = figures(run_dir)
         rows.append([name, preset, "×".join(map(str, f["patch"])), str(f["batch"]), f"{f['params'] / 1e6:.1f} M",
                      f"{f['dice']:.4f}", ", ".join(f"{k} {v:.4f}" for k, v in f["per_class"].items()),

@@ -55,6 +55,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     p.add_argument("--amp", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="mixed precision (default auto: fp16 on CUDA, bf16 on CPUs with native bf16)")
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adamw"],
+                   help="default: the architecture's (nnU-Net's SGD, momentum 0.99; AdamW for swin_unetr and unetr)")
+    p.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="initial learning rate of the poly schedule (default: the architecture's: 1e-2 with SGD, "
+                        "1e-4 for the transformers)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 12345)")
     p.add_argument("--num-workers", type=int, default=None, metavar="N",
                    help="data augmentation worker processes per GPU/process (default: spare CPU cores)")
@@ -81,7 +86,7 @@ OPTION_TO_SETTING = {"epochs": "epochs", "iters_per_epoch": "iters_per_epoch", "
                      "early_stop": "early_stop", "device": "device", "amp": "amp", "seed": "seed",
                      "num_workers": "num_workers", "save_probabilities": "save_probabilities",
                      "compile": "compile", "time_budget": "time_budget",
-                     "val_mirroring": "val_mirroring"}
+                     "val_mirroring": "val_mirroring", "optimizer": "optimizer", "lr": "lr"}
 
 
 def _callbacks(args: argparse.Namespace) -> list:

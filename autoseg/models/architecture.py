@@ -91,7 +91,8 @@ class Architecture:
     of a configuration plan; ``head_names`` are the module names of the output heads (see :meth:`is_head`;
     fine-tuning on another number of classes keeps those fresh); ``preset`` is the planner preset in ``planners/`` that plans for it;
     ``problems`` says what keeps a plan from being built and trained as this network
-    (:func:`autoseg.planning.trainable.configuration_problems`)."""
+    (:func:`autoseg.planning.trainable.configuration_problems`); ``training`` the training settings
+    that differ from nnU-Net's for it (e.g. the transformers' AdamW)."""
 
     name: str
     summary: str
@@ -104,6 +105,9 @@ class Architecture:
     build: Builder
     can_shrink: ShrinkRule = shrink_while_positive
     problems: ProblemRule = no_problems  # checked by the planner (left out) and before training (refused)
+    # Training settings (TrainSettings fields) a new run of this network starts from instead of nnU-Net's
+    # defaults, where its authors train it otherwise; options given to `autoseg train` still win.
+    training: tuple[tuple[str, Any], ...] = ()
 
     def is_head(self, key: str) -> bool:
         """Whether the state-dict ``key`` is a tensor of an output head: one of ``head_names`` (a module

@@ -77,6 +77,10 @@ def build(plan, in_channels: int, out_channels: int, deep_supervision: bool):
                      feature_size=swin_feature_size(plan.features[0]), spatial_dims=plan.spatial_dims)
 
 
+# Trained with AdamW at 1e-4, weight decay 1e-5 (Hatamizadeh et al. 2022 and MONAI Auto3DSeg's swinunetr template): with nnU-Net's SGD at 1e-2 and momentum
+# 0.99 Swin UNETR's loss became NaN within 150 iterations on Dataset004_Hippocampus (docs/benchmarks.md).
+TRANSFORMER_TRAINING = (("optimizer", "adamw"), ("lr", 1e-4), ("weight_decay", 1e-5))
+
 ARCHITECTURE = Architecture(
     name="swin_unetr",
     summary="MONAI SwinUNETR (patch edges multiples of 32; no deep supervision)",
@@ -88,5 +92,6 @@ ARCHITECTURE = Architecture(
     estimate=estimate,
     can_shrink=shrink_keeping_one_step,
     build=build,
+    training=TRANSFORMER_TRAINING,
     problems=swin_problems,
 )

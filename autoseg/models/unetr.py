@@ -80,6 +80,10 @@ def build(plan, in_channels: int, out_channels: int, deep_supervision: bool):
     return instance_to_group_norm(net)
 
 
+# Trained with AdamW at 1e-4, weight decay 1e-5 (Hatamizadeh et al. 2022 (UNETR)): with nnU-Net's SGD at 1e-2 and momentum
+# 0.99 Swin UNETR's loss became NaN within 150 iterations on Dataset004_Hippocampus (docs/benchmarks.md).
+TRANSFORMER_TRAINING = (("optimizer", "adamw"), ("lr", 1e-4), ("weight_decay", 1e-5))
+
 ARCHITECTURE = Architecture(
     name="unetr",
     summary="MONAI UNETR (ViT-B encoder on 16^3 tokens; patch edges multiples of 16)",
@@ -91,4 +95,5 @@ ARCHITECTURE = Architecture(
     estimate=estimate,
     can_shrink=shrink_keeping_one_step,
     build=build,
+    training=TRANSFORMER_TRAINING,
 )

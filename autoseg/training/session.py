@@ -35,7 +35,7 @@ from autoseg.cascade import PreviousStage, foreground_labels, input_channels, mi
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.sliding import window_starts
 from autoseg.models import ARCHITECTURES, build_model
-from autoseg.models.registry import check_buildable
+from autoseg.models.registry import check_buildable, get_architecture
 from autoseg.planning.planner import unplanned_configurations
 from autoseg.planning.plans import Plans
 from autoseg.progress import progress_bar
@@ -224,21 +224,24 @@ def previous_stage_of(workspace: Workspace, name: str, plans: Plans, config: str
     return PreviousStage(folder, foreground_labels(spec))
 
 
-def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool):
-    """Fresh run: the given settings over the defaults. Resume: the checkpoint's settings with the
-    allowed changes, plus the checkpoint to continue from; a run folder without a checkpoint yet
-    starts anew (checkpoint None)."""
+def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool, arch: str = "unet"):
+    """Fresh run: the given settings over the architecture's own (``Architecture.training``, e.g. the
+    transformers' AdamW; not used when ``optimizer`` is given) over the defaults. Resume: the checkpoint's settings with the allowed changes,
+    plus the checkpoint to continue from; a run folder without a checkpoint yet starts anew (checkpoint
+    None)."""
     unknown = set(given) - {f.name for f in dataclasses.fields(TrainSettings)}
     if unknown:
         raise TrainError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+    # the architecture's recipe as a whole (its optimizer with its lr), unless another optimizer is chosen
+    fresh = dict(given) if "optimizer" in given else {**dict(get_architecture(arch).training), **given}
     if not resume:
         if (run_dir / LATEST).is_file() or (run_dir / FINAL).is_file():
             raise TrainError(f"{run_dir} already holds a training run; add --resume to continue it, or delete "
                              f"the folder to start over")
-        return TrainSettings(**given), None
+        return TrainSettings(**fresh), None
     path = run_dir / LATEST if (run_dir / LATEST).is_file() else run_dir / FINAL
     if not path.is_file():  # killed before its first checkpoint (or never started): start it anew, so
-        return TrainSettings(**given), None  # a scheduler can resubmit the same command at any time
+        return TrainSettings(**fresh), None  # a scheduler can resubmit the same command at any time
     ckpt = load_checkpoint(path)
     stored = TrainSettings.from_dict(ModelRecord.of(ckpt, path).settings)
     changed = {k for k, v in given.items() if getattr(stored, k) != v}
@@ -268,7 +271,7 @@ def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()
     run_dir = job.run_dir
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
-    settings, ckpt = resolve_settings(dict(job.settings), run_dir, job.resume)
+    settings, ckpt = resolve_settings(dict(job.settings), run_dir, job.resume, job.arch)
     record = ModelRecord.of(ckpt, run_dir) if ckpt is not None else None
     trained_on = record.dataset.name if record is not None else None
     if record is not None and trained_on not in ("", job.plans.dataset_name):

@@ -34,6 +34,7 @@ from autoseg.training.schedule import poly_lr
 from autoseg.training.stopping import NEVER, StopSignals, TrainingStopped, pending_stop
 
 EMA_OLD = 0.9  # nnU-Net logger: ema = 0.9 * old + 0.1 * new
+OPTIMIZER_CHOICES = ("sgd", "adamw")
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFactory = Callable[[int], Iterator[Batch]]
 ValFactory = Callable[[int], Iterable[Batch]]
@@ -46,7 +47,8 @@ class TrainSettings:
     epochs: int = 1000  # nnU-Net: 1000 epochs
     iters_per_epoch: int = 250  # nnU-Net: 250 training iterations per epoch
     val_iters: int = 50  # nnU-Net: 50 validation batches per epoch for the pseudo Dice
-    lr: float = 1e-2  # SGD, nnU-Net defaults from here on
+    optimizer: str = "sgd"  # sgd (nnU-Net) | adamw; an architecture may start from another (Architecture.training)
+    lr: float = 1e-2  # nnU-Net's SGD defaults from here on (momentum and nesterov: SGD only)
     momentum: float = 0.99
     nesterov: bool = True
     weight_decay: float = 3e-5
@@ -74,6 +76,10 @@ class TrainSettings:
             problems.append(f"--early-stop (patience in epochs) must be at least 1, got {self.early_stop}")
         if self.device not in DEVICE_CHOICES:
             problems.append(f"--device '{self.device}' is not one of {', '.join(DEVICE_CHOICES)}")
+        if self.optimizer not in OPTIMIZER_CHOICES:
+            problems.append(f"--optimizer '{self.optimizer}' is not one of {', '.join(OPTIMIZER_CHOICES)}")
+        if not self.lr > 0:
+            problems.append(f"--lr must be a positive number, got {self.lr}")
         if self.amp not in AMP_CHOICES:
             problems.append(f"--amp '{self.amp}' is not one of {', '.join(AMP_CHOICES)}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -345,5 +351,7 @@ def finish_epoch(state: TrainState, epoch: int, train_loss: float, val_loss: flo
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,
                            weight_decay=s.weight_decay)

@@ -58,6 +58,8 @@ def test_architecture_trains_resumes_validates_predicts_and_exports(name, tmp_pa
     assert _cli(*train, "--epochs", "2", "--resume") == 0
     ckpt = load_checkpoint(run_dir / FINAL)
     assert (ckpt["arch"], ckpt["train_state"]["epoch"]) == (name, 2)
+    recipe = {"optimizer": "sgd", "lr": 1e-2, **dict(get_architecture(name).training)}  # AdamW for transformers
+    assert {k: ckpt["settings"][k] for k in ("optimizer", "lr")} == {k: recipe[k] for k in ("optimizer", "lr")}
     assert len((run_dir / "log.jsonl").read_text().splitlines()) == 2
     summary = json.loads((run_dir / "validation" / "summary.json").read_text())
     assert summary["n_cases"] == 1 and set(summary["mean"]) == {"bright", "dim"}

@@ -382,3 +382,42 @@ def test_cli_no_val_tta_validates_without_mirroring(tmp_path, capsys, monkeypatc
     run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 1)
     assert code == 0, err
     assert seen == [()] and load_checkpoint(run_dir / FINAL)["settings"]["val_mirroring"] is False
+
+
+def test_transformers_start_from_their_authors_adamw_unless_another_optimizer_is_given(tmp_path):
+    fresh = tmp_path / "run"
+    swin, _ = session.resolve_settings({}, fresh, False, "swin_unetr")
+    assert (swin.optimizer, swin.lr, swin.weight_decay) == ("adamw", 1e-4, 1e-5)
+    unet, _ = session.resolve_settings({}, fresh, False, "unet")
+    assert (unet.optimizer, unet.lr, unet.momentum) == ("sgd", 1e-2, 0.99)
+    faster, _ = session.resolve_settings({"lr": 3e-4}, fresh, False, "unetr")
+    assert (faster.optimizer, faster.lr) == ("adamw", 3e-4)
+    sgd, _ = session.resolve_settings({"optimizer": "sgd"}, fresh, False, "swin_unetr")
+    assert (sgd.optimizer, sgd.lr, sgd.weight_decay) == ("sgd", 1e-2, 3e-5)  # nnU-Net's recipe as a whole
+    assert TrainSettings.from_dict({"epochs": 3}).optimizer == "sgd"  # checkpoints from before the field
+    with pytest.raises(ValueError, match="--optimizer 'adam' is not one of sgd, adamw"):
+        TrainSettings(optimizer="adam")
+    with pytest.raises(ValueError, match="--lr must be a positive number"):
+        TrainSettings(lr=0.0)
+
+
+def test_make_optimizer_follows_the_settings():
+    net = torch.nn.Conv3d(1, 2, 3)
+    adamw = make_optimizer(net, TrainSettings(optimizer="adamw", lr=1e-4, weight_decay=1e-5))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == 1e-4
+    assert adamw.defaults["weight_decay"] == 1e-5
+    sgd = make_optimizer(net, TrainSettings())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.99 and sgd.defaults["nesterov"]
+
+
+def test_cli_optimizer_and_lr_reach_the_checkpoint(tmp_path, capsys):
+    ws = make_workspace(tmp_path)
+    code, err = _cli(capsys, ws, "--fold", "1", "--epochs", "1", "--iters-per-epoch", "1", "--val-iters", "1",
+                     "--num-workers", "0", "--optimizer", "adamw", "--lr", "0.0005", "--no-val-tta")
+    run_dir = ws.run_dir(DATASET, "unet", "autosegPlans", "3d_fullres", 1)
+    assert code == 0, err
+    settings = load_checkpoint(run_dir / FINAL)["settings"]
+    assert (settings["optimizer"], settings["lr"]) == ("adamw", 0.0005)
+    code, err = _cli(capsys, ws, "--fold", "1", "--epochs", "2", "--iters-per-epoch", "1", "--val-iters", "1",
+                     "--num-workers", "0", "--optimizer", "sgd", "--resume")
+    assert code == 2 and "--resume cannot change optimizer" in err

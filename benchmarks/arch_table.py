@@ -115,9 +115,15 @@ def main(argv=None) -> int:
     planned = set()
     for name in archs:
         preset = ARCHITECTURES[name].preset
+        plans_file = args.workdir / "preprocessed" / args.dataset.name / f"plans_{preset}.json"
+        if preset == "default":
+            plans_file = plans_file.with_name("plans.json")
         if preset not in planned:
-            run(autoseg("plan", str(args.dataset), "--planner", preset, "-j", str(args.workers), "--no-progress",
-                        *work), commands)
+            if plans_file.is_file():  # planned by an earlier run of this script
+                commands.append(f"# {plans_file.name}: planned by an earlier run")
+            else:
+                run(autoseg("plan", str(args.dataset), "--planner", preset, "-j", str(args.workers), "--no-progress",
+                            *work), commands)
             planned.add(preset)
             if args.batch_size:
                 set_batch_size(args.workdir, args.dataset.name, preset, args.batch_size, args.config, commands)

@@ -30,7 +30,7 @@ import torch
 from autoseg.core.checkpoint import (BEST, FINAL, LATEST, DatasetRecord, ModelRecord, NonFiniteWeightsError,
                                      load_checkpoint)
 from autoseg.core.runlock import LOCK_NAME, RunLock
-from autoseg.core.runtime import resolve_amp, resolve_device, seed_everything
+from autoseg.core.runtime import guard_tiny_convolutions, resolve_amp, resolve_device, seed_everything
 from autoseg.cascade import PreviousStage, foreground_labels, input_channels, missing_previous_stage, next_stages
 from autoseg.dataset import DatasetSpec
 from autoseg.inference.sliding import window_starts
@@ -377,6 +377,8 @@ def build_run(job: TrainJob, settings: TrainSettings, dist) -> tuple[Run, tuple]
     model = build_model(job.arch, cfg, channels, spec.num_outputs, settings.deep_supervision).to(device)
     loss = make_loss(spec.num_outputs, cfg.batch_dice, regions, spec.ignore_label)
     amp_dtype, use_scaler = resolve_amp(settings.amp, device)
+    if device.type == "cpu" and amp_dtype is not None:
+        guard_tiny_convolutions(model)  # PyTorch's CPU bf16 gradients of 2-voxel-deep convolutions are wrong
     run = Run(model=model, network=model, loss_fn=loss, optimizer=make_optimizer(model, settings),
               scaler=torch.amp.GradScaler(device.type) if use_scaler else None, settings=settings,
               targets=Targets(spec.num_outputs, regions, spec.ignore_label), device=device, amp_dtype=amp_dtype,

@@ -48,7 +48,7 @@ def test_architecture_trains_resumes_validates_predicts_and_exports(name, tmp_pa
     plan = tiny_plan_for(name)
     ws = make_workspace(tmp_path / "ws", n_cases=2, plan=plan, shape=plan.patch_size)
     common = ["--workdir", str(ws.root), "--no-progress"]
-    # fp32: these tiny plans end in 1-2 voxel bottlenecks, where an instance norm's bf16 backward overflows
+    # fp32: these tiny plans end in 1-2 voxel bottlenecks, where PyTorch CPU bf16 convolution gradients are wrong
     # (segresnet's gradient norm is inf by its second step); the test is about the plumbing, not the numerics
     train = ["train", DATASET, "--arch", name, "--iters-per-epoch", "2", "--val-iters", "1", "--num-workers", "0",
              "--amp", "fp32", *common]

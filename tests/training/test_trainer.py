@@ -421,3 +421,14 @@ def test_cli_optimizer_and_lr_reach_the_checkpoint(tmp_path, capsys):
     code, err = _cli(capsys, ws, "--fold", "1", "--epochs", "2", "--iters-per-epoch", "1", "--val-iters", "1",
                      "--num-workers", "0", "--optimizer", "sgd", "--resume")
     assert code == 2 and "--resume cannot change optimizer" in err
+
+
+def test_cpu_training_with_autocast_guards_two_voxel_deep_convolutions(tmp_path):
+    from autoseg.core import runtime
+    from autoseg.training import ddp
+
+    ws = make_workspace(tmp_path)
+    job = session.jobs_for(ws, TrainRequest(settings=dict(FAST)))[0]
+    run, _ = session.build_run(job, TrainSettings(**dict(FAST), amp="bf16", device="cpu"), ddp.detect({}))
+    convs = [m for m in run.model.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert convs and all(m.forward.__func__ is runtime._conv3d_forward_guarded for m in convs)

@@ -77,8 +77,9 @@ def build(plan, in_channels: int, out_channels: int, deep_supervision: bool):
                      feature_size=swin_feature_size(plan.features[0]), spatial_dims=plan.spatial_dims)
 
 
-# Trained as its authors train it: AdamW at 1e-4, weight decay 1e-5 (Hatamizadeh et al. 2022 and MONAI Auto3DSeg's swinunetr template); nnU-Net's SGD
-# (1e-2, momentum 0.99) is tuned for convolutional U-Nets. `train --optimizer sgd` chooses nnU-Net's.
+# Trained as its authors train it: AdamW at 1e-4, weight decay 1e-5 (Hatamizadeh et al. 2022 and MONAI
+# Auto3DSeg's swinunetr template); nnU-Net's SGD (1e-2, momentum 0.99) is tuned for convolutional U-Nets.
+# `train --optimizer sgd` chooses nnU-Net's.
 TRANSFORMER_TRAINING = (("optimizer", "adamw"), ("lr", 1e-4), ("weight_decay", 1e-5))
 
 ARCHITECTURE = Architecture(

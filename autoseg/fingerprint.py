@@ -223,7 +223,8 @@ def _results(cases, n_samples: int, seed: int, force_itk: bool, workers: int) ->
             raise FingerprintError(
                 f"a fingerprint worker died with {workers} workers: most often it was killed for lack of memory "
                 f"(rerun with fewer workers, e.g. --workers {max(1, workers // 2)}), or a script started workers "
-                f"without an `if __name__ == '__main__':` guard (each worker process imports the main script)") from None
+                f"without an `if __name__ == '__main__':` guard (each worker process imports the main "
+                f"script)") from None
         finally:
             for fut in pending:
                 fut.cancel()

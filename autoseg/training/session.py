@@ -226,9 +226,9 @@ def previous_stage_of(workspace: Workspace, name: str, plans: Plans, config: str
 
 def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool, arch: str = "unet"):
     """Fresh run: the given settings over the architecture's own (``Architecture.training``, e.g. the
-    transformers' AdamW; not used when ``optimizer`` is given) over the defaults. Resume: the checkpoint's settings with the allowed changes,
-    plus the checkpoint to continue from; a run folder without a checkpoint yet starts anew (checkpoint
-    None)."""
+    transformers' AdamW; not used when ``optimizer`` is given) over the defaults. Resume: the
+    checkpoint's settings with the allowed changes, plus the checkpoint to continue from; a run folder
+    without a checkpoint yet starts anew (checkpoint None)."""
     unknown = set(given) - {f.name for f in dataclasses.fields(TrainSettings)}
     if unknown:
         raise TrainError(f"unknown training setting(s): {', '.join(sorted(unknown))}")

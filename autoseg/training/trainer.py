@@ -78,8 +78,8 @@ class TrainSettings:
             problems.append(f"--device '{self.device}' is not one of {', '.join(DEVICE_CHOICES)}")
         if self.optimizer not in OPTIMIZER_CHOICES:
             problems.append(f"--optimizer '{self.optimizer}' is not one of {', '.join(OPTIMIZER_CHOICES)}")
-        if not self.lr > 0:
-            problems.append(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.lr < math.inf:  # 0 is allowed: nothing learns (tests, frozen runs)
+            problems.append(f"--lr must be a non-negative number, got {self.lr}")
         if self.amp not in AMP_CHOICES:
             problems.append(f"--amp '{self.amp}' is not one of {', '.join(AMP_CHOICES)}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -397,8 +397,10 @@ def test_transformers_start_from_their_authors_adamw_unless_another_optimizer_is
     assert TrainSettings.from_dict({"epochs": 3}).optimizer == "sgd"  # checkpoints from before the field
     with pytest.raises(ValueError, match="--optimizer 'adam' is not one of sgd, adamw"):
         TrainSettings(optimizer="adam")
-    with pytest.raises(ValueError, match="--lr must be a positive number"):
-        TrainSettings(lr=0.0)
+    with pytest.raises(ValueError, match="--lr must be a non-negative number"):
+        TrainSettings(lr=-1e-3)
+    with pytest.raises(ValueError, match="--lr must be a non-negative number"):
+        TrainSettings(lr=math.nan)
 
 
 def test_make_optimizer_follows_the_settings():

@@ -14,6 +14,8 @@ preset, fingerprint shared), trains ``--fold`` for ``--epochs`` x ``--iters-per-
   volumes of the fold's validation cases, mirroring TTA), and the per-class means;
 - time per iteration: median over epochs of ``epoch_time / iters_per_epoch`` from ``log.jsonl``
   (the first epoch, which includes start-up and compilation, is left out when there are several);
+  with ``--time-steps N``, also the network's own step time measured here afterwards
+  (:func:`step_seconds`), which does not depend on what ran beside the training;
 - the patch, batch and parameter count of the trained network.
 
 It prints a Markdown table and the commands it ran. An architecture whose run folder already holds
@@ -66,6 +68,51 @@ def figures(run_dir: Path) -> dict:
             "params": sum(p.numel() for p in net.parameters())}
 
 
+def step_seconds(run_dir: Path, steps: int, warmup: int = 2) -> float:
+    """Median seconds of one training step of the run's network (forward, backward, optimiser step,
+    under the run's precision and optimiser) on random data of its patch and batch size: the network's
+    own cost, without data loading or the validation, measured in this process (so on an idle machine
+    it does not depend on what else ran while the table was trained)."""
+    import time
+
+    import torch
+
+    from autoseg.core.checkpoint import FINAL, ModelRecord, load_checkpoint
+    from autoseg.core.runtime import autocast, guard_tiny_convolutions, resolve_amp, resolve_device
+    from autoseg.models import build_model
+    from autoseg.planning.plans import Plans
+    from autoseg.training.trainer import TrainSettings, make_optimizer
+
+    record = ModelRecord.of(load_checkpoint(run_dir / FINAL), run_dir / FINAL)
+    config = Plans.from_dict(record.plans).configuration(record.configuration)
+    settings = TrainSettings.from_dict(record.settings)
+    device = resolve_device(settings.device)
+    amp_dtype, _ = resolve_amp(settings.amp, device)
+    classes = len(record.dataset.labels)
+    net = build_model(record.arch, config, len(record.dataset.channel_names), classes).to(device)
+    if device.type == "cpu" and amp_dtype is not None:
+        guard_tiny_convolutions(net)
+    optimizer = make_optimizer(net, settings)
+    batch = settings.batch_size or config.batch_size
+    x = torch.randn(batch, len(record.dataset.channel_names), *config.patch_size, device=device)
+    y = torch.randint(0, classes, (batch, *config.patch_size), device=device)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        with autocast(device, amp_dtype):
+            out = net(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out
+        loss = torch.nn.functional.cross_entropy(out.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def set_batch_size(workdir: Path, dataset: str, preset: str, batch: int, config: str, log: list[str]) -> None:
     """Overwrite the batch size of one configuration of a preset's plans (a benchmark setting, not a
     planning rule)."""
@@ -96,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters-per-epoch", type=int, default=250)
     ap.add_argument("--val-iters", type=int, default=50)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--time-steps", type=int, default=0, metavar="N",
+                    help="also time N training steps of each trained network in this process on random data "
+                         "(column 'network s / step'; run it when nothing else runs)")
     ap.add_argument("--no-val-tta", action="store_true", help="final validation without mirroring (train "
                     "--no-val-tta): about 8x less validation time, for a CPU table")
     ap.add_argument("-j", "--workers", type=int, default=4, help="planning workers")
@@ -141,8 +191,10 @@ def main(argv=None) -> int:
         f = figures(run_dir)
         rows.append([name, preset, "×".join(map(str, f["patch"])), str(f["batch"]), f"{f['params'] / 1e6:.1f} M",
                      f"{f['dice']:.4f}", ", ".join(f"{k} {v:.4f}" for k, v in f["per_class"].items()),
-                     f"{f['s_per_iter']:.3f}"])
-    header = ["--arch", "preset", "patch", "batch", "parameters", "Dice (fg mean)", "Dice per class", "s / iteration"]
+                     f"{f['s_per_iter']:.3f}", *([f"{step_seconds(run_dir, args.time_steps):.3f}"]
+                                                   if args.time_steps else [])])
+    header = ["--arch", "preset", "patch", "batch", "parameters", "Dice (fg mean)", "Dice per class",
+              "s / iteration (training log)", *(["network s / step"] if args.time_steps else [])]
     print(f"{args.dataset.name}, {args.config}, fold {args.fold}, {args.epochs} x {args.iters_per_epoch} iterations, "
           f"device {args.device}" + (f", batch size {args.batch_size} for all" if args.batch_size else "")
           + (", validation without mirroring" if args.no_val_tta else ", validation with mirroring") + "\n")

@@ -30,7 +30,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 # PyTorch's CPU bf16 autocast computes wrong 3D convolution gradients when the input is 2 voxels deep
 # (measured on torch 2.13.0+cpu, AMD Zen 4: a 3-kernel Conv3d on 2x3x2 or 2x4x4 inputs gave weight
 # gradients off by up to 1e36 or inf, different on each call with the same input; 3x3x3 and larger
-# agreed with fp32 to 0.4%). Such layers are a network's deepest (2 voxels left after the last
+# agreed with fp32 to 0.4%; only the first axis at 2 failed in the sweep, every axis <= 2 is guarded
+# to be safe on other CPUs and versions). Such layers are a network's deepest (2 voxels left after the last
 # halving: SegResNet, MedNeXt, UNet++ on a 32-voxel edge, Swin UNETR's last stage) and cheap, so
 # they run in fp32 (guard_tiny_convolutions); Swin UNETR and SegResNet otherwise diverged (NaN).
 TINY_EDGE = 2

@@ -293,8 +293,9 @@ def read_volume(path: Path | str, force_itk: bool = False) -> tuple[np.ndarray, 
             raise ImageReadError(f"{path}: has vector pixels; store one channel per file (_0000, _0001, ...)")
         arr = np.ascontiguousarray(arr.transpose(tuple(range(arr.ndim))[::-1]))
         geometry = _geometry_from_itk(img)
-    elif _is_gzip(path):  # decompressed once, from one stream, checksum verified (read_volume_verified)
-        return _read_gzip_nifti(path)
+    elif _is_gzip(path):  # decompressed once, from one stream, checksum verified
+        arr, img = _read_gzip_nifti(path)
+        geometry = _geometry_from_nifti(img)
     else:
         img = _load_nifti(path)
         try:
@@ -388,9 +389,10 @@ def _is_gzip(path: Path) -> bool:
         return raw.read(2) == b"\x1f\x8b"
 
 
-def _read_gzip_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
-    """A gzip-compressed NIfTI decompressed once: nibabel reads header and voxels from one decompressing
-    stream, which is then read to its end, where gzip checks the checksum and length."""
+def _read_gzip_nifti(path: Path):
+    """``(voxels, nibabel image)`` of a gzip-compressed NIfTI decompressed once: nibabel reads header and
+    voxels from one decompressing stream, which is then read to its end, where gzip checks the checksum
+    and length; an inconsistent header is an :class:`ImageReadError`, as :func:`_load_nifti` makes it."""
     import nibabel as nib
 
     try:
@@ -410,9 +412,7 @@ def _read_gzip_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     problem = nifti_header_problem(path, img)
     if problem:
         raise ImageReadError(problem)
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    return arr, _valid_spacing(path, _geometry_from_nifti(img))
+    return arr, img
 
 
 def _nifti1(stream) -> bool:

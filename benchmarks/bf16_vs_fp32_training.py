@@ -6,7 +6,7 @@ Usage (from the repository root; ``WS`` a workspace holding ``preprocessed/<data
 
     python benchmarks/bf16_vs_fp32_training.py --planned WS [--dataset Dataset004_Hippocampus] [--fold 0]
         [--seeds 1 2 3] [--precisions bf16 fp32] [--epochs 5] [--iters-per-epoch 20] [--batch-size 7]
-        [--threads 2] [--out /tmp/bf16_vs_fp32]
+        [--threads 2] [--optimizer sgd|adamw] [--lr LR] [--out /tmp/bf16_vs_fp32]
 
 Each (precision, seed) trains fold ``--fold`` in its own workspace under ``--out`` that links to the
 planned data (``autoseg train --amp bf16|fp32 --seed S``; the planned batch size unless ``--batch-size``),
@@ -34,7 +34,7 @@ def one_run(planned: Path, out: Path, dataset: str, fold: str, amp: str, seed: i
     from autoseg.training.session import TrainRequest
     from autoseg.workspace import Workspace
 
-    root = out / f"{amp}_seed{seed}"
+    root = out / f"{amp}_{args.optimizer or 'recipe'}{args.lr or ''}_seed{seed}"
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "preprocessed").exists():
         (root / "preprocessed").symlink_to((planned / "preprocessed").resolve())
@@ -42,6 +42,10 @@ def one_run(planned: Path, out: Path, dataset: str, fold: str, amp: str, seed: i
                     val_mirroring=False, device="cpu")
     if args.batch_size:
         settings["batch_size"] = args.batch_size
+    if args.optimizer:
+        settings["optimizer"] = args.optimizer
+    if args.lr is not None:
+        settings["lr"] = args.lr
     t0 = time.time()
     run = api.train(Workspace(root), TrainRequest(dataset, folds=(fold,), settings=settings, resume=True),
                     progress=False)[0]
@@ -70,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters-per-epoch", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
+    ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bf16_vs_fp32"))
     args = ap.parse_args(argv)
     import torch
@@ -85,7 +91,8 @@ def main(argv=None) -> int:
                   f"{ {k: round(v, 4) for k, v in r['dice'].items()} }, foreground mean {r['fg_mean']:.4f}",
                   flush=True)
     print(f"\n{args.dataset} fold {args.fold}, {args.epochs} x {args.iters_per_epoch} iterations, "
-          f"batch {args.batch_size or 'as planned'}, {args.threads} threads, final validation without mirroring\n")
+          f"batch {args.batch_size or 'as planned'}, optimiser {args.optimizer or 'recipe'} lr {args.lr or 'recipe'}, "
+          f"{args.threads} threads, final validation without mirroring\n")
     classes = rows[0]["classes"]
     header = ["precision", "seeds", *(f"Dice {c} (mean, range)" for c in classes), "fg mean (mean, range)",
               *(f"{c} found at iteration (per seed)" for c in classes), "s / iteration (median)"]

@@ -55,8 +55,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     p.add_argument("--amp", default=None, choices=["auto", "fp32", "bf16", "fp16"],
                    help="mixed precision (default auto: fp16 on CUDA, bf16 on CPUs with native bf16)")
-    p.add_argument("--optimizer", default=None, choices=["sgd", "adamw"],
-                   help="default: the architecture's (nnU-Net's SGD, momentum 0.99; AdamW for swin_unetr and unetr)")
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adamw", "auto"],
+                   help="default: the architecture's (nnU-Net's SGD, momentum 0.99; AdamW for swin_unetr and unetr); "
+                        "with --time-budget and no --lr, auto: AdamW 1e-3 when the fitted schedule is shorter than "
+                        "1000 iterations, else SGD")
     p.add_argument("--lr", type=float, default=None, metavar="LR",
                    help="initial learning rate of the poly schedule (default: the architecture's: 1e-2 with SGD, "
                         "1e-4 for the transformers)")

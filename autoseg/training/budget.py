@@ -16,6 +16,14 @@ run measures itself instead:
    epoch (another job on the machine for a while) has room again at the median time of the recent
    epochs, it is fitted again upwards, so one slow epoch does not cost the run its last tenth.
 
+A fresh run from scratch whose optimiser was left to the budget (``optimizer="auto"``: neither
+``--optimizer`` nor ``--lr`` given, an architecture without its own recipe) picks it once, from the plan
+fitted at the calibration: nnU-Net's SGD (1e-2, momentum 0.99), or AdamW at 1e-3 when that plan
+holds fewer than :data:`SHORT_SCHEDULE_ITERATIONS` training iterations. nnU-Net's SGD is tuned for
+its 250,000 iterations; in the first few hundred it leaves the all-background start late (measured
+in docs/benchmarks.md, "Short schedules": on the toy CT data SGD found the low-contrast organ after
+~200 iterations, AdamW after 30), and a short budget has no iterations to spare for that.
+
 The fitted number replaces ``TrainSettings.epochs``, so the poly learning rate, the logs, the
 progress bar and the checkpoints all follow it; the plan and the time used so far are stored in each
 checkpoint, so ``--resume`` keeps to what is left of the budget. The final validation's time is
@@ -36,7 +44,7 @@ import torch
 
 from autoseg.training import ddp
 from autoseg.training.durations import BudgetError, format_duration
-from autoseg.training.trainer import autocast
+from autoseg.training.trainer import autocast, make_optimizer
 
 MEASURE_EPOCHS = 3  # epochs after which the plan is fitted again from the last epoch's time
 RESERVE = 0.03  # share of the budget kept back for what the estimates miss (checkpoints, start-up)
@@ -49,6 +57,10 @@ CALIBRATION_STEPS = 2  # timed steps (after one untimed warm-up step) before a f
 # times this margin (an allowance, not a measured ratio: the log gives the estimate and the actual
 # time of every budgeted run's final validation, so it can be checked).
 FINAL_VALIDATION_FACTOR = 1.6
+# optimizer "auto": a schedule shorter than this many training iterations trains with AdamW at
+# SHORT_SCHEDULE_LR (poly decay as always), a longer one with nnU-Net's SGD; see the module docstring
+SHORT_SCHEDULE_ITERATIONS = 1000
+SHORT_SCHEDULE_LR = 1e-3
 
 def fit_epochs(budget: float, elapsed: float, done: int, epoch_seconds: float, final_validation: float,
                cap: int) -> int:
@@ -70,11 +82,13 @@ class BudgetPlan:
     elapsed: float
     fitted_after: int  # completed epochs when it was fitted (0: from the calibration)
     cap: int  # the most epochs the run may train (its --epochs)
+    optimizer: str = ""  # what optimizer "auto" picked at the start, and why ("" when it was chosen otherwise)
 
     def describe(self) -> str:
         return (f"time budget {format_duration(self.budget)}: {self.epochs} epochs of "
                 f"{format_duration(self.epoch_seconds)} + final validation ~{format_duration(self.final_validation)} "
-                f"(fitted after {self.fitted_after} epoch(s), {format_duration(self.elapsed)} used)")
+                f"(fitted after {self.fitted_after} epoch(s), {format_duration(self.elapsed)} used)"
+                + (f"; {self.optimizer}" if self.optimizer else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +113,7 @@ class TimeBudget:
         self.mark = self.session_start  # end of the last epoch (or the start): an epoch's time is the clock's step
         self.epoch_times: list[float] = []  # this session's epochs after its first (which pays for start-up)
         self.session_epochs = 0
+        self.optimizer_choice = ""  # BudgetPlan.optimizer
 
     def elapsed(self) -> float:
         return self.elapsed_before + self.clock() - self.session_start
@@ -110,6 +125,7 @@ class TimeBudget:
         """Before the first epoch of this session: take the time used so far from the run's state,
         and on a fresh run time a few steps, refuse a budget too small, and fit a first plan."""
         self.elapsed_before = float(run.state.budget_elapsed or 0.0)
+        self.optimizer_choice = (run.state.budget_plan or {}).get("optimizer", "")
         self.mark = self.clock()
         if run.state.history:
             last = run.state.history[-1]
@@ -130,6 +146,22 @@ class TimeBudget:
                 f"{format_duration(self.final_validation())}; give at least --time-budget "
                 f"{format_duration(math.ceil(needed * 1.1))}, or fewer --iters-per-epoch / --val-iters")
         self._refit(run, epoch, 0, elapsed)
+        if run.settings.optimizer == "auto":
+            self._choose_optimizer(run)
+            self._refit(run, epoch, 0, elapsed)  # the plan again, now naming the choice
+
+    def _choose_optimizer(self, run) -> None:
+        """Settle ``optimizer="auto"`` from the fitted plan (module docstring); no step was taken yet,
+        so the optimiser is simply built again."""
+        iterations = run.settings.epochs * run.settings.iters_per_epoch
+        if iterations < SHORT_SCHEDULE_ITERATIONS:
+            run.settings = dataclasses.replace(run.settings, optimizer="adamw", lr=SHORT_SCHEDULE_LR)
+            self.optimizer_choice = (f"AdamW lr {SHORT_SCHEDULE_LR:g} for a short schedule ({iterations} iterations "
+                                     f"< {SHORT_SCHEDULE_ITERATIONS})")
+        else:
+            run.settings = dataclasses.replace(run.settings, optimizer="sgd")
+            self.optimizer_choice = f"SGD lr {run.settings.lr:g} ({iterations} iterations)"
+        run.optimizer = make_optimizer(run.model, run.settings)
 
     def after_epoch(self, run, record: dict[str, Any]) -> None:
         """Store the time used; fit the plan again after the first epochs, or when it would overrun."""
@@ -162,7 +194,8 @@ class TimeBudget:
 
     def _refit(self, run, epoch_seconds: float, done: int, elapsed: float) -> None:
         epochs = max(1, fit_epochs(self.seconds, elapsed, done, epoch_seconds, self.final_validation(), self.cap))
-        plan = BudgetPlan(self.seconds, epochs, epoch_seconds, self.final_validation(), elapsed, done, self.cap)
+        plan = BudgetPlan(self.seconds, epochs, epoch_seconds, self.final_validation(), elapsed, done, self.cap,
+                          self.optimizer_choice)
         run.state.budget_plan = plan.to_dict()
         run.settings = dataclasses.replace(run.settings, epochs=epochs)
 

@@ -224,16 +224,25 @@ def previous_stage_of(workspace: Workspace, name: str, plans: Plans, config: str
     return PreviousStage(folder, foreground_labels(spec))
 
 
-def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool, arch: str = "unet"):
+def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool, arch: str = "unet",
+                     pretrained: bool = False):
     """Fresh run: the given settings over the architecture's own (``Architecture.training``, e.g. the
-    transformers' AdamW; not used when ``optimizer`` is given) over the defaults. Resume: the
+    transformers' AdamW; not used when ``optimizer`` is given) over the defaults; a time-budget run
+    from scratch with neither optimiser nor learning rate chosen (by the user or the architecture)
+    gets ``optimizer="auto"``, which the budget settles before the first step
+    (:data:`autoseg.training.budget.SHORT_SCHEDULE_ITERATIONS`). Resume: the
     checkpoint's settings with the allowed changes, plus the checkpoint to continue from; a run folder
     without a checkpoint yet starts anew (checkpoint None)."""
     unknown = set(given) - {f.name for f in dataclasses.fields(TrainSettings)}
     if unknown:
         raise TrainError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
     # the architecture's recipe as a whole (its optimizer with its lr), unless another optimizer is chosen
+    if given.get("optimizer") == "auto" and given.get("time_budget") is None:
+        given = {k: v for k, v in given.items() if k != "optimizer"}  # auto means a budget's choice: none here
     fresh = dict(given) if "optimizer" in given else {**dict(get_architecture(arch).training), **given}
+    if (fresh.get("time_budget") is not None and "optimizer" not in fresh and "lr" not in fresh
+            and not pretrained):  # the budget picks nnU-Net's SGD or, for a short schedule, AdamW
+        fresh["optimizer"] = "auto"
     if not resume:
         if (run_dir / LATEST).is_file() or (run_dir / FINAL).is_file():
             raise TrainError(f"{run_dir} already holds a training run; add --resume to continue it, or delete "
@@ -244,6 +253,8 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool, arch: s
         return TrainSettings(**fresh), None  # a scheduler can resubmit the same command at any time
     ckpt = load_checkpoint(path)
     stored = TrainSettings.from_dict(ModelRecord.of(ckpt, path).settings)
+    if given.get("optimizer") == "auto":  # "the budget's choice": the run made it at its start
+        given = {k: v for k, v in given.items() if k != "optimizer"}
     changed = {k for k, v in given.items() if getattr(stored, k) != v}
     refused = changed - RESUMABLE_CHANGES
     if refused:
@@ -271,7 +282,7 @@ def run_job(job: TrainJob, dist, progress: bool = True, callbacks: Sequence = ()
     run_dir = job.run_dir
     if dist.is_main:
         RunLock(run_dir).check()  # "another process trains this fold" before any other complaint
-    settings, ckpt = resolve_settings(dict(job.settings), run_dir, job.resume, job.arch)
+    settings, ckpt = resolve_settings(dict(job.settings), run_dir, job.resume, job.arch, job.pretrained is not None)
     record = ModelRecord.of(ckpt, run_dir) if ckpt is not None else None
     trained_on = record.dataset.name if record is not None else None
     if record is not None and trained_on not in ("", job.plans.dataset_name):

@@ -34,7 +34,7 @@ from autoseg.training.schedule import poly_lr
 from autoseg.training.stopping import NEVER, StopSignals, TrainingStopped, pending_stop
 
 EMA_OLD = 0.9  # nnU-Net logger: ema = 0.9 * old + 0.1 * new
-OPTIMIZER_CHOICES = ("sgd", "adamw")
+OPTIMIZER_CHOICES = ("sgd", "adamw", "auto")  # auto: a --time-budget run picks one (training.budget)
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchFactory = Callable[[int], Iterator[Batch]]
 ValFactory = Callable[[int], Iterable[Batch]]
@@ -47,7 +47,8 @@ class TrainSettings:
     epochs: int = 1000  # nnU-Net: 1000 epochs
     iters_per_epoch: int = 250  # nnU-Net: 250 training iterations per epoch
     val_iters: int = 50  # nnU-Net: 50 validation batches per epoch for the pseudo Dice
-    optimizer: str = "sgd"  # sgd (nnU-Net) | adamw; an architecture may start from another (Architecture.training)
+    optimizer: str = "sgd"  # sgd (nnU-Net) | adamw; an architecture may start from another (Architecture.training);
+    # auto (budget runs only, until their first epoch): training.budget picks sgd or adamw from the fitted length
     lr: float = 1e-2  # nnU-Net's SGD defaults from here on (momentum and nesterov: SGD only)
     momentum: float = 0.99
     nesterov: bool = True
@@ -351,6 +352,8 @@ def finish_epoch(state: TrainState, epoch: int, train_loss: float, val_loss: flo
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """The run's optimiser; ``auto`` builds SGD, which a time budget replaces before the first step
+    when it picks AdamW (:meth:`autoseg.training.budget.TimeBudget.start`)."""
     if s.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, nesterov=s.nesterov,

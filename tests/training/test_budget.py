@@ -170,6 +170,9 @@ def test_cli_time_budget_is_fitted_logged_and_stored(tmp_path, capsys):
     assert ckpt["train_state"]["budget_plan"]["epochs"] == 2 and ckpt["train_state"]["budget_elapsed"] > 0
     log = (run_dir / "training_log.txt").read_text()
     assert "time budget 1h 00m: 2 epochs" in log and "final validation took" in log and "(estimated" in log
+    # neither --optimizer nor --lr: the budget picked AdamW for this 2-iteration schedule, and said so
+    assert ckpt["settings"]["optimizer"] == "adamw" and ckpt["settings"]["lr"] == budget.SHORT_SCHEDULE_LR
+    assert "AdamW lr 0.001 for a short schedule (2 iterations < 1000)" in log
     assert json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])["budget_plan"]["cap"] == 2
 
 
@@ -203,8 +206,11 @@ def test_cli_resume_with_a_budget_continues_within_it(tmp_path, capsys):
     used = load_checkpoint(run_dir / LATEST)["train_state"]["budget_elapsed"]
     code, err = _cli(capsys, ws, "--resume", "--time-budget", "1h")
     assert code == 0, err
-    state = load_checkpoint(run_dir / FINAL)["train_state"]
+    final = load_checkpoint(run_dir / FINAL)
+    state = final["train_state"]
     assert state["epoch"] == 3 and state["budget_elapsed"] > used and state["budget_plan"]["cap"] == 3
+    # the optimiser picked at the start is kept (and named in the plan), not picked again
+    assert final["settings"]["optimizer"] == "adamw" and state["budget_plan"]["optimizer"].startswith("AdamW")
 
 
 def test_one_slow_epoch_does_not_cost_the_run_its_last_epochs(tmp_path):
@@ -221,3 +227,49 @@ def test_one_slow_epoch_does_not_cost_the_run_its_last_epochs(tmp_path):
     # 194 s usable: 19 epochs of 10 s fit; the slow one costs two, so 17 epochs end at 190 s
     assert run.state.epoch == run.settings.epochs == 17 and clock.now == 190.0
     assert run.state.budget_plan["epochs"] == 17
+
+
+# --- optimizer "auto": the budget picks SGD or, for a short schedule, AdamW --------------------------
+
+def test_optimizer_auto_is_left_to_budget_runs_from_scratch_without_a_chosen_optimizer_or_lr(tmp_path):
+    fresh = tmp_path / "run"
+    budgeted = {"time_budget": 600.0}
+    cases = [(budgeted, "unet", False, "auto"),
+             ({**budgeted, "lr": 3e-3}, "unet", False, "sgd"),        # a chosen lr is one for SGD
+             ({**budgeted, "optimizer": "sgd"}, "unet", False, "sgd"),
+             ({**budgeted, "optimizer": "auto"}, "unet", False, "auto"),
+             (budgeted, "swin_unetr", False, "adamw"),                  # the architecture's own recipe
+             (budgeted, "unet", True, "sgd"),                           # fine-tuning keeps nnU-Net's
+             ({"optimizer": "auto"}, "unet", False, "sgd"),             # no budget: nothing to pick from
+             ({}, "unet", False, "sgd")]
+    for given, arch, pretrained, expected in cases:
+        settings, _ = session.resolve_settings(dict(given), fresh, False, arch, pretrained)
+        assert settings.optimizer == expected, (given, arch, pretrained)
+    assert session.resolve_settings(budgeted, fresh, False, "swin_unetr")[0].lr == 1e-4
+
+
+@pytest.mark.parametrize("epochs, short", [(10, True), (600, False)])  # 20 / 1200 iterations of 2
+def test_optimizer_auto_is_settled_from_the_fitted_length_before_the_first_step(tmp_path, epochs, short):
+    assert (epochs * 2 < budget.SHORT_SCHEDULE_ITERATIONS) == short
+    run = _run(tmp_path, budget=1e6, clock=Clock(), optimizer="auto", epochs=epochs)  # the cap decides the fit
+    weights = [p.detach().clone() for p in run.model.parameters()]
+    run.budget.start(run, lambda epoch: _batches()(10_000))
+    assert run.settings.epochs == epochs
+    assert type(run.optimizer) is (torch.optim.AdamW if short else torch.optim.SGD)
+    assert run.settings.optimizer == ("adamw" if short else "sgd")
+    assert run.settings.lr == (budget.SHORT_SCHEDULE_LR if short else 1e-2)
+    trained = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in run.model.parameters()}
+    assert run.state.budget_plan["optimizer"].startswith("AdamW" if short else "SGD")
+    assert all(torch.equal(a, b) for a, b in zip(weights, run.model.parameters()))  # no step taken yet
+
+
+def test_a_short_budget_run_trains_with_adamw_over_the_poly_schedule_from_its_lr(tmp_path):
+    clock = Clock()
+    # the calibration (real time, milliseconds here) fits the cap: 40 epochs of 2 iterations, a short schedule
+    run = _run(tmp_path, budget=100.0, clock=clock, optimizer="auto", epochs=40)
+    lrs = LearningRates()
+    fit(run, _batches(), lambda epoch: _batches()(10_000), [Tick(clock, 5.0), lrs])
+    assert isinstance(run.optimizer, torch.optim.AdamW) and run.optimizer.state  # it took its steps
+    np.testing.assert_allclose(lrs.lrs, [poly_lr(e, run.settings.epochs, budget.SHORT_SCHEDULE_LR)
+                                         for e in range(run.settings.epochs)], rtol=1e-12)

@@ -246,6 +246,8 @@ def test_optimizer_auto_is_left_to_budget_runs_from_scratch_without_a_chosen_opt
         settings, _ = session.resolve_settings(dict(given), fresh, False, arch, pretrained)
         assert settings.optimizer == expected, (given, arch, pretrained)
     assert session.resolve_settings(budgeted, fresh, False, "swin_unetr")[0].lr == 1e-4
+    with pytest.raises(session.TrainError, match="--optimizer auto picks the learning rate"):
+        session.resolve_settings({**budgeted, "optimizer": "auto", "lr": 1e-3}, fresh, False, "unet")
 
 
 @pytest.mark.parametrize("epochs, short", [(10, True), (600, False)])  # 20 / 1200 iterations of 2

@@ -157,11 +157,11 @@ class TimeBudget:
         iterations = run.settings.epochs * run.settings.iters_per_epoch
         if iterations < SHORT_SCHEDULE_ITERATIONS:
             run.settings = dataclasses.replace(run.settings, optimizer="adamw", lr=SHORT_SCHEDULE_LR)
-            self.optimizer_choice = (f"AdamW lr {SHORT_SCHEDULE_LR:g} for a short schedule ({iterations} iterations "
-                                     f"< {SHORT_SCHEDULE_ITERATIONS})")
+            self.optimizer_choice = (f"AdamW lr {SHORT_SCHEDULE_LR:g}, picked for a short schedule (first plan: "
+                                     f"{iterations} iterations < {SHORT_SCHEDULE_ITERATIONS})")
         else:
             run.settings = dataclasses.replace(run.settings, optimizer="sgd")
-            self.optimizer_choice = f"SGD lr {run.settings.lr:g} ({iterations} iterations)"
+            self.optimizer_choice = f"SGD lr {run.settings.lr:g} (first plan: {iterations} iterations)"
         run.optimizer = make_optimizer(run.model, run.settings)
 
     def after_epoch(self, run, record: dict[str, Any]) -> None:

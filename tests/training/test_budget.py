@@ -172,7 +172,7 @@ def test_cli_time_budget_is_fitted_logged_and_stored(tmp_path, capsys):
     assert "time budget 1h 00m: 2 epochs" in log and "final validation took" in log and "(estimated" in log
     # neither --optimizer nor --lr: the budget picked AdamW for this 2-iteration schedule, and said so
     assert ckpt["settings"]["optimizer"] == "adamw" and ckpt["settings"]["lr"] == budget.SHORT_SCHEDULE_LR
-    assert "AdamW lr 0.001 for a short schedule (2 iterations < 1000)" in log
+    assert "AdamW lr 0.001, picked for a short schedule (first plan: 2 iterations < 1000)" in log
     assert json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])["budget_plan"]["cap"] == 2
 
 

@@ -37,7 +37,7 @@ autoseg --workdir "$WORKDIR" plan "$DATASET"
 # validation are fitted to BUDGET (the run times its first epochs and sets the number of epochs and
 # the learning-rate schedule from it; a schedule this short trains with AdamW, see docs/commands.md);
 # the final validation of fold 0 skips mirroring so a slow CPU keeps more of the budget for training
-# (the held-out cases below are predicted with it). Real runs use the defaults (1000 epochs x 250
+# (the held-out cases below are still predicted with mirroring). Real runs use the defaults (1000 epochs x 250
 # iterations) on a GPU.
 BUDGET="${BUDGET:-5m}"
 ITERS="${ITERS:-10}"  # short epochs: a slow CPU still fits its first epoch and the final validation

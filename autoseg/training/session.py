@@ -236,12 +236,12 @@ def resolve_settings(given: dict[str, Any], run_dir: Path, resume: bool, arch: s
     unknown = set(given) - {f.name for f in dataclasses.fields(TrainSettings)}
     if unknown:
         raise TrainError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-    # the architecture's recipe as a whole (its optimizer with its lr), unless another optimizer is chosen
     if given.get("optimizer") == "auto" and "lr" in given:
         raise TrainError("--optimizer auto picks the learning rate with the optimiser (AdamW 1e-3 or SGD 1e-2); "
                          "drop --lr, or choose --optimizer sgd or adamw with it")
     if given.get("optimizer") == "auto" and given.get("time_budget") is None:
         given = {k: v for k, v in given.items() if k != "optimizer"}  # auto means a budget's choice: none here
+    # the architecture's recipe as a whole (its optimizer with its lr), unless another optimizer is chosen
     fresh = dict(given) if "optimizer" in given else {**dict(get_architecture(arch).training), **given}
     if (fresh.get("time_budget") is not None and "optimizer" not in fresh and "lr" not in fresh
             and not pretrained):  # the budget picks nnU-Net's SGD or, for a short schedule, AdamW

@@ -76,6 +76,13 @@ def uniform_topology(patch_size: Sequence[float], downsamplings: int, divisor: i
                     (divisor,) * dims)
 
 
+# Architecture.training of the transformer networks (swin_unetr, unetr): AdamW at 1e-4, weight decay
+# 1e-5, as their authors train them (Hatamizadeh et al. 2022, UNETR and Swin UNETR) and as MONAI
+# Auto3DSeg's swinunetr template does; nnU-Net's SGD (1e-2, momentum 0.99) is tuned for convolutional
+# U-Nets. `train --optimizer sgd` chooses nnU-Net's.
+TRANSFORMER_TRAINING = (("optimizer", "adamw"), ("lr", 1e-4), ("weight_decay", 1e-5))
+
+
 def shrink_keeping_one_step(patch: Sequence[int], steps: Sequence[int], axis: int) -> bool:
     """The shrink rule of :func:`uniform_topology` layouts: every edge stays at least one step and one
     edge stays above it."""

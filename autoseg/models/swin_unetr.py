@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from autoseg.models.architecture import Architecture, ModelError, shrink_keeping_one_step, uniform_topology
+from autoseg.models.architecture import (TRANSFORMER_TRAINING, Architecture, ModelError, shrink_keeping_one_step,
+                                         uniform_topology)
 from autoseg.planning.settings import PlannerSettings
 from autoseg.planning.topology import Topology, estimate_feature_map_size
 
@@ -76,11 +77,6 @@ def build(plan, in_channels: int, out_channels: int, deep_supervision: bool):
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels,
                      feature_size=swin_feature_size(plan.features[0]), spatial_dims=plan.spatial_dims)
 
-
-# Trained as its authors train it: AdamW at 1e-4, weight decay 1e-5 (Hatamizadeh et al. 2022 and MONAI
-# Auto3DSeg's swinunetr template); nnU-Net's SGD (1e-2, momentum 0.99) is tuned for convolutional U-Nets.
-# `train --optimizer sgd` chooses nnU-Net's.
-TRANSFORMER_TRAINING = (("optimizer", "adamw"), ("lr", 1e-4), ("weight_decay", 1e-5))
 
 ARCHITECTURE = Architecture(
     name="swin_unetr",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from autoseg.models.architecture import Architecture, shrink_keeping_one_step, uniform_topology
+from autoseg.models.architecture import TRANSFORMER_TRAINING, Architecture, shrink_keeping_one_step, uniform_topology
 from autoseg.planning.settings import PlannerSettings
 from autoseg.planning.topology import Topology
 
@@ -79,10 +79,6 @@ def build(plan, in_channels: int, out_channels: int, deep_supervision: bool):
                 res_block=True, spatial_dims=plan.spatial_dims)
     return instance_to_group_norm(net)
 
-
-# Trained as its authors train it: AdamW at 1e-4, weight decay 1e-5 (Hatamizadeh et al. 2022 (UNETR)); nnU-Net's SGD
-# (1e-2, momentum 0.99) is tuned for convolutional U-Nets. `train --optimizer sgd` chooses nnU-Net's.
-TRANSFORMER_TRAINING = (("optimizer", "adamw"), ("lr", 1e-4), ("weight_decay", 1e-5))
 
 ARCHITECTURE = Architecture(
     name="unetr",

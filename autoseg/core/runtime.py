@@ -19,7 +19,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 # (bf16 - fp32 after 120 iterations, 3 seeds: -0.0005, +0.0001, -0.0001; seed-to-seed sd 0.0076), so it
 # is used where the CPU computes bf16 natively (issue 3: 2-2.5x faster step on such a CPU). Checked on
 # Dataset004_Hippocampus too (docs/benchmarks.md, "Short schedules"): 160 iterations at batch 7, the
-# same seed in bf16 and fp32 took the same path and ended within 0.001 foreground Dice (2 seeds), at
+# same seed in bf16 and fp32 took the same path and ended within 0.001 foreground Dice (3 seeds), at
 # 2.1x the speed.
 # Without native bf16 (AVX2 only) bf16 convolutions are emulated and ~20x slower, so fp32 is used there.
 CPU_BF16_BY_DEFAULT = True
